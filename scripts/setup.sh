@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Brings a fresh Debian 12 machine to a working state for pulih:
+# the Debian packages the roles and the test lab use, then a .venv with the
+# project and its tools. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debian_packages=(
+  openssh-server openssh-client      # the lab's hosts and ansible's transport
+  postgresql                          # pg_dump/pg_restore/initdb for the lab and the roles
+  mariadb-server mariadb-client mariadb-backup
+  zstd age rsync
+  python3-venv
+  python3-psycopg2 python3-pymysql    # what community.postgresql/mysql need on a managed host
+)
+
+missing=()
+for pkg in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: these Debian packages are missing and installing them needs root: ${missing[*]}" >&2
+    exit 2
+  fi
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+stamp=.venv/.pulih-setup
+want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
+if [[ -x .venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+  exit 0
+fi
+echo "setup: creating .venv with $($python --version)"
+"$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+echo "$want" > "$stamp"
+echo "setup: done"
