@@ -31,7 +31,8 @@ app = typer.Typer(
 register_app = typer.Typer(help="The server asset register: check it, show it, import it.", no_args_is_help=True)
 app.add_typer(register_app, name="register")
 
-out = Console(highlight=False)
+# A table read through a pipe is not cut at 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 InventoryOpt = Annotated[

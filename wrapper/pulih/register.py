@@ -350,6 +350,9 @@ class _Checker:
         self.file = file
         self.today = today
         self.problems: list[Problem] = []
+        # (entry, field) already named as the likely meaning of a misspelt key:
+        # its absence is not reported a second time.
+        self._suggested: set[tuple[str | None, str]] = set()
 
     def add(self, message: str, *, line: int | None, entry: str | None = None, field: str | None = None) -> None:
         self.problems.append(Problem(self.file, message, line=line, entry=entry, field=field))
@@ -377,6 +380,8 @@ class _Checker:
                 continue
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known fields: {', '.join(allowed)})"
+            if close:
+                self._suggested.add((entry, close[0]))
             self.add(f"unknown field{hint}", line=line, entry=entry, field=key)
 
     def text(
@@ -385,7 +390,7 @@ class _Checker:
     ) -> str | None:
         line = self._line(mapping, key)
         if key not in mapping or mapping[key] is None or mapping[key] == "":
-            if required:
+            if required and (entry, key) not in self._suggested:
                 self.add("is missing (it is required)", line=self._line(mapping), entry=entry, field=key)
             return None
         value = mapping[key]
@@ -524,8 +529,8 @@ def _parse_asset(chk: _Checker, raw: Any, index: int) -> Asset | None:
         return None
     raw_id = raw.get("asset_id")
     entry = f"'{raw_id}'" if isinstance(raw_id, str | int) and str(raw_id).strip() else f"#{index + 1}"
-    chk.unknown_keys(raw, _ASSET_FIELDS, entry)
     before = len(chk.problems)
+    chk.unknown_keys(raw, _ASSET_FIELDS, entry)
 
     values: dict[str, Any] = {
         "asset_id": chk.text(raw, "asset_id", entry, required=True, pattern=_IDENT,

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+EXAMPLE_REGISTER = PROJECT / "inventories" / "example" / "datacenter.asset_register.yml"
+# The day the example register's figures in the README were taken: the overdue
+# entry (last reviewed 2025-08-04) is 474 days old then.
+EXAMPLE_TODAY = "2026-11-21"
+
+# ansible-playbook, ansible-inventory and pulih live beside the interpreter running the tests.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("ANSIBLE_CONFIG", str(PROJECT / "ansible.cfg"))
+
+
+@pytest.fixture
+def example_text() -> str:
+    return EXAMPLE_REGISTER.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def register_dir(tmp_path: Path):
+    """Write a register (text) into a fresh inventory folder and return the file."""
+
+    def write(text: str, name: str = "dc.asset_register.yml") -> Path:
+        path = tmp_path / "inv" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
