@@ -33,3 +33,12 @@ def register_dir(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def ansible_plugins():
+    """Ansible's plugin loaders, knowing the project's collection (configured once per process)."""
+    from ansible.plugins import loader
+
+    loader.init_plugin_loader([str(PROJECT / "collections")])
+    return loader

@@ -7,21 +7,14 @@ import pytest
 from ansible.errors import AnsibleParserError
 from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import init_plugin_loader, inventory_loader
 
-from tests.conftest import EXAMPLE_REGISTER, EXAMPLE_TODAY, PROJECT
-
-
-@pytest.fixture(scope="module")
-def plugin_loader():
-    init_plugin_loader([str(PROJECT / "collections")])
-    return inventory_loader
+from tests.conftest import EXAMPLE_REGISTER, EXAMPLE_TODAY
 
 
 @pytest.fixture
-def inventory(plugin_loader, monkeypatch):
+def inventory(ansible_plugins, monkeypatch):
     monkeypatch.setenv("PULIH_TODAY", EXAMPLE_TODAY)
-    plugin = plugin_loader.get("pulih.core.asset_register")  # a fresh instance each time
+    plugin = ansible_plugins.inventory_loader.get("pulih.core.asset_register")  # a fresh instance each time
     plugin.inventory = InventoryData()
     return plugin
 
@@ -31,12 +24,15 @@ def parse(plugin, path):
     return plugin.inventory
 
 
-@pytest.mark.parametrize(("name", "ok"), [
-    ("dc.asset_register.yml", True),
-    ("dc.asset_register.yaml", True),
-    ("hosts.yml", False),
-    ("asset_register.txt", False),
-])
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("dc.asset_register.yml", True),
+        ("dc.asset_register.yaml", True),
+        ("hosts.yml", False),
+        ("asset_register.txt", False),
+    ],
+)
 def test_verify_file(inventory, tmp_path, name, ok):
     path = tmp_path / name
     path.write_text("plugin: pulih.core.asset_register\n")
@@ -45,8 +41,15 @@ def test_verify_file(inventory, tmp_path, name, ok):
 
 def test_only_servers_in_operation_become_hosts(inventory):
     data = parse(inventory, EXAMPLE_REGISTER)
-    assert set(data.hosts) == {"simpeg-db01", "simpus-db01", "sikda-app01", "siak-arsip01",
-                               "pajak-db01", "pajak-stg01", "backup-repo01"}
+    assert set(data.hosts) == {
+        "simpeg-db01",
+        "simpus-db01",
+        "sikda-app01",
+        "siak-arsip01",
+        "pajak-db01",
+        "pajak-stg01",
+        "backup-repo01",
+    }
     assert "simpus-old" not in data.hosts
 
 

@@ -28,7 +28,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-register_app = typer.Typer(help="The server asset register: check it, show it, import it.", no_args_is_help=True)
+register_app = typer.Typer(
+    help="The server asset register: check it, show it, import it.", no_args_is_help=True
+)
 app.add_typer(register_app, name="register")
 
 # A table read through a pipe is not cut at 80 columns.
@@ -38,7 +40,8 @@ err = Console(stderr=True, highlight=False)
 InventoryOpt = Annotated[
     Path | None,
     typer.Option(
-        "-i", "--inventory",
+        "-i",
+        "--inventory",
         help="The register file, or the inventory folder holding *.asset_register.yml "
         "(default: $PULIH_INVENTORY).",
         show_default=False,
@@ -47,8 +50,11 @@ InventoryOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 TodayOpt = Annotated[
     str | None,
-    typer.Option("--today", help="Count review ages from this date (YYYY-MM-DD; default: $PULIH_TODAY or today).",
-                 show_default=False),
+    typer.Option(
+        "--today",
+        help="Count review ages from this date (YYYY-MM-DD; default: $PULIH_TODAY or today).",
+        show_default=False,
+    ),
 ]
 
 
@@ -76,8 +82,10 @@ def _inventory(option: Path | None) -> Path:
     env = os.environ.get("PULIH_INVENTORY")
     if env:
         return Path(env)
-    fail("no inventory given: pass -i INVENTORY (a register file or its folder) or set PULIH_INVENTORY",
-         Exit.BAD_INPUT)
+    fail(
+        "no inventory given: pass -i INVENTORY (a register file or its folder) or set PULIH_INVENTORY",
+        Exit.BAD_INPUT,
+    )
 
 
 def _print_problems(problems: list[reg.Problem]) -> None:
@@ -109,13 +117,17 @@ def register_check(
         if result.register is not None:
             hosts = result.register.hosts()
             skipped = len(result.register.assets) - len(hosts)
-            summary = (f"{len(result.register.assets)} servers in the register, {len(hosts)} in operation "
-                       f"(inventory hosts), {skipped} not reachable through the inventory; "
-                       f"{len(result.findings)} finding(s)")
+            summary = (
+                f"{len(result.register.assets)} servers in the register, {len(hosts)} in operation "
+                f"(inventory hosts), {skipped} not reachable through the inventory; "
+                f"{len(result.findings)} finding(s)"
+            )
             err.print(summary, soft_wrap=True)
         else:
-            err.print(f"{len(result.problems)} error(s): the register cannot be used until they are fixed",
-                      soft_wrap=True)
+            err.print(
+                f"{len(result.problems)} error(s): the register cannot be used until they are fixed",
+                soft_wrap=True,
+            )
     code = {"clean": Exit.OK, "findings": Exit.FAILED, "invalid": Exit.BAD_INPUT}[result.status]
     raise typer.Exit(int(code))
 
@@ -139,8 +151,12 @@ def register_show(inventory: InventoryOpt = None, today: TodayOpt = None, as_jso
             entry["groups"] = asset.groups() if asset.in_operation else []
             entry["review_overdue"] = asset.review_overdue(day)
             assets.append(entry)
-        print(json.dumps({"status": "ok", "office": register.office, "files": list(register.files),
-                          "assets": assets}, indent=2))
+        print(
+            json.dumps(
+                {"status": "ok", "office": register.office, "files": list(register.files), "assets": assets},
+                indent=2,
+            )
+        )
         return
     table = Table(title=register.office or "Server asset register", show_lines=False)
     for column in ("asset id", "host", "address", "SKPD", "env", "status", "data", "last reviewed"):
@@ -149,17 +165,29 @@ def register_show(inventory: InventoryOpt = None, today: TodayOpt = None, as_jso
         items = ", ".join(f"{i.name} ({i.engine})" for i in asset.data) or "-"
         if asset.backup_repository:
             items = f"repository {asset.backup_repository}" + ("" if items == "-" else f"; {items}")
-        reviewed = asset.last_reviewed.isoformat() + (" [yellow](overdue)[/]" if asset.review_overdue(day) else "")
+        reviewed = asset.last_reviewed.isoformat() + (
+            " [yellow](overdue)[/]" if asset.review_overdue(day) else ""
+        )
         status = asset.status if asset.in_operation else f"[dim]{asset.status} (not in inventory)[/]"
-        table.add_row(asset.asset_id, asset.hostname, f"{asset.address}:{asset.ssh_port}", asset.skpd,
-                      asset.environment, status, items, reviewed)
+        table.add_row(
+            asset.asset_id,
+            asset.hostname,
+            f"{asset.address}:{asset.ssh_port}",
+            asset.skpd,
+            asset.environment,
+            status,
+            items,
+            reviewed,
+        )
     out.print(table)
 
 
 @register_app.command("import")
 def register_import(
     source: Annotated[Path, typer.Argument(help="The office's spreadsheet, saved as CSV.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The register file to write (*.asset_register.yml).")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="The register file to write (*.asset_register.yml).")
+    ],
     office: Annotated[str | None, typer.Option(help="The office that keeps the register.")] = None,
     force: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
     today: TodayOpt = None,
@@ -182,8 +210,10 @@ def register_import(
     if as_json:
         print(json.dumps({"status": "ok", "output": str(output), "assets": len(register.assets)}))
     else:
-        err.print(f"wrote {output}: {len(register.assets)} servers, {len(register.hosts())} in operation",
-                  soft_wrap=True)
+        err.print(
+            f"wrote {output}: {len(register.assets)} servers, {len(register.hosts())} in operation",
+            soft_wrap=True,
+        )
 
 
 def main() -> None:
@@ -196,6 +226,9 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("PULIH_DEBUG"):
             raise
-        err.print(f"pulih: unexpected error: {type(exc).__name__}: {exc} "
-                  "(run again with PULIH_DEBUG=1 for details, and report it)", soft_wrap=True)
+        err.print(
+            f"pulih: unexpected error: {type(exc).__name__}: {exc} "
+            "(run again with PULIH_DEBUG=1 for details, and report it)",
+            soft_wrap=True,
+        )
         sys.exit(int(Exit.FAILED))

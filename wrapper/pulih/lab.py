@@ -43,7 +43,7 @@ from pulih.fsutil import atomic_write_text
 
 ADDRESS_PREFIX = "127.0.50."
 DB_USER = "pulih_backup"
-PASSWORD_VAR = "pulih_lab_db_password"
+PASSWORD_VAR = "pulih_lab_db_password"  # noqa: S105 - the name of the variable, not a password
 STATE_FILE = "lab.json"
 LAB_VARS_FILE = Path("group_vars") / "all" / "pulih_lab.yml"
 REGISTER_FILE = "lab.asset_register.yml"
@@ -124,8 +124,9 @@ class LabState:
 
 def _run(argv: Sequence[str], *, what: str, input_text: str | None = None, timeout: float = 120) -> str:
     try:
-        done = subprocess.run(list(argv), input=input_text, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        done = subprocess.run(
+            list(argv), input=input_text, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except FileNotFoundError:
         raise LabError(f"{what}: '{argv[0]}' is not installed (run 'make setup')") from None
     except subprocess.TimeoutExpired:
@@ -175,7 +176,9 @@ def _service_user(name: str) -> str:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        raise LabError(f"the system user '{name}' does not exist (install the server package: make setup)") from None
+        raise LabError(
+            f"the system user '{name}' does not exist (install the server package: make setup)"
+        ) from None
     return name
 
 
@@ -186,8 +189,10 @@ def _chown(path: Path, user: str) -> None:
 
 
 def _pg_bindir() -> Path:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
     if candidates:
         return candidates[-1].parent
     found = shutil.which("initdb")
@@ -248,8 +253,15 @@ def stop_pid(pid: int, program: str, sig: signal.Signals = signal.SIGTERM, timeo
 class Lab:
     """Start and stop a lab; use as a context manager in tests."""
 
-    def __init__(self, hosts: int = 2, *, inventory_dir: Path | None = None, repository: bool = True,
-                 databases: bool = True, host_prefix: str = "lab") -> None:
+    def __init__(
+        self,
+        hosts: int = 2,
+        *,
+        inventory_dir: Path | None = None,
+        repository: bool = True,
+        databases: bool = True,
+        host_prefix: str = "lab",
+    ) -> None:
         if not 1 <= hosts <= 50:
             raise LabError("a lab has between 1 and 50 hosts")
         self.count = hosts
@@ -272,20 +284,34 @@ class Lab:
         if self.inventory_dir is not None:
             running = _running_lab(self.inventory_dir)
             if running is not None:
-                raise LabError(f"a lab is already running for {self.inventory_dir} (root {running}); "
-                               f"stop it first: python -m pulih.lab down --inventory-dir {self.inventory_dir}")
+                raise LabError(
+                    f"a lab is already running for {self.inventory_dir} (root {running}); "
+                    f"stop it first: python -m pulih.lab down --inventory-dir {self.inventory_dir}"
+                )
         started = time.monotonic()
         # Short path: unix sockets (PostgreSQL, MariaDB, ssh control) live below it.
         root = Path(tempfile.mkdtemp(prefix="pulih-lab-", dir="/tmp"))
         root.chmod(0o711)  # the postgres and mysql accounts must reach their folders
         names = [f"{self.host_prefix}{i}" for i in range(1, self.count + 1)]
-        hosts = [LabHost(name=n, address=f"{ADDRESS_PREFIX}{10 + i}", ssh_port=0) for i, n in enumerate(names)]
+        hosts = [
+            LabHost(name=n, address=f"{ADDRESS_PREFIX}{10 + i}", ssh_port=0) for i, n in enumerate(names)
+        ]
         if self.repository:
-            hosts.append(LabHost(name=f"{self.host_prefix}repo", address=f"{ADDRESS_PREFIX}9", ssh_port=0,
-                                 repository_path=str(root / "hosts" / f"{self.host_prefix}repo" / "repository")))
-        state = LabState(root=str(root), user=getpass.getuser(), hosts=hosts,
-                         db_password=secrets.token_urlsafe(18),
-                         started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+            hosts.append(
+                LabHost(
+                    name=f"{self.host_prefix}repo",
+                    address=f"{ADDRESS_PREFIX}9",
+                    ssh_port=0,
+                    repository_path=str(root / "hosts" / f"{self.host_prefix}repo" / "repository"),
+                )
+            )
+        state = LabState(
+            root=str(root),
+            user=getpass.getuser(),
+            hosts=hosts,
+            db_password=secrets.token_urlsafe(18),
+            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
         self.state = state
         state.save()
         try:
@@ -309,8 +335,10 @@ class Lab:
         ssh_dir = Path(state.root) / "ssh"
         ssh_dir.mkdir(mode=0o700)
         state.control_dir.mkdir(mode=0o700)
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pulih-lab", "-f", str(state.private_key)],
-             what="creating the lab's SSH key")
+        _run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pulih-lab", "-f", str(state.private_key)],
+            what="creating the lab's SSH key",
+        )
         shutil.copy(state.private_key.with_suffix(".pub"), ssh_dir / "authorized_keys")
 
     def _start_host(self, state: LabState, host: LabHost) -> None:
@@ -338,29 +366,35 @@ class Lab:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         key = base / "ssh_host_ed25519_key"
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key)],
-             what=f"{host.name}: creating the host key")
+        _run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key)],
+            what=f"{host.name}: creating the host key",
+        )
         host.ssh_port = _free_port(host.address)
         config = base / "sshd_config"
-        config.write_text("\n".join([
-            f"ListenAddress {host.address}:{host.ssh_port}",
-            f"HostKey {key}",
-            f"PidFile {base / 'sshd.pid'}",
-            f"AuthorizedKeysFile {Path(state.root) / 'ssh' / 'authorized_keys'}",
-            f"AllowUsers {state.user}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "UsePAM no",
-            "StrictModes no",
-            "MaxSessions 64",
-            "MaxStartups 64:30:128",
-            "LogLevel ERROR",
-            "Subsystem sftp internal-sftp",
-            f"SetEnv PULIH_LAB_HOST={host.name}",
-            "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {host.address}:{host.ssh_port}",
+                    f"HostKey {key}",
+                    f"PidFile {base / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {Path(state.root) / 'ssh' / 'authorized_keys'}",
+                    f"AllowUsers {state.user}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "MaxSessions 64",
+                    "MaxStartups 64:30:128",
+                    "LogLevel ERROR",
+                    "Subsystem sftp internal-sftp",
+                    f"SetEnv PULIH_LAB_HOST={host.name}",
+                    "",
+                ]
+            )
+        )
         # sshd detaches and writes its PID file once it listens.
         _run([sshd, "-f", str(config), "-E", str(base / "sshd.log")], what=f"{host.name}: starting sshd")
         pid = _read_pid(base / "sshd.pid", f"{host.name}: sshd")
@@ -376,19 +410,52 @@ class Lab:
         data.mkdir(mode=0o700)
         _chown(data, account)
         as_pg = _as_user(account)
-        _run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-              "--auth-host=scram-sha-256", "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C.UTF-8"],
-             what=f"{host.name}: initdb")
+        _run(
+            [
+                *as_pg,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+                "--no-instructions",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            what=f"{host.name}: initdb",
+        )
         host.pg_port = _free_port(host.address)
-        options = (f"-c listen_addresses={host.address} -p {host.pg_port} -k {state.pg_socket_dir(host)} "
-                   "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c shared_buffers=64MB")
+        options = (
+            f"-c listen_addresses={host.address} -p {host.pg_port} -k {state.pg_socket_dir(host)} "
+            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c shared_buffers=64MB"
+        )
         log = base / "postgresql.log"
         log.touch()
         _chown(log, account)
-        _run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options,
-              "start"], what=f"{host.name}: starting PostgreSQL")
+        _run(
+            [
+                *as_pg,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "start",
+            ],
+            what=f"{host.name}: starting PostgreSQL",
+        )
         pid = _read_pid(data / "postmaster.pid", f"{host.name}: PostgreSQL")
         self._record(state, Proc(f"{host.name}/postgresql", pid, "postgres"))
+        # Names are the lab's own (labN) and the password is token_urlsafe: nothing to escape.
         sql = f"""
             CREATE ROLE {DB_USER} LOGIN SUPERUSER PASSWORD '{state.db_password}';
             CREATE DATABASE app_{host.name};
@@ -396,10 +463,26 @@ class Lab:
             CREATE TABLE pegawai (id serial PRIMARY KEY, nip text NOT NULL, nama text NOT NULL);
             INSERT INTO pegawai (nip, nama)
               SELECT lpad(g::text, 18, '1'), 'Pegawai ' || g FROM generate_series(1, 100) g;
-        """
-        _run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", state.pg_socket_dir(host), "-p",
-              str(host.pg_port), "-U", "postgres", "-d", "postgres"], input_text=sql,
-             what=f"{host.name}: preparing PostgreSQL")
+        """  # noqa: S608
+        _run(
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                state.pg_socket_dir(host),
+                "-p",
+                str(host.pg_port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ],
+            input_text=sql,
+            what=f"{host.name}: preparing PostgreSQL",
+        )
 
     def _start_mariadb(self, state: LabState, host: LabHost, base: Path) -> None:
         account = _service_user("mysql")
@@ -413,22 +496,46 @@ class Lab:
         # One option file for install and server: each instance its own tmpdir, so
         # instances bootstrapped side by side do not trip over each other's temp tables.
         options = base / "my.cnf"
-        options.write_text("\n".join([
-            "[mariadbd]",
-            f"datadir = {data}", f"tmpdir = {tmp}", f"user = {account}",
-            f"bind-address = {host.address}", f"port = {host.mariadb_port}", f"socket = {socket_path}",
-            f"pid-file = {base / 'run' / 'mariadb.pid'}", f"log-error = {log}",
-            "skip-name-resolve", "skip-log-bin",
-            "innodb-buffer-pool-size = 64M", "innodb-log-file-size = 32M",
-            "innodb-flush-log-at-trx-commit = 0", "skip-innodb-doublewrite", "",
-        ]))
+        options.write_text(
+            "\n".join(
+                [
+                    "[mariadbd]",
+                    f"datadir = {data}",
+                    f"tmpdir = {tmp}",
+                    f"user = {account}",
+                    f"bind-address = {host.address}",
+                    f"port = {host.mariadb_port}",
+                    f"socket = {socket_path}",
+                    f"pid-file = {base / 'run' / 'mariadb.pid'}",
+                    f"log-error = {log}",
+                    "skip-name-resolve",
+                    "skip-log-bin",
+                    "innodb-buffer-pool-size = 64M",
+                    "innodb-log-file-size = 32M",
+                    "innodb-flush-log-at-trx-commit = 0",
+                    "skip-innodb-doublewrite",
+                    "",
+                ]
+            )
+        )
         options.chmod(0o644)
-        _run(["mariadb-install-db", f"--defaults-file={options}", "--auth-root-authentication-method=normal",
-              "--skip-test-db"], what=f"{host.name}: mariadb-install-db", timeout=180)
+        _run(
+            [
+                "mariadb-install-db",
+                f"--defaults-file={options}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            what=f"{host.name}: mariadb-install-db",
+            timeout=180,
+        )
         with log.open("ab") as out:
             child = subprocess.Popen(
                 ["mariadbd", f"--defaults-file={options}"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
         self._record(state, Proc(f"{host.name}/mariadb", child.pid, "mariadbd"))
         _wait_for_port(host.address, host.mariadb_port, f"{host.name}: MariaDB", log)
@@ -443,9 +550,12 @@ class Lab:
                                     tanggal DATE NOT NULL) ENGINE=InnoDB;
             INSERT INTO kunjungan (pasien, tanggal)
               SELECT CONCAT('Pasien ', seq), DATE '2026-01-01' + INTERVAL seq DAY FROM seq_1_to_100;
-        """
-        _run(["mariadb", "--no-defaults", f"--socket={socket_path}", "-u", "root"], input_text=sql,
-             what=f"{host.name}: preparing MariaDB")
+        """  # noqa: S608
+        _run(
+            ["mariadb", "--no-defaults", f"--socket={socket_path}", "-u", "root"],
+            input_text=sql,
+            what=f"{host.name}: preparing MariaDB",
+        )
 
     @staticmethod
     def _file_tree(base: Path) -> Path:
@@ -479,8 +589,13 @@ def _running_lab(inventory_dir: Path) -> str | None:
 def _control_masters(control_dir: Path) -> Iterator[int]:
     """PIDs of the SSH ControlPersist masters whose sockets are in the lab's folder."""
     for sock in sorted(control_dir.glob("*")) if control_dir.exists() else []:
-        check = subprocess.run(["ssh", "-O", "check", "-o", f"ControlPath={sock}", "lab"], capture_output=True,
-                               text=True, timeout=10, check=False)
+        check = subprocess.run(
+            ["ssh", "-O", "check", "-o", f"ControlPath={sock}", "lab"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         text = check.stderr + check.stdout
         if "pid=" in text:
             with contextlib.suppress(ValueError):
@@ -541,13 +656,29 @@ def register_document(state: LabState) -> dict[str, Any]:
             entry["backup_repository"] = {"path": host.repository_path}
         else:
             if host.pg_port:
-                entry["data"].append({"name": "app-pg", "engine": "postgresql", "database": f"app_{host.name}",
-                                      "host": host.address, "port": host.pg_port, "user": DB_USER,
-                                      "password_var": PASSWORD_VAR})
+                entry["data"].append(
+                    {
+                        "name": "app-pg",
+                        "engine": "postgresql",
+                        "database": f"app_{host.name}",
+                        "host": host.address,
+                        "port": host.pg_port,
+                        "user": DB_USER,
+                        "password_var": PASSWORD_VAR,
+                    }
+                )
             if host.mariadb_port:
-                entry["data"].append({"name": "app-mariadb", "engine": "mariadb", "database": f"app_{host.name}",
-                                      "host": host.address, "port": host.mariadb_port, "user": DB_USER,
-                                      "password_var": PASSWORD_VAR})
+                entry["data"].append(
+                    {
+                        "name": "app-mariadb",
+                        "engine": "mariadb",
+                        "database": f"app_{host.name}",
+                        "host": host.address,
+                        "port": host.mariadb_port,
+                        "user": DB_USER,
+                        "password_var": PASSWORD_VAR,
+                    }
+                )
             if host.file_tree:
                 entry["data"].append({"name": "dokumen", "engine": "files", "path": host.file_tree})
         assets.append(entry)
@@ -567,10 +698,13 @@ def write_inventory(state: LabState, inventory_dir: Path) -> None:
     """Write the lab's register and its connection settings into an inventory folder."""
     inventory_dir.mkdir(parents=True, exist_ok=True)
     header = "# Written by the pulih test lab (python -m pulih.lab up); removed by 'down'.\n"
-    atomic_write_text(inventory_dir / REGISTER_FILE,
-                      header + yaml.safe_dump(register_document(state), sort_keys=False))
-    ssh_args = (f"-o UserKnownHostsFile={state.known_hosts} -o StrictHostKeyChecking=yes "
-                "-o ControlMaster=auto -o ControlPersist=60s")
+    atomic_write_text(
+        inventory_dir / REGISTER_FILE, header + yaml.safe_dump(register_document(state), sort_keys=False)
+    )
+    ssh_args = (
+        f"-o UserKnownHostsFile={state.known_hosts} -o StrictHostKeyChecking=yes "
+        "-o ControlMaster=auto -o ControlPersist=60s"
+    )
     lab_vars = {
         "pulih_lab_root": state.root,
         "ansible_ssh_private_key_file": str(state.private_key),
@@ -582,8 +716,9 @@ def write_inventory(state: LabState, inventory_dir: Path) -> None:
         PASSWORD_VAR: state.db_password,
         "pulih_lab_pg_socket_dirs": {h.name: state.pg_socket_dir(h) for h in state.hosts if h.pg_port},
     }
-    atomic_write_text(inventory_dir / LAB_VARS_FILE, header + yaml.safe_dump(lab_vars, sort_keys=False),
-                      mode=0o600)
+    atomic_write_text(
+        inventory_dir / LAB_VARS_FILE, header + yaml.safe_dump(lab_vars, sort_keys=False), mode=0o600
+    )
 
 
 # --------------------------------------------------------------------------- command line
@@ -602,9 +737,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "up":
             state = Lab(args.hosts, inventory_dir=args.inventory_dir, databases=not args.no_databases).up()
-            print(json.dumps({"root": state.root, "seconds_to_start": state.seconds_to_start,
-                              "hosts": [asdict(h) for h in state.hosts],
-                              "inventory": str(args.inventory_dir)}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "root": state.root,
+                        "seconds_to_start": state.seconds_to_start,
+                        "hosts": [asdict(h) for h in state.hosts],
+                        "inventory": str(args.inventory_dir),
+                    },
+                    indent=2,
+                )
+            )
             return 0
         lab_vars = args.inventory_dir / LAB_VARS_FILE
         if not lab_vars.exists():

@@ -40,7 +40,9 @@ ENVIRONMENTS: Final[tuple[str, ...]] = (
 
 # Identifiers pulih puts into group names and repository paths: keep them plain.
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -337,7 +339,17 @@ _ASSET_FIELDS: Final = {
     "reviewed_by": False,
     "notes": False,
 }
-_DB_FIELDS: Final = ("name", "engine", "database", "host", "port", "user", "socket", "password_var", "description")
+_DB_FIELDS: Final = (
+    "name",
+    "engine",
+    "database",
+    "host",
+    "port",
+    "user",
+    "socket",
+    "password_var",
+    "description",
+)
 _FILES_FIELDS: Final = ("name", "engine", "path", "exclude", "description")
 _TOP_FIELDS: Final = ("plugin", "version", "office", "assets")
 _SECRET_FIELDS: Final = ("password", "passwd", "secret", "login_password")
@@ -354,7 +366,9 @@ class _Checker:
         # its absence is not reported a second time.
         self._suggested: set[tuple[str | None, str]] = set()
 
-    def add(self, message: str, *, line: int | None, entry: str | None = None, field: str | None = None) -> None:
+    def add(
+        self, message: str, *, line: int | None, entry: str | None = None, field: str | None = None
+    ) -> None:
         self.problems.append(Problem(self.file, message, line=line, entry=entry, field=field))
 
     @staticmethod
@@ -375,7 +389,9 @@ class _Checker:
                 self.add(
                     "the register must not hold secrets; keep the password in Ansible Vault "
                     "and name its variable in 'password_var'",
-                    line=line, entry=entry, field=key,
+                    line=line,
+                    entry=entry,
+                    field=key,
                 )
                 continue
             close = difflib.get_close_matches(key, allowed, n=1)
@@ -385,8 +401,14 @@ class _Checker:
             self.add(f"unknown field{hint}", line=line, entry=entry, field=key)
 
     def text(
-        self, mapping: Mapping[str, Any], key: str, entry: str | None, *, required: bool,
-        pattern: re.Pattern[str] | None = None, pattern_hint: str = "",
+        self,
+        mapping: Mapping[str, Any],
+        key: str,
+        entry: str | None,
+        *,
+        required: bool,
+        pattern: re.Pattern[str] | None = None,
+        pattern_hint: str = "",
     ) -> str | None:
         line = self._line(mapping, key)
         if key not in mapping or mapping[key] is None or mapping[key] == "":
@@ -414,12 +436,16 @@ class _Checker:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             self.add(
                 f"unknown {what} '{value}' (known: {', '.join(choices)}){hint}",
-                line=self._line(mapping, key), entry=entry, field=key,
+                line=self._line(mapping, key),
+                entry=entry,
+                field=key,
             )
             return None
         return value
 
-    def port(self, mapping: Mapping[str, Any], key: str, entry: str | None, default: int | None) -> int | None:
+    def port(
+        self, mapping: Mapping[str, Any], key: str, entry: str | None, default: int | None
+    ) -> int | None:
         if key not in mapping or mapping[key] is None:
             return default
         value = mapping[key]
@@ -428,7 +454,12 @@ class _Checker:
             return default
         number = int(value)
         if not 1 <= number <= 65535:
-            self.add(f"{number} is not a port number (1-65535)", line=self._line(mapping, key), entry=entry, field=key)
+            self.add(
+                f"{number} is not a port number (1-65535)",
+                line=self._line(mapping, key),
+                entry=entry,
+                field=key,
+            )
             return default
         return number
 
@@ -472,17 +503,32 @@ def _address_ok(value: str) -> bool:
 def _parse_item(chk: _Checker, raw: Any, entry: str, index: int) -> DataItem | None:
     where = f"data[{index}]"
     if not isinstance(raw, Mapping):
-        chk.add(f"must be a mapping with 'name' and 'engine', not {_kind(raw)}", line=None, entry=entry, field=where)
+        chk.add(
+            f"must be a mapping with 'name' and 'engine', not {_kind(raw)}",
+            line=None,
+            entry=entry,
+            field=where,
+        )
         return None
-    name = chk.text(raw, "name", entry, required=True, pattern=_IDENT,
-                    pattern_hint="use letters, digits, '.', '_' or '-' (it names backups)")
+    name = chk.text(
+        raw,
+        "name",
+        entry,
+        required=True,
+        pattern=_IDENT,
+        pattern_hint="use letters, digits, '.', '_' or '-' (it names backups)",
+    )
     label = where
     engine = chk.text(raw, "engine", entry, required=True)
     if engine is not None and engine not in ENGINES:
         close = difflib.get_close_matches(engine, ENGINES, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        chk.add(f"unknown engine '{engine}' (known: {', '.join(ENGINES)}){hint}",
-                line=chk._line(raw, "engine"), entry=entry, field=f"{label}.engine")
+        chk.add(
+            f"unknown engine '{engine}' (known: {', '.join(ENGINES)}){hint}",
+            line=chk._line(raw, "engine"),
+            entry=entry,
+            field=f"{label}.engine",
+        )
         engine = None
     if engine is None or name is None:
         return None
@@ -494,31 +540,62 @@ def _parse_item(chk: _Checker, raw: Any, entry: str, index: int) -> DataItem | N
         chk.unknown_keys(raw, _FILES_FIELDS, entry)
         path = chk.text(raw, "path", entry, required=True)
         if path is not None and not path.startswith("/"):
-            chk.add(f"'{path}' must be an absolute path", line=chk._line(raw, "path"), entry=entry, field=sub("path"))
+            chk.add(
+                f"'{path}' must be an absolute path",
+                line=chk._line(raw, "path"),
+                entry=entry,
+                field=sub("path"),
+            )
             return None
         exclude = raw.get("exclude") or []
         if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
-            chk.add("must be a list of patterns", line=chk._line(raw, "exclude"), entry=entry, field=sub("exclude"))
+            chk.add(
+                "must be a list of patterns",
+                line=chk._line(raw, "exclude"),
+                entry=entry,
+                field=sub("exclude"),
+            )
             return None
         if path is None:
             return None
-        return DataItem(name=name, engine="files", path=path, exclude=tuple(exclude),
-                        description=chk.text(raw, "description", entry, required=False))
+        return DataItem(
+            name=name,
+            engine="files",
+            path=path,
+            exclude=tuple(exclude),
+            description=chk.text(raw, "description", entry, required=False),
+        )
 
     chk.unknown_keys(raw, _DB_FIELDS, entry)
     database = chk.text(raw, "database", entry, required=True)
-    password_var = chk.text(raw, "password_var", entry, required=False, pattern=_VAR_NAME,
-                            pattern_hint="name an Ansible variable (letters, digits, '_')")
+    password_var = chk.text(
+        raw,
+        "password_var",
+        entry,
+        required=False,
+        pattern=_VAR_NAME,
+        pattern_hint="name an Ansible variable (letters, digits, '_')",
+    )
     socket = chk.text(raw, "socket", entry, required=False)
     if socket is not None and not socket.startswith("/"):
-        chk.add(f"'{socket}' must be an absolute path", line=chk._line(raw, "socket"), entry=entry, field=sub("socket"))
+        chk.add(
+            f"'{socket}' must be an absolute path",
+            line=chk._line(raw, "socket"),
+            entry=entry,
+            field=sub("socket"),
+        )
     port = chk.port(raw, "port", entry, None)
     if database is None:
         return None
     return DataItem(
-        name=name, engine=engine,  # type: ignore[arg-type]  # checked against ENGINES above
-        database=database, host=chk.text(raw, "host", entry, required=False), port=port,
-        user=chk.text(raw, "user", entry, required=False), socket=socket, password_var=password_var,
+        name=name,
+        engine=engine,  # type: ignore[arg-type]  # checked against ENGINES above
+        database=database,
+        host=chk.text(raw, "host", entry, required=False),
+        port=port,
+        user=chk.text(raw, "user", entry, required=False),
+        socket=socket,
+        password_var=password_var,
         description=chk.text(raw, "description", entry, required=False),
     )
 
@@ -533,10 +610,22 @@ def _parse_asset(chk: _Checker, raw: Any, index: int) -> Asset | None:
     chk.unknown_keys(raw, _ASSET_FIELDS, entry)
 
     values: dict[str, Any] = {
-        "asset_id": chk.text(raw, "asset_id", entry, required=True, pattern=_IDENT,
-                             pattern_hint="use letters, digits, '.', '_' or '-'"),
-        "hostname": chk.text(raw, "hostname", entry, required=True, pattern=_HOSTNAME,
-                             pattern_hint="a host name has letters, digits, '-' and '.'"),
+        "asset_id": chk.text(
+            raw,
+            "asset_id",
+            entry,
+            required=True,
+            pattern=_IDENT,
+            pattern_hint="use letters, digits, '.', '_' or '-'",
+        ),
+        "hostname": chk.text(
+            raw,
+            "hostname",
+            entry,
+            required=True,
+            pattern=_HOSTNAME,
+            pattern_hint="a host name has letters, digits, '-' and '.'",
+        ),
         "ssh_user": chk.text(raw, "ssh_user", entry, required=True),
         "skpd": chk.text(raw, "skpd", entry, required=True),
         "skpd_name": chk.text(raw, "skpd_name", entry, required=False),
@@ -552,38 +641,58 @@ def _parse_asset(chk: _Checker, raw: Any, index: int) -> Asset | None:
     }
     address = chk.text(raw, "address", entry, required=True)
     if address is not None and not _address_ok(address):
-        chk.add(f"'{address}' is neither an IP address nor a host name",
-                line=chk._line(raw, "address"), entry=entry, field="address")
+        chk.add(
+            f"'{address}' is neither an IP address nor a host name",
+            line=chk._line(raw, "address"),
+            entry=entry,
+            field="address",
+        )
         address = None
     values["address"] = address
 
     registered_on, last_reviewed = values["registered_on"], values["last_reviewed"]
     if registered_on and last_reviewed and last_reviewed < registered_on:
-        chk.add(f"{last_reviewed} is before the entry was registered ({registered_on})",
-                line=chk._line(raw, "last_reviewed"), entry=entry, field="last_reviewed")
+        chk.add(
+            f"{last_reviewed} is before the entry was registered ({registered_on})",
+            line=chk._line(raw, "last_reviewed"),
+            entry=entry,
+            field="last_reviewed",
+        )
 
     repo = raw.get("backup_repository")
     values["backup_repository"] = None
     if repo is not None:
         repo_path = repo.get("path") if isinstance(repo, Mapping) else None
         if not isinstance(repo_path, str) or not repo_path.startswith("/"):
-            chk.add("must be a mapping with an absolute 'path' where backups are kept",
-                    line=chk._line(raw, "backup_repository"), entry=entry, field="backup_repository")
+            chk.add(
+                "must be a mapping with an absolute 'path' where backups are kept",
+                line=chk._line(raw, "backup_repository"),
+                entry=entry,
+                field="backup_repository",
+            )
         else:
             values["backup_repository"] = repo_path
 
     items_raw = raw.get("data")
     items: list[DataItem] = []
     if items_raw is not None and not isinstance(items_raw, list):
-        chk.add(f"must be a list of data items, not {_kind(items_raw)}",
-                line=chk._line(raw, "data"), entry=entry, field="data")
+        chk.add(
+            f"must be a list of data items, not {_kind(items_raw)}",
+            line=chk._line(raw, "data"),
+            entry=entry,
+            field="data",
+        )
     for i, item_raw in enumerate(items_raw or []):
         item = _parse_item(chk, item_raw, entry, i)
         if item is None:
             continue
         if any(other.name == item.name for other in items):
-            chk.add(f"data item name '{item.name}' is used twice in this entry",
-                    line=chk._line(item_raw), entry=entry, field=f"data[{i}].name")
+            chk.add(
+                f"data item name '{item.name}' is used twice in this entry",
+                line=chk._line(item_raw),
+                entry=entry,
+                field=f"data[{i}].name",
+            )
             continue
         items.append(item)
 
@@ -600,20 +709,31 @@ def parse_register(document: Any, file: str, today: dt.date) -> tuple[Register, 
         return Register(files=(file,), assets=()), chk.problems
     chk.unknown_keys(document, _TOP_FIELDS, None)
     if document.get("plugin") != PLUGIN_NAME:
-        chk.add(f"must be '{PLUGIN_NAME}' so Ansible reads this file as inventory",
-                line=chk._line(document, "plugin"), field="plugin")
+        chk.add(
+            f"must be '{PLUGIN_NAME}' so Ansible reads this file as inventory",
+            line=chk._line(document, "plugin"),
+            field="plugin",
+        )
     version = document.get("version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        chk.add(f"format version {version!r} is not one this pulih reads (it reads {FORMAT_VERSION})",
-                line=chk._line(document, "version"), field="version")
+        chk.add(
+            f"format version {version!r} is not one this pulih reads (it reads {FORMAT_VERSION})",
+            line=chk._line(document, "version"),
+            field="version",
+        )
     raw_assets = document.get("assets")
     if not isinstance(raw_assets, list):
-        chk.add("must be a list of servers" if raw_assets is not None else "is missing (it is required)",
-                line=chk._line(document, "assets"), field="assets")
+        chk.add(
+            "must be a list of servers" if raw_assets is not None else "is missing (it is required)",
+            line=chk._line(document, "assets"),
+            field="assets",
+        )
         raw_assets = []
     assets = [a for i, raw in enumerate(raw_assets) if (a := _parse_asset(chk, raw, i)) is not None]
     office = document.get("office")
-    return Register(files=(file,), assets=tuple(assets), office=office if isinstance(office, str) else None), chk.problems
+    return Register(
+        files=(file,), assets=tuple(assets), office=office if isinstance(office, str) else None
+    ), chk.problems
 
 
 def duplicate_problems(assets: list[Asset]) -> list[Problem]:
@@ -629,11 +749,15 @@ def duplicate_problems(assets: list[Asset]) -> list[Problem]:
             if first is asset:
                 continue
             where = f"{first.source}:{first.line}" if first.line else first.source
-            problems.append(Problem(
-                asset.source,
-                f"'{getattr(asset, field_name)}' is already used by entry '{first.asset_id}' ({where})",
-                line=asset.line, entry=f"'{asset.asset_id}'", field=field_name,
-            ))
+            problems.append(
+                Problem(
+                    asset.source,
+                    f"'{getattr(asset, field_name)}' is already used by entry '{first.asset_id}' ({where})",
+                    line=asset.line,
+                    entry=f"'{asset.asset_id}'",
+                    field=field_name,
+                )
+            )
     return problems
 
 
@@ -666,7 +790,9 @@ def load_inventory(inventory: Path, today: dt.date | None = None) -> Register:
     files = find_register_files(inventory)
     if not files:
         what = "does not exist" if not inventory.exists() else "holds no *.asset_register.yml file"
-        raise RegisterError([Problem(str(inventory), f"{what}: pass the register file or its folder with -i")])
+        raise RegisterError(
+            [Problem(str(inventory), f"{what}: pass the register file or its folder with -i")]
+        )
     problems: list[Problem] = []
     assets: list[Asset] = []
     office: str | None = None
@@ -697,15 +823,19 @@ def check(register: Register, today: dt.date, max_age_days: int = REVIEW_MAX_AGE
     for asset in register.assets:
         if asset.review_overdue(today, max_age_days):
             age = asset.review_age_days(today)
-            findings.append(Finding(
-                kind="review_overdue",
-                asset_id=asset.asset_id,
-                hostname=asset.hostname,
-                message=(f"last reviewed {asset.last_reviewed} ({age} days ago); the SOP asks for "
-                         f"a review at least every {max_age_days} days"),
-                file=asset.source,
-                line=asset.line,
-            ))
+            findings.append(
+                Finding(
+                    kind="review_overdue",
+                    asset_id=asset.asset_id,
+                    hostname=asset.hostname,
+                    message=(
+                        f"last reviewed {asset.last_reviewed} ({age} days ago); the SOP asks for "
+                        f"a review at least every {max_age_days} days"
+                    ),
+                    file=asset.source,
+                    line=asset.line,
+                )
+            )
     return findings
 
 
@@ -762,7 +892,8 @@ class CheckResult:
             "hosts": [a.hostname for a in reg.hosts()] if reg else [],
             "not_in_inventory": [
                 {"asset_id": a.asset_id, "hostname": a.hostname, "status": a.status}
-                for a in (reg.assets if reg else ()) if not a.in_operation
+                for a in (reg.assets if reg else ())
+                if not a.in_operation
             ],
             "findings": [f.as_dict() for f in self.findings],
             "errors": [p.as_dict() for p in self.problems],

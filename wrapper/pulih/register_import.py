@@ -21,25 +21,65 @@ from pulih import register as reg
 from pulih.fsutil import atomic_write_text
 
 SERVER_COLUMNS: Final = (
-    "asset_id", "hostname", "address", "ssh_port", "ssh_user", "skpd", "skpd_name", "environment",
-    "status", "os", "registered_by", "registered_on", "last_reviewed", "reviewed_by", "notes",
+    "asset_id",
+    "hostname",
+    "address",
+    "ssh_port",
+    "ssh_user",
+    "skpd",
+    "skpd_name",
+    "environment",
+    "status",
+    "os",
+    "registered_by",
+    "registered_on",
+    "last_reviewed",
+    "reviewed_by",
+    "notes",
     "repository_path",
 )
 ITEM_COLUMNS: Final = (
-    "item_name", "item_engine", "item_database", "item_host", "item_port", "item_user", "item_socket",
-    "item_password_var", "item_path", "item_exclude", "item_description",
+    "item_name",
+    "item_engine",
+    "item_database",
+    "item_host",
+    "item_port",
+    "item_user",
+    "item_socket",
+    "item_password_var",
+    "item_path",
+    "item_exclude",
+    "item_description",
 )
 ALIASES: Final = {
-    "id": "asset_id", "id_aset": "asset_id", "kode_aset": "asset_id", "no_aset": "asset_id",
-    "nama_server": "hostname", "host": "hostname", "host_name": "hostname",
-    "ip": "address", "ip_address": "address", "alamat_ip": "address",
-    "port_ssh": "ssh_port", "user_ssh": "ssh_user",
-    "opd": "skpd", "perangkat_daerah": "skpd", "nama_skpd": "skpd_name", "nama_opd": "skpd_name",
-    "lingkungan": "environment", "env": "environment",
-    "sistem_operasi": "os", "operating_system": "os",
-    "didaftarkan_oleh": "registered_by", "tanggal_daftar": "registered_on", "tanggal_registrasi": "registered_on",
-    "terakhir_ditinjau": "last_reviewed", "tanggal_tinjau": "last_reviewed", "ditinjau_oleh": "reviewed_by",
-    "keterangan": "notes", "catatan": "notes",
+    "id": "asset_id",
+    "id_aset": "asset_id",
+    "kode_aset": "asset_id",
+    "no_aset": "asset_id",
+    "nama_server": "hostname",
+    "host": "hostname",
+    "host_name": "hostname",
+    "ip": "address",
+    "ip_address": "address",
+    "alamat_ip": "address",
+    "port_ssh": "ssh_port",
+    "user_ssh": "ssh_user",
+    "opd": "skpd",
+    "perangkat_daerah": "skpd",
+    "nama_skpd": "skpd_name",
+    "nama_opd": "skpd_name",
+    "lingkungan": "environment",
+    "env": "environment",
+    "sistem_operasi": "os",
+    "operating_system": "os",
+    "didaftarkan_oleh": "registered_by",
+    "tanggal_daftar": "registered_on",
+    "tanggal_registrasi": "registered_on",
+    "terakhir_ditinjau": "last_reviewed",
+    "tanggal_tinjau": "last_reviewed",
+    "ditinjau_oleh": "reviewed_by",
+    "keterangan": "notes",
+    "catatan": "notes",
 }
 _ENUM_COLUMNS: Final = ("environment", "status", "item_engine")
 _DMY: Final = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
@@ -94,7 +134,9 @@ def read_csv(path: Path) -> tuple[dict[str, Any], list[reg.Problem]]:
     known = SERVER_COLUMNS + ITEM_COLUMNS
     for header, column in zip(rows[0], columns, strict=True):
         if column not in known:
-            problems.append(reg.Problem(file, f"unknown column (known: {', '.join(known)})", line=1, field=header))
+            problems.append(
+                reg.Problem(file, f"unknown column (known: {', '.join(known)})", line=1, field=header)
+            )
 
     assets: dict[str, reg.LineDict] = {}
     first_row: dict[str, int] = {}
@@ -104,11 +146,15 @@ def read_csv(path: Path) -> tuple[dict[str, Any], list[reg.Problem]]:
         cells = {c: _clean(c, v) for c, v in zip(columns, row, strict=False) if c in known}
         asset_id = cells.get("asset_id", "")
         if not asset_id:
-            problems.append(reg.Problem(file, "is empty: every row names its server", line=number, field="asset_id"))
+            problems.append(
+                reg.Problem(file, "is empty: every row names its server", line=number, field="asset_id")
+            )
             continue
         entry = assets.get(asset_id)
         if entry is None:
-            server = {c: cells[c] for c in SERVER_COLUMNS if cells.get(c) and c != "repository_path"}
+            server: dict[str, Any] = {
+                c: cells[c] for c in SERVER_COLUMNS if cells.get(c) and c != "repository_path"
+            }
             if cells.get("ssh_port", "").isdigit():
                 server["ssh_port"] = int(cells["ssh_port"])
             if cells.get("repository_path"):
@@ -121,12 +167,18 @@ def read_csv(path: Path) -> tuple[dict[str, Any], list[reg.Problem]]:
                 value = cells.get(column, "")
                 written = entry.get(column)
                 if value and written is not None and str(written) != value:
-                    problems.append(reg.Problem(
-                        file, f"'{value}' differs from row {first_row[asset_id]} ('{written}') for the same server",
-                        line=number, entry=f"'{asset_id}'", field=column,
-                    ))
+                    problems.append(
+                        reg.Problem(
+                            file,
+                            f"'{value}' differs from row {first_row[asset_id]} ('{written}') "
+                            "for the same server",
+                            line=number,
+                            entry=f"'{asset_id}'",
+                            field=column,
+                        )
+                    )
         if cells.get("item_name") or cells.get("item_engine"):
-            item = {c.removeprefix("item_"): cells[c] for c in ITEM_COLUMNS if cells.get(c)}
+            item: dict[str, Any] = {c.removeprefix("item_"): cells[c] for c in ITEM_COLUMNS if cells.get(c)}
             if str(item.get("port", "")).isdigit():
                 item["port"] = int(item["port"])
             if "exclude" in item:
@@ -137,13 +189,16 @@ def read_csv(path: Path) -> tuple[dict[str, Any], list[reg.Problem]]:
     return document, problems
 
 
-def import_csv(source: Path, target: Path, *, office: str | None, today: dt.date, force: bool) -> reg.Register:
+def import_csv(
+    source: Path, target: Path, *, office: str | None, today: dt.date, force: bool
+) -> reg.Register:
     """Validate the CSV as a register and write it as YAML; nothing is written on error."""
     if target.exists() and not force:
         raise reg.RegisterError([reg.Problem(str(target), "already exists; pass --force to replace it")])
     if not target.name.endswith(reg.REGISTER_SUFFIXES):
-        raise reg.RegisterError([reg.Problem(
-            str(target), "must end in .asset_register.yml so Ansible reads it as inventory")])
+        raise reg.RegisterError(
+            [reg.Problem(str(target), "must end in .asset_register.yml so Ansible reads it as inventory")]
+        )
     document, problems = read_csv(source)
     register, found = reg.parse_register(document, str(source), today)
     problems += found + reg.duplicate_problems(list(register.assets))

@@ -57,28 +57,34 @@ def database_drift(results, system_databases=(), report_undeclared=True):
         declared.setdefault(endpoint, set()).add(item["database"])
         if result.get("failed") or "databases" not in result:
             message = result.get("msg") or "no answer"
-            drift.append({
-                "kind": "engine_unreachable",
-                "item": item["name"],
-                "message": f"cannot query {endpoint}: {message}",
-            })
+            drift.append(
+                {
+                    "kind": "engine_unreachable",
+                    "item": item["name"],
+                    "message": f"cannot query {endpoint}: {message}",
+                }
+            )
             continue
         names = set(result["databases"])
         present[endpoint] = names
         if item["database"] not in names:
-            drift.append({
-                "kind": "database_missing",
-                "item": item["name"],
-                "message": f"database '{item['database']}' is not on {endpoint}",
-            })
+            drift.append(
+                {
+                    "kind": "database_missing",
+                    "item": item["name"],
+                    "message": f"database '{item['database']}' is not on {endpoint}",
+                }
+            )
     if report_undeclared:
         for endpoint, names in sorted(present.items()):
             for name in sorted(names - declared[endpoint] - set(system_databases)):
-                drift.append({
-                    "kind": "database_undeclared",
-                    "item": None,
-                    "message": f"database '{name}' on {endpoint} is not in the register",
-                })
+                drift.append(
+                    {
+                        "kind": "database_undeclared",
+                        "item": None,
+                        "message": f"database '{name}' on {endpoint} is not in the register",
+                    }
+                )
     return drift
 
 

@@ -1,0 +1,29 @@
+"""Every role declares every default in meta/argument_specs.yml, with the same value, and
+every public variable carries the role's prefix."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import PROJECT
+
+ROLES = sorted(p.parent.parent for p in (PROJECT / "roles").glob("*/defaults/main.yml"))
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[r.name for r in ROLES])
+def test_defaults_and_argument_specs_agree(role):
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    assert set(defaults) == set(options), "a default without a spec, or a spec without a default"
+    for name, value in defaults.items():
+        assert name.startswith(f"{role.name}_"), f"{name} lacks the role's prefix"
+        assert options[name].get("default") == value, f"{name}: default differs from argument_specs"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[r.name for r in ROLES])
+def test_main_only_includes(role):
+    tasks = yaml.safe_load((role / "tasks" / "main.yml").read_text())
+    for task in tasks:
+        assert {"ansible.builtin.include_tasks", "ansible.builtin.import_tasks"} & set(task), task["name"]
