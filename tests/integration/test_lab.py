@@ -33,16 +33,37 @@ def lab(tmp_path_factory):
 
 def ssh(state, host, command):
     return subprocess.run(
-        ["ssh", "-i", str(state.private_key), "-o", f"UserKnownHostsFile={state.known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(host.ssh_port),
-         f"{state.user}@{host.address}", command],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            "ssh",
+            "-i",
+            str(state.private_key),
+            "-o",
+            f"UserKnownHostsFile={state.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-p",
+            str(host.ssh_port),
+            f"{state.user}@{host.address}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
 def playbook(inventory, *args):
-    return subprocess.run(["ansible-playbook", "-i", str(inventory), "playbooks/register_audit.yml", *args],
-                          capture_output=True, text=True, cwd=PROJECT, timeout=300, check=False)
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), "playbooks/register_audit.yml", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_each_host_is_its_own_sshd_with_a_checked_host_key(lab):
@@ -61,11 +82,30 @@ def test_a_wrong_host_key_is_refused(lab, tmp_path):
     # lab2's key recorded for lab1's address: ssh must refuse, not ask or ignore.
     known = tmp_path / "known_hosts"
     line = next(x for x in state.known_hosts.read_text().splitlines() if f":{lab2.ssh_port} " in x)
-    known.write_text(line.replace(f"[{lab2.address}]:{lab2.ssh_port}", f"[{lab1.address}]:{lab1.ssh_port}") + "\n")
+    known.write_text(
+        line.replace(f"[{lab2.address}]:{lab2.ssh_port}", f"[{lab1.address}]:{lab1.ssh_port}") + "\n"
+    )
     result = subprocess.run(
-        ["ssh", "-i", str(state.private_key), "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-         "-o", "BatchMode=yes", "-p", str(lab1.ssh_port), f"{state.user}@{lab1.address}", "true"],
-        capture_output=True, text=True, timeout=30, check=False)
+        [
+            "ssh",
+            "-i",
+            str(state.private_key),
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-p",
+            str(lab1.ssh_port),
+            f"{state.user}@{lab1.address}",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 255
     assert "HOST IDENTIFICATION HAS CHANGED" in result.stderr
 
@@ -76,15 +116,51 @@ def test_each_host_has_its_own_postgresql_and_mariadb(lab):
     seen = set()
     for host in [h for h in state.hosts if not h.is_repository]:
         pg = subprocess.run(
-            ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", host.address, "-p", str(host.pg_port), "-U",
-             lab_mod.DB_USER, "-d", f"app_{host.name}", "-c",
-             "SELECT current_setting('data_directory') || '|' || count(*) FROM pegawai"],
-            capture_output=True, text=True, env=env, timeout=30, check=False)
+            [
+                "psql",
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                host.address,
+                "-p",
+                str(host.pg_port),
+                "-U",
+                lab_mod.DB_USER,
+                "-d",
+                f"app_{host.name}",
+                "-c",
+                "SELECT current_setting('data_directory') || '|' || count(*) FROM pegawai",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
         assert pg.returncode == 0, pg.stderr
         my = subprocess.run(
-            ["mariadb", "--no-defaults", "-N", "-h", host.address, "-P", str(host.mariadb_port), "-u",
-             lab_mod.DB_USER, f"app_{host.name}", "-e", "SELECT CONCAT(@@datadir, '|', COUNT(*)) FROM kunjungan"],
-            capture_output=True, text=True, env=env, timeout=30, check=False)
+            [
+                "mariadb",
+                "--no-defaults",
+                "-N",
+                "-h",
+                host.address,
+                "-P",
+                str(host.mariadb_port),
+                "-u",
+                lab_mod.DB_USER,
+                f"app_{host.name}",
+                "-e",
+                "SELECT CONCAT(@@datadir, '|', COUNT(*)) FROM kunjungan",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
         assert my.returncode == 0, my.stderr
         for answer in (pg.stdout.strip(), my.stdout.strip()):
             datadir, rows = answer.rsplit("|", 1)
@@ -96,12 +172,20 @@ def test_each_host_has_its_own_postgresql_and_mariadb(lab):
 
 def test_the_lab_inventory_is_a_valid_register(lab):
     _, inventory = lab
-    result = subprocess.run(["pulih", "register", "check", "-i", str(inventory), "--json"], capture_output=True,
-                            text=True, cwd=PROJECT, timeout=60, check=False)
+    result = subprocess.run(
+        ["pulih", "register", "check", "-i", str(inventory), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["hosts"] == ["lab1", "lab2", "lab3", "labrepo"]
     lab_vars = yaml.safe_load((inventory / lab_mod.LAB_VARS_FILE).read_text())
-    assert (inventory / lab_mod.LAB_VARS_FILE).stat().st_mode & 0o077 == 0, "the lab's password file is private"
+    assert (inventory / lab_mod.LAB_VARS_FILE).stat().st_mode & 0o077 == 0, (
+        "the lab's password file is private"
+    )
     assert lab_vars["ansible_ssh_args"].count("StrictHostKeyChecking=yes") == 1
 
 
@@ -146,7 +230,7 @@ def test_a_database_down_is_drift_and_the_other_hosts_complete(lab, tmp_path):
     assert result.returncode == 0, "report-only by default"
     hosts = json.loads(report.read_text())["hosts"]
     assert [d["kind"] for d in hosts["lab1"]["drift"]] == ["engine_unreachable"]
-    assert "app-pg" == hosts["lab1"]["drift"][0]["item"]
+    assert hosts["lab1"]["drift"][0]["item"] == "app-pg"
     assert hosts["lab2"]["drift"] == hosts["lab3"]["drift"] == []
     strict = playbook(inventory, "-e", "pulih_register_fail_on_drift=true")
     assert strict.returncode == 2
@@ -173,15 +257,26 @@ def test_a_host_down_is_reported_as_not_audited(lab, tmp_path):
 def test_down_stops_every_process_by_pid_including_control_masters(tmp_path):
     inventory = tmp_path / "inv"
     state = lab_mod.Lab(1, inventory_dir=inventory, repository=False).up()
-    ping = subprocess.run(["ansible", "-i", str(inventory), "all", "-m", "ansible.builtin.ping"],
-                          capture_output=True, text=True, cwd=PROJECT, timeout=120, check=False)
+    ping = subprocess.run(
+        ["ansible", "-i", str(inventory), "all", "-m", "ansible.builtin.ping"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        timeout=120,
+        check=False,
+    )
     assert ping.returncode == 0, ping.stdout
     masters = list(lab_mod._control_masters(state.control_dir))
     assert len(masters) == 1, "ansible left a ControlPersist master in the lab's folder"
     pids = [p.pid for p in state.procs] + masters
     assert all(lab_mod._alive(pid) for pid in pids)
-    down = subprocess.run(["python", "-m", "pulih.lab", "down", "--inventory-dir", str(inventory)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    down = subprocess.run(
+        ["python", "-m", "pulih.lab", "down", "--inventory-dir", str(inventory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert down.returncode == 0, down.stderr
     assert "ssh control master" in down.stderr
     assert not [pid for pid in pids if lab_mod._alive(pid)]

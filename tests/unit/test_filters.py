@@ -28,8 +28,13 @@ def test_missing_and_undeclared_databases(drift):
 
 def test_unreachable_server(drift):
     results = [{"item": PG, "failed": True, "msg": "connection refused"}]
-    assert drift(results, SYSTEM) == [{"kind": "engine_unreachable", "item": "app",
-                                       "message": "cannot query postgresql at 10.0.0.5:5432: connection refused"}]
+    assert drift(results, SYSTEM) == [
+        {
+            "kind": "engine_unreachable",
+            "item": "app",
+            "message": "cannot query postgresql at 10.0.0.5:5432: connection refused",
+        }
+    ]
 
 
 def test_two_items_on_one_server_declare_each_other(drift):
