@@ -738,16 +738,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             state = Lab(args.hosts, inventory_dir=args.inventory_dir, databases=not args.no_databases).up()
             print(
-                json.dumps(
-                    {
-                        "root": state.root,
-                        "seconds_to_start": state.seconds_to_start,
-                        "hosts": [asdict(h) for h in state.hosts],
-                        "inventory": str(args.inventory_dir),
-                    },
-                    indent=2,
-                )
+                f"lab up in {state.seconds_to_start:.1f}s, inventory {args.inventory_dir}:", file=sys.stderr
             )
+            for host in state.hosts:
+                what = (
+                    f"PostgreSQL :{host.pg_port}, MariaDB :{host.mariadb_port}"
+                    if host.pg_port
+                    else f"backup repository {host.repository_path}"
+                    if host.is_repository
+                    else "sshd only"
+                )
+                print(f"  {host.name}: ssh {host.address}:{host.ssh_port}, {what}", file=sys.stderr)
+            summary = {
+                "root": state.root,
+                "seconds_to_start": state.seconds_to_start,
+                "hosts": [asdict(h) for h in state.hosts],
+                "inventory": str(args.inventory_dir),
+            }
+            print(json.dumps(summary, indent=2))
             return 0
         lab_vars = args.inventory_dir / LAB_VARS_FILE
         if not lab_vars.exists():
