@@ -41,18 +41,41 @@ def plain_one_host() -> float:
     log.touch()
     lab._chown(log, pg_user)
     cnf = root / "my.cnf"
-    cnf.write_text(f"[mariadbd]\ndatadir={mydata}\ntmpdir={mytmp}\nuser={my_user}\nport={my_port}\n"
-                   f"bind-address=127.0.0.1\nsocket={run}/my.sock\nskip-log-bin\n")
+    cnf.write_text(
+        f"[mariadbd]\ndatadir={mydata}\ntmpdir={mytmp}\nuser={my_user}\nport={my_port}\n"
+        f"bind-address=127.0.0.1\nsocket={run}/my.sock\nskip-log-bin\n"
+    )
     started = time.monotonic()
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--no-sync",
-                    "-A", "trust"], check=True, capture_output=True)
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w", "-o",
-                    f"-c listen_addresses=127.0.0.1 -p {pg_port} -k {run}", "start"],
-                   check=True, capture_output=True)
-    subprocess.run(["mariadb-install-db", f"--defaults-file={cnf}", "--skip-test-db"], check=True,
-                   capture_output=True)
-    server = subprocess.Popen(["mariadbd", f"--defaults-file={cnf}"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.run(
+        [*as_pg, str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--no-sync", "-A", "trust"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_pg,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(log),
+            "-w",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {pg_port} -k {run}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["mariadb-install-db", f"--defaults-file={cnf}", "--skip-test-db"], check=True, capture_output=True
+    )
+    server = subprocess.Popen(
+        ["mariadbd", f"--defaults-file={cnf}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     while True:
         try:
             socket.create_connection(("127.0.0.1", my_port), timeout=0.5).close()
@@ -87,8 +110,10 @@ def main() -> None:
     print(f"plain tools, one host's PostgreSQL + MariaDB in sequence: {plain:6.2f}s  (1.00x)")
     for hosts in args.hosts:
         took = statistics.median(lab_up(hosts) for _ in range(args.runs))
-        print(f"pulih.lab up, {hosts} host(s) + repository (sshd, both databases, seeded): "
-              f"{took:6.2f}s  ({took / plain:.2f}x plain)")
+        print(
+            f"pulih.lab up, {hosts} host(s) + repository (sshd, both databases, seeded): "
+            f"{took:6.2f}s  ({took / plain:.2f}x plain)"
+        )
 
 
 if __name__ == "__main__":
