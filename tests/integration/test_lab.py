@@ -31,28 +31,13 @@ def lab(tmp_path_factory):
     assert not left, f"processes left running: {left}"
 
 
-def ssh(state, host, command):
+def ssh(state, host, command, known_hosts=None):
     return subprocess.run(
-        [
-            "ssh",
-            "-i",
-            str(state.private_key),
-            "-o",
-            f"UserKnownHostsFile={state.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-p",
-            str(host.ssh_port),
-            f"{state.user}@{host.address}",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+        ["ssh", "-i", str(state.private_key), "-o", f"UserKnownHostsFile={known_hosts or state.known_hosts}",
+         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(host.ssh_port),
+         f"{state.user}@{host.address}", command],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
 
 
 def playbook(inventory, *args):
@@ -85,27 +70,7 @@ def test_a_wrong_host_key_is_refused(lab, tmp_path):
     known.write_text(
         line.replace(f"[{lab2.address}]:{lab2.ssh_port}", f"[{lab1.address}]:{lab1.ssh_port}") + "\n"
     )
-    result = subprocess.run(
-        [
-            "ssh",
-            "-i",
-            str(state.private_key),
-            "-o",
-            f"UserKnownHostsFile={known}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-p",
-            str(lab1.ssh_port),
-            f"{state.user}@{lab1.address}",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = ssh(state, lab1, "true", known_hosts=known)
     assert result.returncode == 255
     assert "HOST IDENTIFICATION HAS CHANGED" in result.stderr
 

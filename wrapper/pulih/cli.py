@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -58,10 +58,10 @@ TodayOpt = Annotated[
 ]
 
 
-def fail(message: str, code: Exit, *, as_json: bool = False, extra: dict[str, Any] | None = None) -> NoReturn:
+def fail(message: str, code: Exit, *, as_json: bool = False) -> NoReturn:
     """Stop with a message a person can act on, and the documented exit code."""
     if as_json:
-        print(json.dumps({"status": "error", "exit_code": int(code), "message": message, **(extra or {})}))
+        print(json.dumps({"status": "error", "exit_code": int(code), "message": message}))
     err.print(f"[bold red]pulih:[/] {message}", markup=True, soft_wrap=True)
     raise typer.Exit(int(code))
 
