@@ -26,4 +26,9 @@ def test_defaults_and_argument_specs_agree(role):
 def test_main_only_includes(role):
     tasks = yaml.safe_load((role / "tasks" / "main.yml").read_text())
     for task in tasks:
-        assert {"ansible.builtin.include_tasks", "ansible.builtin.import_tasks"} & set(task), task["name"]
+        includes = {
+            "ansible.builtin.include_tasks",
+            "ansible.builtin.import_tasks",
+            "ansible.builtin.include_role",
+        }
+        assert includes & set(task), task["name"]

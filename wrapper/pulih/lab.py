@@ -713,6 +713,10 @@ def write_inventory(state: LabState, inventory_dir: Path) -> None:
         "ansible_control_path_dir": str(state.control_dir),
         "ansible_control_path": "%(directory)s/%%C",
         "ansible_python_interpreter": "/usr/bin/python3",
+        # The repository host reaches the servers with the lab's key, checking their host keys.
+        "pulih_common_ssh_identity": str(state.private_key),
+        "pulih_common_ssh_known_hosts": str(state.known_hosts),
+        "pulih_common_agent_dir": str(Path(state.root) / "agent"),
         PASSWORD_VAR: state.db_password,
         "pulih_lab_pg_socket_dirs": {h.name: state.pg_socket_dir(h) for h in state.hosts if h.pg_port},
     }

@@ -1,0 +1,392 @@
+# Copyright: pulih maintainers
+# Apache License 2.0
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: agent_stream
+short_description: Stream a backup artifact between the repository host and a data server
+description:
+  - Runs on the backup repository host. Starts the pulih agent on a data server over SSH
+    (host key checked, key authentication only), hands it a request on standard input, and
+    either stores what it writes (I(dest): a backup) or feeds it a stored artifact (I(src):
+    a verification or a restore).
+  - A stored stream is hashed (SHA-256) and counted as it is written, and flushed to disk; when
+    anything fails (the agent, a tool in its pipeline, the SSH link, a full disk) the partial
+    file is removed and the task fails with the agent's own message.
+  - Secrets in I(request) travel on the SSH channel's standard input, never in a command line.
+version_added: 0.1.0
+author: pulih maintainers
+options:
+  address:
+    description: Address of the data server, as the repository host reaches it.
+    type: str
+    required: true
+  port:
+    description: SSH port of the data server.
+    type: int
+    default: 22
+  user:
+    description: SSH user on the data server.
+    type: str
+    required: true
+  ssh_identity:
+    description: Private key file on the repository host.
+    type: path
+  ssh_known_hosts:
+    description: Known hosts file on the repository host; the data server's key must be in it.
+    type: path
+  agent:
+    description: Path of C(pulih_agent.py) on the data server.
+    type: str
+    default: /var/lib/pulih/pulih_agent.py
+  python:
+    description: Python interpreter on the data server.
+    type: str
+    default: /usr/bin/python3
+  request:
+    description: The agent's request (mode, engine, connection without its password, ...).
+    type: dict
+    required: true
+  secret:
+    description:
+      - The secrets of the request, kept apart so that only they are masked in output
+        (C(password) of the database connection, C(identity) an age private key).
+    type: dict
+    default: {}
+  dest:
+    description: Store the agent's output here (a backup). Must not exist.
+    type: path
+  src:
+    description: Feed this file to the agent after the request (a verification or restore).
+    type: path
+  events_dest:
+    description: Write the agent's per-file events here as JSON lines (a file tree's file list).
+    type: path
+  expect_counts:
+    description: Row counts the agent's result must match (verification).
+    type: dict
+  expect_files:
+    description: A JSON-lines file list the agent's per-file events must match (verification).
+    type: path
+  timeout:
+    description: Seconds the whole stream may take.
+    type: int
+    default: 86400
+notes:
+  - Supports check mode by doing nothing and saying what it would have done.
+"""
+
+EXAMPLES = r"""
+- name: Pull a dump into the repository
+  pulih.core.agent_stream:
+    address: 10.20.1.11
+    user: pulih
+    ssh_identity: /home/pulih/.ssh/id_ed25519
+    ssh_known_hosts: /home/pulih/.ssh/known_hosts
+    request: {mode: dump, engine: postgresql, conn: {database: simpeg}}
+    dest: /srv/pulih-repo/DC-1/simpeg/.tmp-20261121T080000Z/database.pgdump.zst
+  delegate_to: backup-repo01
+  no_log: true
+"""
+
+RETURN = r"""
+sha256:
+  description: SHA-256 of the stored stream (with I(dest)).
+  type: str
+  returned: success and dest
+size:
+  description: Bytes stored (with I(dest)).
+  type: int
+  returned: success and dest
+events_sha256:
+  description: SHA-256 of I(events_dest).
+  type: str
+  returned: success and events_dest
+events_size:
+  description: Bytes written to I(events_dest).
+  type: int
+  returned: success and events_dest
+result:
+  description: The agent's result (row counts, versions, ...).
+  type: dict
+  returned: success
+differences:
+  description: What did not match I(expect_counts) or I(expect_files).
+  type: list
+  elements: str
+  returned: always
+matches:
+  description: True when nothing differed from what was expected.
+  type: bool
+  returned: always
+seconds:
+  description: Wall time of the stream.
+  type: float
+  returned: always
+"""
+
+import errno
+import hashlib
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+import contextlib
+
+CHUNK = 1 << 20
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
+
+
+def _ssh_argv(p):
+    argv = [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        "-p",
+        str(p["port"]),
+    ]
+    if p["ssh_identity"]:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", p["ssh_identity"]]
+    if p["ssh_known_hosts"]:
+        argv += ["-o", "UserKnownHostsFile=" + p["ssh_known_hosts"]]
+    # ssh hands the remote command to a shell: only plain paths go there, nothing from data.
+    return [*argv, "%s@%s" % (p["user"], p["address"]), "--", p["python"], p["agent"]]
+
+
+class _Stderr(threading.Thread):
+    """Reads the agent's standard error: structured events and the tools' messages."""
+
+    def __init__(self, stream, events_handle):
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.events_handle = events_handle
+        self.events_digest = hashlib.sha256()
+        self.events_size = 0
+        self.result = None
+        self.files = {}
+        self.messages = []
+
+    def run(self):
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if not line.startswith("@@pulih "):
+                if line.strip():
+                    self.messages = ([*self.messages, line])[-40:]
+                continue
+            try:
+                event = json.loads(line[8:])
+            except ValueError:
+                continue
+            kind = event.pop("event", None)
+            if kind == "result":
+                self.result = event
+            elif kind == "file":
+                self.files[event["path"]] = event
+                if self.events_handle is not None:
+                    data = (json.dumps(event, sort_keys=True) + "\n").encode()
+                    self.events_handle.write(data)
+                    self.events_digest.update(data)
+                    self.events_size += len(data)
+
+
+def _compare_counts(expected, actual):
+    diffs = []
+    for table in sorted(set(expected) | set(actual)):
+        if table not in actual:
+            diffs.append("table %s: in the manifest (%s rows), not restored" % (table, expected[table]))
+        elif table not in expected:
+            diffs.append("table %s: restored (%s rows), not in the manifest" % (table, actual[table]))
+        elif int(expected[table]) != int(actual[table]):
+            diffs.append(
+                "table %s: %s rows in the manifest, %s restored" % (table, expected[table], actual[table])
+            )
+    return diffs
+
+
+def _compare_files(expected_path, actual):
+    expected = {}
+    with open(expected_path, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                entry = json.loads(raw)
+                expected[entry["path"]] = entry
+    diffs = []
+    for path in sorted(set(expected) | set(actual)):
+        want, got = expected.get(path), actual.get(path)
+        if got is None:
+            diffs.append("%s: in the file list, not restored" % path)
+        elif want is None:
+            diffs.append("%s: restored, not in the file list" % path)
+        elif want.get("type") != got.get("type"):
+            diffs.append(
+                "%s: a %s in the file list, a %s restored" % (path, want.get("type"), got.get("type"))
+            )
+        elif want.get("type") == "file" and (want.get("size"), want.get("sha256")) != (
+            got.get("size"),
+            got.get("sha256"),
+        ):
+            diffs.append("%s: size or SHA-256 differs from the file list" % path)
+    return diffs
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            address=dict(type="str", required=True),
+            port=dict(type="int", default=22),
+            user=dict(type="str", required=True),
+            ssh_identity=dict(type="path"),
+            ssh_known_hosts=dict(type="path"),
+            agent=dict(type="str", default="/var/lib/pulih/pulih_agent.py"),
+            python=dict(type="str", default="/usr/bin/python3"),
+            request=dict(type="dict", required=True),
+            secret=dict(type="dict", default={}, no_log=True),
+            dest=dict(type="path"),
+            src=dict(type="path"),
+            events_dest=dict(type="path"),
+            expect_counts=dict(type="dict"),
+            expect_files=dict(type="path"),
+            timeout=dict(type="int", default=86400),
+        ),
+        mutually_exclusive=[("dest", "src")],
+        required_one_of=[("dest", "src")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    for key in ("agent", "python"):
+        if not _SAFE_PATH.match(p[key]):
+            module.fail_json(msg="%s must be a plain absolute path, got %r" % (key, p[key]))
+    if p["dest"] and os.path.exists(p["dest"]):
+        module.fail_json(msg="%s already exists: a backup artifact is never overwritten" % p["dest"])
+    if p["src"] and not os.path.isfile(p["src"]):
+        module.fail_json(msg="%s does not exist on the repository host" % p["src"])
+    what = "store %s" % p["dest"] if p["dest"] else "send %s" % p["src"]
+    if module.check_mode:
+        module.exit_json(
+            changed=bool(p["dest"]),
+            msg="would %s via the agent on %s" % (what, p["address"]),
+            differences=[],
+            matches=True,
+            seconds=0.0,
+        )
+
+    request = json.loads(json.dumps(p["request"]))
+    if p["secret"].get("password") is not None:
+        request.setdefault("conn", {})["password"] = p["secret"]["password"]
+    if p["secret"].get("identity"):
+        request["identity"] = p["secret"]["identity"]
+
+    started = time.monotonic()
+    out_handle = events_handle = None
+    created = []
+    proc = None
+    try:
+        if p["dest"]:
+            out_handle = open(p["dest"], "xb")  # noqa: SIM115 - closed in finally, removed on failure
+            created.append(p["dest"])
+        if p["events_dest"]:
+            events_handle = open(p["events_dest"], "xb")  # noqa: SIM115 - as above
+            created.append(p["events_dest"])
+        proc = subprocess.Popen(
+            _ssh_argv(p), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        reader = _Stderr(proc.stderr, events_handle)
+        reader.start()
+        timer = threading.Timer(p["timeout"], proc.kill)
+        timer.start()
+        digest, size = hashlib.sha256(), 0
+        try:
+            proc.stdin.write((json.dumps(request) + "\n").encode())
+            if p["src"]:
+                with open(p["src"], "rb") as source:
+                    for block in iter(lambda: source.read(CHUNK), b""):
+                        proc.stdin.write(block)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the agent stopped reading: its exit code and message say why
+        if out_handle is not None:
+            for block in iter(lambda: proc.stdout.read(CHUNK), b""):
+                out_handle.write(block)
+                digest.update(block)
+                size += len(block)
+            out_handle.flush()
+            os.fsync(out_handle.fileno())
+        else:
+            proc.stdout.read()
+        code = proc.wait()
+        timer.cancel()
+        reader.join()
+        if events_handle is not None:
+            events_handle.flush()
+            os.fsync(events_handle.fileno())
+        seconds = round(time.monotonic() - started, 3)
+        if code != 0 or reader.result is None:
+            why = "; ".join(reader.messages[-6:]) or "no message"
+            if code == 255:
+                why = "SSH to %s@%s:%s failed: %s" % (p["user"], p["address"], p["port"], why)
+            module.fail_json(
+                msg="the agent on %s failed (exit %s): %s" % (p["address"], code, why),
+                rc=code,
+                seconds=seconds,
+                differences=[],
+                matches=False,
+            )
+        diffs = []
+        if p["expect_counts"] is not None:
+            diffs += _compare_counts(p["expect_counts"], reader.result.get("row_counts") or {})
+        if p["expect_files"]:
+            diffs += _compare_files(p["expect_files"], reader.files)
+        created = []  # complete: keep
+        out = dict(
+            changed=bool(p["dest"]),
+            result=reader.result,
+            differences=diffs,
+            matches=not diffs,
+            seconds=seconds,
+        )
+        if p["dest"]:
+            out.update(sha256=digest.hexdigest(), size=size)
+        if p["events_dest"]:
+            out.update(
+                events_sha256=reader.events_digest.hexdigest(),
+                events_size=reader.events_size,
+                files=len(reader.files),
+            )
+        module.exit_json(**out)
+    except OSError as exc:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if exc.errno == errno.ENOSPC:
+            module.fail_json(
+                msg="the repository filesystem is full (no space left on device) while writing %s"
+                % (p["dest"] or p["events_dest"]),
+                differences=[],
+                matches=False,
+            )
+        module.fail_json(msg="cannot %s: %s" % (what, exc), differences=[], matches=False)
+    finally:
+        for handle in (out_handle, events_handle):
+            if handle is not None and not handle.closed:
+                with contextlib.suppress(OSError):
+                    handle.close()
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,687 @@
+#!/usr/bin/python3
+"""pulih agent: the part of a backup, verification or restore that runs on a data
+server, started over SSH by the repository host (pulih.core.agent_stream).
+
+Protocol. The first line of standard input is a JSON request (it carries the
+database password and any age identity, which therefore never appear in a process
+list). Then:
+  mode "dump":   the artifact is written to standard output (compressed, maybe encrypted);
+  mode "verify": the artifact follows on standard input; it is restored into scratch
+                 space, measured, and the scratch space removed.
+Standard error carries the tools' own messages and lines "@@pulih <json>" with
+structured results: {"event": "file", ...} per file of a tree, {"event": "result", ...}
+once at the end. The exit code is 0 only when every process of every pipeline
+succeeded (pipefail, always).
+
+Standard library, the system's psycopg2 (python3-psycopg2) and PyMySQL
+(python3-pymysql), and the command-line tools pg_dump, pg_restore, mariadb-dump,
+mariadb, zstd and age. Python 3.9+.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+
+CHUNK = 1 << 20
+
+
+class AgentError(Exception):
+    pass
+
+
+def emit(event, **fields):
+    fields["event"] = event
+    sys.stderr.write("@@pulih " + json.dumps(fields, sort_keys=True) + "\n")
+    sys.stderr.flush()
+
+
+def tool_version(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    except OSError:
+        return None
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+class Pipeline:
+    """Processes connected by pipes; fails if any of them fails (pipefail)."""
+
+    def __init__(self):
+        self.procs = []
+
+    def add(self, argv, stdin=None, stdout=subprocess.PIPE, env=None):
+        try:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, env=env)
+        except OSError as exc:
+            raise AgentError("cannot run %s: %s" % (argv[0], exc)) from None
+        if (
+            stdin is not None
+            and stdin not in (subprocess.PIPE, subprocess.DEVNULL)
+            and hasattr(stdin, "close")
+        ):
+            stdin.close()  # the child holds it now
+        self.procs.append((argv[0], proc))
+        return proc
+
+    def wait(self):
+        failed = []
+        for name, proc in self.procs:
+            code = proc.wait()
+            if code != 0:
+                failed.append("%s exited %d" % (name, code))
+        if failed:
+            raise AgentError("; ".join(failed))
+
+    def kill(self):
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def compressor(request):
+    level = int(request.get("zstd_level", 3))
+    return ["zstd", "-q", "-c", "-T%d" % int(request.get("zstd_threads", 0)), "-%d" % level]
+
+
+def add_output_stages(pipe, request, source_stdout):
+    """zstd, then age when recipients are given, writing to our standard output."""
+    recipients = request.get("recipients") or []
+    out = sys.stdout.buffer
+    out.flush()
+    if not recipients:
+        return pipe.add(compressor(request), stdin=source_stdout, stdout=out.fileno())
+    zstd = pipe.add(compressor(request), stdin=source_stdout)
+    age = ["age"]
+    for recipient in recipients:
+        age += ["-r", recipient]
+    return pipe.add(age, stdin=zstd.stdout, stdout=out.fileno())
+
+
+def add_input_stages(pipe, request, identity_file):
+    """age -d when encrypted, then zstd -d, reading our standard input."""
+    stdin = sys.stdin.buffer
+    if request.get("encrypted"):
+        if not identity_file:
+            raise AgentError("the backup is encrypted and no age identity was given")
+        age = pipe.add(["age", "-d", "-i", identity_file], stdin=stdin)
+        return pipe.add(["zstd", "-q", "-d", "-c"], stdin=age.stdout)
+    return pipe.add(["zstd", "-q", "-d", "-c"], stdin=stdin)
+
+
+def copy_stream(src, dst):
+    """Copy between pipes without going through Python buffers where Linux allows."""
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    while True:
+        try:
+            moved = os.splice(src_fd, dst_fd, CHUNK)
+        except (AttributeError, OSError):
+            data = os.read(src_fd, CHUNK)
+            if not data:
+                return
+            os.write(dst_fd, data)
+            continue
+        if moved == 0:
+            return
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def pg_env(conn, database=None):
+    env = dict(os.environ)
+    for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER"), ("password", "PGPASSWORD")):
+        if conn.get(key) not in (None, ""):
+            env[var] = str(conn[key])
+    if conn.get("socket"):
+        env["PGHOST"] = conn["socket"]
+    # A name in PGDATABASE is only a name: "-d" would read "a=b" as a connection string.
+    env["PGDATABASE"] = database or conn["database"]
+    env["PGCONNECT_TIMEOUT"] = str(conn.get("connect_timeout", 10))
+    env["PGAPPNAME"] = "pulih"
+    return env
+
+
+def pg_connect(conn, database=None):
+    import psycopg2
+
+    kwargs = {
+        "host": conn.get("socket") or conn.get("host") or None,
+        "port": conn.get("port") or None,
+        "user": conn.get("user") or None,
+        "password": conn.get("password") or None,
+        "dbname": database or conn["database"],
+        "connect_timeout": conn.get("connect_timeout", 10),
+        "application_name": "pulih",
+    }
+    try:
+        return psycopg2.connect(**{k: v for k, v in kwargs.items() if v is not None})
+    except psycopg2.Error as exc:
+        raise AgentError(
+            "cannot connect to PostgreSQL database %r: %s" % (kwargs["dbname"], str(exc).strip())
+        ) from None
+
+
+PG_TABLES = """
+    SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'
+    ORDER BY 1, 2
+"""
+
+
+def pg_counts(cur):
+    from psycopg2 import sql
+
+    cur.execute(PG_TABLES)
+    counts = {}
+    for schema, table in cur.fetchall():
+        cur.execute(
+            sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        )
+        counts["%s.%s" % (schema, table)] = cur.fetchone()[0]
+    return counts
+
+
+def dump_postgresql(request):
+    conn = request["conn"]
+    db = pg_connect(conn)
+    db.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    cur = db.cursor()
+    # The snapshot pg_dump will share: the row counts below see exactly what it dumps.
+    cur.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
+    snapshot, server_version = cur.fetchone()
+    pipe = Pipeline()
+    try:
+        dump = pipe.add(["pg_dump", "-Fc", "-Z0", "--snapshot=" + snapshot], env=pg_env(conn))
+        add_output_stages(pipe, request, dump.stdout)
+        counts = pg_counts(cur)  # while the dump streams, in the exporting transaction
+        pipe.wait()
+    except BaseException:
+        pipe.kill()
+        raise
+    finally:
+        db.rollback()
+        db.close()
+    emit(
+        "result",
+        engine="postgresql",
+        server_version=server_version,
+        row_counts=counts,
+        consistency="row counts taken in the transaction whose snapshot pg_dump used (--snapshot)",
+        tools={
+            "pg_dump": tool_version(["pg_dump", "--version"]),
+            "zstd": tool_version(["zstd", "--version"]),
+            "age": tool_version(["age", "--version"]) if request.get("recipients") else None,
+        },
+    )
+
+
+def dump_pg_globals(request):
+    conn = request["conn"]
+    notes = []
+    for extra in ([], ["--no-role-passwords"]):
+        probe = subprocess.run(
+            ["pg_dumpall", "--globals-only", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=pg_env(conn, "postgres"),
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0:
+            break
+        notes.append(probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "pg_dumpall failed")
+    else:
+        raise AgentError("pg_dumpall --globals-only failed: %s" % "; ".join(notes))
+    pipe = Pipeline()
+    try:
+        dumpall = pipe.add(["pg_dumpall", "--globals-only", *extra], env=pg_env(conn, "postgres"))
+        add_output_stages(pipe, request, dumpall.stdout)
+        pipe.wait()
+    except BaseException:
+        pipe.kill()
+        raise
+    emit(
+        "result",
+        engine="pg_globals",
+        role_passwords=not extra,
+        note="role passwords left out: the backup account may not read them" if extra else None,
+    )
+
+
+def verify_postgresql(request, identity_file):
+    conn, scratch = request["conn"], request["scratch_database"]
+    from psycopg2 import sql
+
+    admin = pg_connect(conn, "postgres")
+    admin.autocommit = True
+    acur = admin.cursor()
+    acur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+    acur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    try:
+        pipe = Pipeline()
+        try:
+            plain = add_input_stages(pipe, request, identity_file)
+            pipe.add(
+                ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch],
+                stdin=plain.stdout,
+                stdout=subprocess.DEVNULL,
+                env=pg_env(conn, scratch),
+            )
+            pipe.wait()
+        except BaseException:
+            pipe.kill()
+            raise
+        db = pg_connect(conn, scratch)
+        try:
+            counts = pg_counts(db.cursor())
+        finally:
+            db.close()
+        emit("result", engine="postgresql", row_counts=counts, scratch=scratch)
+    finally:
+        acur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+        admin.close()
+
+
+# --------------------------------------------------------------------------- MariaDB / MySQL
+
+
+def my_ident(name):
+    return "`" + name.replace("`", "``") + "`"
+
+
+def my_connect(conn, database=None):
+    import pymysql
+
+    kwargs = {
+        "user": conn.get("user") or None,
+        "password": conn.get("password") or "",
+        "connect_timeout": conn.get("connect_timeout", 10),
+        "autocommit": True,
+        "charset": "utf8mb4",
+    }
+    if conn.get("socket"):
+        kwargs["unix_socket"] = conn["socket"]
+    else:
+        kwargs["host"] = conn.get("host") or "localhost"
+        kwargs["port"] = int(conn.get("port") or 3306)
+    if database:
+        kwargs["database"] = database
+    try:
+        return pymysql.connect(**kwargs)
+    except pymysql.Error as exc:
+        raise AgentError("cannot connect to MariaDB/MySQL: %s" % exc) from None
+
+
+def my_defaults_file(conn, tmpdir):
+    """Client options in a private file, so the password is in no argv and no environment."""
+
+    def quoted(value):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["[client]"]
+    if conn.get("user"):
+        lines.append("user=" + quoted(conn["user"]))
+    if conn.get("password"):
+        lines.append("password=" + quoted(conn["password"]))
+    if conn.get("socket"):
+        lines.append("socket=" + quoted(conn["socket"]))
+    else:
+        lines.append("host=" + quoted(conn.get("host") or "localhost"))
+        lines.append("port=%d" % int(conn.get("port") or 3306))
+        lines.append("protocol=TCP")
+    path = os.path.join(tmpdir, "client.cnf")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def my_counts(cur, database):
+    cur.execute(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+        "AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+        (database,),
+    )
+    counts = {}
+    for (table,) in cur.fetchall():
+        cur.execute("SELECT COUNT(*) FROM %s.%s" % (my_ident(database), my_ident(table)))
+        counts[table] = cur.fetchone()[0]
+    return counts
+
+
+# mariadb-dump writes these only after it opened its consistent snapshot.
+MY_SNAPSHOT_MARKERS = (
+    b"-- Table structure for table",
+    b"-- Temporary table structure for view",
+    b"-- Dumping routines",
+    b"-- Dumping events",
+)
+
+
+def dump_mariadb(request):
+    conn, database = request["conn"], request["conn"]["database"]
+    tmpdir = tempfile.mkdtemp(prefix="pulih-")
+    db = my_connect(conn)
+    cur = db.cursor()
+    pipe = Pipeline()
+    locked = False
+    try:
+        cur.execute("SELECT VERSION()")
+        server_version = cur.fetchone()[0]
+        cur.execute("SET SESSION lock_wait_timeout = %s", (int(request.get("lock_wait_timeout", 30)),))
+        # Writes stop from here until both snapshots exist (ours for the counts and
+        # mariadb-dump's): a moment, the same lock mariadb-dump --master-data takes.
+        cur.execute("FLUSH TABLES WITH READ LOCK")
+        locked = True
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        argv = [
+            "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump",
+            "--defaults-extra-file=" + my_defaults_file(conn, tmpdir),
+            "--single-transaction",
+            "--quick",
+            "--routines",
+            "--triggers",
+            "--events",
+            "--hex-blob",
+            "--default-character-set=utf8mb4",
+            "--comments",
+            "--",
+            database,
+        ]
+        dump = pipe.add(argv)
+        zstd_in = subprocess.PIPE
+        last = add_output_stages(pipe, request, zstd_in)
+        sink = pipe.procs[-2][1].stdin if request.get("recipients") else last.stdin
+        seen = b""
+        while locked:
+            data = os.read(dump.stdout.fileno(), 65536)
+            if data:
+                sink.write(data)
+                seen = (seen + data)[-4096:]
+            if not data or any(marker in seen for marker in MY_SNAPSHOT_MARKERS):
+                cur.execute("UNLOCK TABLES")
+                locked = False
+        sink.flush()
+        counter = {}
+        thread = threading.Thread(target=lambda: counter.update(my_counts(cur, database)))
+        thread.start()
+        copy_stream(dump.stdout, sink)
+        sink.close()
+        thread.join()
+        pipe.wait()
+    except BaseException:
+        pipe.kill()
+        raise
+    finally:
+        if locked:
+            cur.execute("UNLOCK TABLES")
+        db.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    emit(
+        "result",
+        engine="mariadb",
+        server_version=server_version,
+        row_counts=counter,
+        consistency=(
+            "FLUSH TABLES WITH READ LOCK held only until pulih's counting transaction and "
+            "mariadb-dump --single-transaction had both opened their consistent snapshots; "
+            "exact for InnoDB tables"
+        ),
+        tools={
+            "mariadb-dump": tool_version([argv[0], "--version"]),
+            "zstd": tool_version(["zstd", "--version"]),
+            "age": tool_version(["age", "--version"]) if request.get("recipients") else None,
+        },
+    )
+
+
+def verify_mariadb(request, identity_file):
+    conn, scratch = request["conn"], request["scratch_database"]
+    tmpdir = tempfile.mkdtemp(prefix="pulih-")
+    admin = my_connect(conn)
+    acur = admin.cursor()
+    acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(scratch))
+    acur.execute("CREATE DATABASE %s CHARACTER SET utf8mb4" % my_ident(scratch))
+    try:
+        pipe = Pipeline()
+        try:
+            plain = add_input_stages(pipe, request, identity_file)
+            client = "mariadb" if shutil.which("mariadb") else "mysql"
+            pipe.add(
+                [
+                    client,
+                    "--defaults-extra-file=" + my_defaults_file(conn, tmpdir),
+                    "--binary-mode",
+                    "--database=" + scratch,
+                ],
+                stdin=plain.stdout,
+                stdout=subprocess.DEVNULL,
+            )
+            pipe.wait()
+        except BaseException:
+            pipe.kill()
+            raise
+        emit("result", engine="mariadb", row_counts=my_counts(acur, scratch), scratch=scratch)
+    finally:
+        acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(scratch))
+        admin.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- file trees
+
+
+class HashingReader:
+    def __init__(self, handle):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def excluded(relative, patterns):
+    return any(
+        fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(os.path.basename(relative), p) for p in patterns
+    )
+
+
+def dump_files(request):
+    root = request["path"].rstrip("/") or "/"
+    patterns = request.get("exclude") or []
+    if not os.path.isdir(root):
+        raise AgentError("%s is not a directory" % root)
+    pipe = Pipeline()
+    files = size = 0
+    try:
+        add_output_stages(pipe, request, subprocess.PIPE)
+        sink = pipe.procs[0][1].stdin  # zstd's
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for current, dirs, names in os.walk(root):
+                dirs.sort()
+                for name in sorted(dirs) + sorted(names):
+                    full = os.path.join(current, name)
+                    relative = os.path.relpath(full, root)
+                    if excluded(relative, patterns):
+                        if name in dirs:
+                            dirs.remove(name)
+                        continue
+                    info = tar.gettarinfo(full, arcname=relative)
+                    if info is None:  # sockets and the like
+                        continue
+                    if info.isreg():
+                        with open(full, "rb") as handle:
+                            reader = HashingReader(handle)
+                            tar.addfile(info, reader)
+                        emit(
+                            "file",
+                            path=relative,
+                            type="file",
+                            size=info.size,
+                            sha256=reader.digest.hexdigest(),
+                        )
+                        files += 1
+                        size += info.size
+                    else:
+                        tar.addfile(info)
+                        kind = "dir" if info.isdir() else "symlink" if info.issym() else "other"
+                        emit("file", path=relative, type=kind, target=info.linkname if info.issym() else None)
+        sink.close()
+        pipe.wait()
+    except BaseException:
+        pipe.kill()
+        raise
+    emit(
+        "result",
+        engine="files",
+        files=files,
+        bytes=size,
+        tools={"tar": "python tarfile (POSIX pax)", "zstd": tool_version(["zstd", "--version"])},
+    )
+
+
+def safe_members(tar, target):
+    """Refuse members that would land outside the scratch folder."""
+    base = os.path.realpath(target)
+    for member in tar:
+        path = os.path.realpath(os.path.join(base, member.name))
+        if not (path == base or path.startswith(base + os.sep)) or member.isdev():
+            raise AgentError("archive member %r would land outside the restore folder" % member.name)
+        if member.islnk():
+            link = os.path.realpath(os.path.join(base, member.linkname))
+            if not link.startswith(base + os.sep):
+                raise AgentError("hard link %r points outside the restore folder" % member.name)
+        yield member
+
+
+def list_tree(root):
+    entries = []
+    for current, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs) + sorted(names):
+            full = os.path.join(current, name)
+            relative = os.path.relpath(full, root)
+            mode = os.lstat(full).st_mode
+            if stat.S_ISREG(mode):
+                digest = hashlib.sha256()
+                with open(full, "rb") as handle:
+                    for block in iter(lambda: handle.read(CHUNK), b""):
+                        digest.update(block)
+                entries.append(
+                    {
+                        "path": relative,
+                        "type": "file",
+                        "size": os.path.getsize(full),
+                        "sha256": digest.hexdigest(),
+                    }
+                )
+            elif stat.S_ISDIR(mode):
+                entries.append({"path": relative, "type": "dir"})
+            elif stat.S_ISLNK(mode):
+                entries.append({"path": relative, "type": "symlink", "target": os.readlink(full)})
+    return entries
+
+
+def verify_files(request, identity_file):
+    parent = request.get("scratch_parent") or tempfile.gettempdir()
+    scratch = tempfile.mkdtemp(prefix="pulih-verify-", dir=parent)
+    try:
+        pipe = Pipeline()
+        try:
+            plain = add_input_stages(pipe, request, identity_file)
+            with tarfile.open(fileobj=plain.stdout, mode="r|") as tar:
+                for member in safe_members(tar, scratch):
+                    tar.extract(member, scratch, set_attrs=True)
+            pipe.wait()
+        except BaseException:
+            pipe.kill()
+            raise
+        entries = list_tree(scratch)
+        for entry in entries:
+            emit("file", **entry)
+        emit("result", engine="files", files=sum(1 for e in entries if e["type"] == "file"), scratch=scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- main
+
+DUMPS = {
+    "postgresql": dump_postgresql,
+    "pg_globals": dump_pg_globals,
+    "mariadb": dump_mariadb,
+    "mysql": dump_mariadb,
+    "files": dump_files,
+}
+VERIFIES = {
+    "postgresql": verify_postgresql,
+    "mariadb": verify_mariadb,
+    "mysql": verify_mariadb,
+    "files": verify_files,
+}
+
+
+def read_request():
+    line = b""
+    while not line.endswith(b"\n"):
+        char = os.read(0, 1)  # byte by byte: what follows the line is the artifact
+        if not char:
+            break
+        line += char
+    if not line.strip():
+        raise AgentError("no request on standard input")
+    return json.loads(line.decode("utf-8"))
+
+
+def main():
+    started = time.time()
+    identity_file = None
+    try:
+        request = read_request()
+        mode, engine = request.get("mode"), request.get("engine")
+        table = DUMPS if mode == "dump" else VERIFIES if mode == "verify" else None
+        if table is None or engine not in table:
+            raise AgentError("unknown request: mode %r, engine %r" % (mode, engine))
+        if request.get("identity"):
+            fd, identity_file = tempfile.mkstemp(prefix="pulih-id-")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(request["identity"])
+        if mode == "dump":
+            table[engine](request)
+        else:
+            table[engine](request, identity_file)
+    except AgentError as exc:
+        sys.stderr.write("pulih agent: %s\n" % exc)
+        return 3
+    except Exception as exc:  # report, with the class, and fail the item
+        sys.stderr.write("pulih agent: %s: %s\n" % (type(exc).__name__, exc))
+        return 4
+    finally:
+        if identity_file:
+            os.unlink(identity_file)
+        emit("timing", seconds=round(time.time() - started, 3))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
