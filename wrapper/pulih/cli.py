@@ -19,8 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pulih import register as reg
+from pulih import report as reports
 from pulih.exitcodes import Exit
 from pulih.register_import import import_csv
+from pulih.runner import RunOutcome, run_playbook
 
 app = typer.Typer(
     help="Backups, verified restores and the approval record around them, for a government data center.",
@@ -32,6 +34,12 @@ register_app = typer.Typer(
     help="The server asset register: check it, show it, import it.", no_args_is_help=True
 )
 app.add_typer(register_app, name="register")
+backups_app = typer.Typer(help="The backups in the repository.", no_args_is_help=True)
+app.add_typer(backups_app, name="backups")
+runs_app = typer.Typer(help="Runs and their reports.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+report_app = typer.Typer(help="Show a run's report.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 # A table read through a pipe is not cut at 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -214,6 +222,307 @@ def register_import(
             f"wrote {output}: {len(register.assets)} servers, {len(register.hosts())} in operation",
             soft_wrap=True,
         )
+
+
+LimitOpt = Annotated[
+    str | None, typer.Option("--limit", "-l", help="Ansible host pattern: hosts or groups (skpd_dinkes).")
+]
+ItemOpt = Annotated[list[str] | None, typer.Option("--item", help="Only this data item (repeatable).")]
+
+
+def _job(
+    kind: str,
+    playbook: str,
+    *,
+    inventory: Path | None,
+    limit: str | None,
+    items: list[str] | None,
+    extravars: dict[str, object],
+    check: bool,
+    as_json: bool,
+) -> None:
+    """Run one playbook as a pulih job: validate, run with progress, report, exit."""
+    report = reports.RunReport(kind=kind, command=["pulih", *sys.argv[1:]], check_mode=check, limit=limit)
+    path = _inventory(inventory)
+    report.inventory = str(path)
+    today = _today(None)
+
+    def finish(status: str, code: Exit, message: str | None = None) -> NoReturn:
+        if message:
+            report.errors.append(message)
+        report.finish(status, int(code))
+        written = report.write()
+        if as_json:
+            print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        for line in report.errors:
+            err.print(f"[red]error:[/] {line}", markup=True, soft_wrap=True)
+        err.print(f"{kind} {report.status}: report {written} (and report.html)", soft_wrap=True)
+        raise typer.Exit(int(code))
+
+    try:
+        register = reg.load_inventory(path, today)
+    except reg.RegisterError as exc:
+        finish("error", Exit.BAD_INPUT, "the register is invalid: " + "; ".join(str(p) for p in exc.problems))
+    known = {i.name for a in register.hosts() for i in a.data}
+    unknown = sorted(set(items or []) - known)
+    if unknown:
+        finish(
+            "error",
+            Exit.BAD_INPUT,
+            f"no server in operation holds data item(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known)) or 'none'})",
+        )
+
+    with err.status(f"{kind}: starting", spinner="dots") as status:
+
+        def progress(what: str, text: str) -> None:
+            if what == "task":
+                status.update(f"{kind}: {text}")
+            else:
+                err.print(f"  {text}", soft_wrap=True)
+
+        outcome = run_playbook(
+            playbook,
+            inventory=path,
+            run_dir=report.run_dir / "runner",
+            limit=limit,
+            extravars=extravars,
+            check=check,
+            progress=progress,
+        )
+    report.artifacts_dir = outcome.artifacts_dir
+    _fill_report(report, outcome, register, today)
+    if outcome.status == "interrupted":
+        finish(
+            "interrupted",
+            Exit.INTERRUPTED,
+            "interrupted (Ctrl-C): whatever was being written is not listed and is removed by a later run",
+        )
+    if not outcome.hosts:
+        finish("error", Exit.BAD_INPUT, f"no registered server in operation matches --limit {limit!r}")
+    failed = (
+        outcome.status != "succeeded"
+        or any(not i["ok"] for i in report.items)
+        or any(i.get("verification") and not i["verification"]["ok"] for i in report.items)
+    )
+    if failed:
+        finish("failed", Exit.FAILED)
+    finish("succeeded", Exit.OK)
+
+
+def _fill_report(
+    report: reports.RunReport, outcome: RunOutcome, register: reg.Register, today: dt.date
+) -> None:
+    by_host = {a.hostname: a for a in register.assets}
+    verifications: dict[str, dict[str, object]] = {}
+    for results in outcome.facts("pulih_verify_results").values():
+        for record in results:
+            verifications[record["backup_id"]] = record
+    for name, host in sorted(outcome.hosts.items()):
+        asset = by_host.get(name)
+        report.hosts.append(
+            {
+                "host": name,
+                "asset_id": asset.asset_id if asset else None,
+                "status": host.status,
+                "review_overdue": bool(asset and asset.review_overdue(today)),
+                "errors": host.errors[-5:],
+            }
+        )
+        if asset and asset.review_overdue(today):
+            report.findings += [f.as_dict() for f in reg.check(reg.Register((), (asset,)), today)]
+        backup_results = host.facts.get("pulih_backup_results")
+        if backup_results is not None:
+            for result in backup_results:
+                report.items.append(
+                    {
+                        "host": name,
+                        "asset_id": asset.asset_id if asset else None,
+                        "item": result["item"],
+                        "engine": result.get("engine"),
+                        "ok": bool(result["ok"]),
+                        "backup_id": result.get("backup_id"),
+                        "bytes": result.get("bytes"),
+                        "seconds": result.get("seconds"),
+                        "error": result.get("error"),
+                        "pruned": result.get("pruned", []),
+                        "verification": verifications.pop(result.get("backup_id") or "", None),
+                    }
+                )
+        for result in host.facts.get("pulih_verify_results", []):
+            if result["backup_id"] in verifications:  # verify runs: one line per verified backup
+                verifications.pop(result["backup_id"])
+                report.items.append(
+                    {
+                        "host": name,
+                        "asset_id": asset.asset_id if asset else None,
+                        "item": result["item"],
+                        "engine": None,
+                        "ok": bool(result["ok"]),
+                        "backup_id": result["backup_id"],
+                        "bytes": None,
+                        "seconds": result.get("seconds"),
+                        "error": result.get("error"),
+                        "pruned": [],
+                        "verification": result,
+                    }
+                )
+        if host.status != "ok" and backup_results is None and "pulih_verify_results" not in host.facts:
+            report.errors.append(f"{name}: {host.status}: " + ("; ".join(host.errors[-2:]) or "no detail"))
+
+
+@app.command("backup")
+def backup(
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    item: ItemOpt = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Show what would be backed up and pruned; change nothing.")
+    ] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Test-restore each new backup.")
+    ] = True,
+    age_recipient: Annotated[
+        list[str] | None, typer.Option("--age-recipient", help="Encrypt to this age public key (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up the data items of registered servers into the repository host, then verify them.
+
+    Exit 0 all backed up (and verified), 1 something failed, 2 bad input, 130 interrupted.
+    """
+    extravars: dict[str, object] = {"pulih_backup_verify": verify}
+    if item:
+        extravars["pulih_backup_items"] = item
+    if age_recipient:
+        extravars["pulih_backup_age_recipients"] = age_recipient
+    _job(
+        "backup",
+        "backup.yml",
+        inventory=inventory,
+        limit=limit,
+        items=item,
+        extravars=extravars,
+        check=check,
+        as_json=as_json,
+    )
+
+
+@app.command("verify")
+def verify_command(
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    item: ItemOpt = None,
+    backup_id: Annotated[
+        list[str] | None, typer.Option("--backup", help="Verify this backup id (repeatable).")
+    ] = None,
+    identity: Annotated[
+        Path | None, typer.Option("--identity", help="age private key file, for encrypted backups.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify backups by a test restore: the newest of each item, or the ones named."""
+    extravars: dict[str, object] = {}
+    if item:
+        extravars["pulih_verify_items"] = item
+    if backup_id:
+        extravars["pulih_verify_backup_ids"] = backup_id
+    if identity is not None:
+        if not identity.is_file():
+            fail(f"--identity {identity}: no such file", Exit.BAD_INPUT, as_json=as_json)
+        extravars["pulih_verify_age_identity_file"] = str(identity.resolve())
+    _job(
+        "verify",
+        "verify.yml",
+        inventory=inventory,
+        limit=limit,
+        items=item,
+        extravars=extravars,
+        check=False,
+        as_json=as_json,
+    )
+
+
+@backups_app.command("list")
+def backups_list(
+    inventory: InventoryOpt = None,
+    asset: Annotated[str | None, typer.Option("--asset", help="Only this asset id.")] = None,
+    item: Annotated[str | None, typer.Option("--item", help="Only this data item.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List published backups, with size and last verification (read on the repository host)."""
+    path = _inventory(inventory)
+    try:
+        reg.load_inventory(path, _today(None))
+    except reg.RegisterError as exc:
+        fail(
+            "the register is invalid: " + "; ".join(str(p) for p in exc.problems),
+            Exit.BAD_INPUT,
+            as_json=as_json,
+        )
+    extravars = {k: v for k, v in {"pulih_list_asset": asset, "pulih_list_item": item}.items() if v}
+    run_dir = reports.state_dir() / "runs" / reports.new_run_id("list") / "runner"
+    outcome = run_playbook("backups_list.yml", inventory=path, run_dir=run_dir, extravars=extravars)
+    if outcome.status != "succeeded":
+        errors = "; ".join(e for h in outcome.hosts.values() for e in h.errors) or outcome.status
+        fail(f"cannot read the repository: {errors}", Exit.FAILED, as_json=as_json)
+    backups = outcome.registered.get("backups", [])
+    if as_json:
+        print(json.dumps({"status": "ok", "backups": backups}, indent=2, ensure_ascii=False))
+        return
+    table = Table(title="Backups")
+    for column in ("asset", "item", "backup id", "kind", "bytes", "verified"):
+        table.add_column(column)
+    for entry in backups:
+        manifest = entry.get("manifest") or {}
+        size = sum(a.get("size", 0) for a in manifest.get("artifacts", []))
+        table.add_row(
+            entry["asset_id"],
+            entry["item"],
+            entry["backup_id"],
+            manifest.get("kind", "?"),
+            str(size),
+            "yes" if entry["verified"] else "[yellow]no[/]",
+        )
+    out.print(table)
+
+
+@runs_app.command("list")
+def runs_list(as_json: JsonOpt = False) -> None:
+    """Runs with a report, oldest first."""
+    runs = reports.list_runs()
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {k: r.get(k) for k in ("run_id", "kind", "status", "exit_code", "started_at")}
+                    for r in runs
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title="Runs")
+    for column in ("run", "kind", "status", "started (UTC)", "operator"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(run["run_id"], run["kind"], run["status"], run["started_at"], run.get("operator", ""))
+    out.print(table)
+
+
+@report_app.command("show")
+def report_show(
+    run_id: Annotated[str, typer.Argument(help="The run's id (pulih runs list).")],
+    fmt: Annotated[str, typer.Option("--format", help="json or html")] = "json",
+) -> None:
+    """Print a run's report."""
+    if fmt not in ("json", "html"):
+        fail("--format is json or html", Exit.BAD_INPUT)
+    try:
+        doc = reports.load(run_id)
+    except (OSError, ValueError):
+        fail(f"no report for run {run_id!r} in {reports.state_dir() / 'runs'}", Exit.BAD_INPUT)
+    print(json.dumps(doc, indent=2, ensure_ascii=False) if fmt == "json" else reports.render_html(doc))
 
 
 def main() -> None:

@@ -1,0 +1,121 @@
+"""Run reports: one JSON document (schemas/run_report.schema.json) and one printable HTML
+page per run, written for every run — also one that failed or was interrupted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from pulih.fsutil import atomic_write_text
+
+FORMAT = "pulih.run_report/1"
+
+
+def state_dir() -> Path:
+    """Where pulih keeps runs and reports: $PULIH_STATE_DIR, else $XDG_STATE_HOME/pulih."""
+    env = os.environ.get("PULIH_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "pulih"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def new_run_id(kind: str) -> str:
+    return f"{utcnow().strftime('%Y%m%dT%H%M%SZ')}-{kind}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class RunReport:
+    kind: str
+    command: list[str]
+    run_id: str = ""
+    started_at: dt.datetime = field(default_factory=utcnow)
+    finished_at: dt.datetime | None = None
+    status: str = "running"
+    exit_code: int | None = None
+    operator: str = field(default_factory=getpass.getuser)
+    inventory: str | None = None
+    limit: str | None = None
+    check_mode: bool = False
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    artifacts_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        self.run_id = self.run_id or new_run_id(self.kind)
+
+    @property
+    def run_dir(self) -> Path:
+        return state_dir() / "runs" / self.run_id
+
+    def finish(self, status: str, exit_code: int) -> None:
+        self.status, self.exit_code, self.finished_at = status, exit_code, utcnow()
+
+    def as_dict(self) -> dict[str, Any]:
+        finished = self.finished_at or utcnow()
+        return {
+            "format": FORMAT,
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "operator": self.operator,
+            "command": self.command,
+            "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
+            "finished_at": finished.isoformat().replace("+00:00", "Z"),
+            "duration_seconds": round((finished - self.started_at).total_seconds(), 3),
+            "inventory": self.inventory,
+            "limit": self.limit,
+            "check_mode": self.check_mode,
+            "hosts": self.hosts,
+            "items": self.items,
+            "findings": self.findings,
+            "errors": self.errors,
+            "artifacts_dir": self.artifacts_dir,
+        }
+
+    def write(self) -> Path:
+        """Write report.json and report.html into the run's folder; returns the JSON's path."""
+        doc = self.as_dict()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "report.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(self.run_dir / "report.html", render_html(doc))
+        return self.run_dir / "report.json"
+
+
+_ENV = Environment(loader=PackageLoader("pulih", "templates"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    return _ENV.get_template("run_report.html.j2").render(r=doc)
+
+
+def load(run_id: str) -> dict[str, Any]:
+    path = state_dir() / "runs" / run_id / "report.json"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def list_runs() -> list[dict[str, Any]]:
+    runs = []
+    base = state_dir() / "runs"
+    for path in sorted(base.glob("*/report.json")) if base.exists() else []:
+        try:
+            runs.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return runs

@@ -1,0 +1,176 @@
+"""Running pulih's playbooks through ansible-runner, and reading their results.
+
+The wrapper holds no backup logic: it runs a playbook, watches its events for progress,
+and collects what the roles publish (``pulih_backup_results``, ``pulih_verify_results``,
+``pulih_register_drift``, registered ``backups``) into a :class:`RunOutcome`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import ansible_runner
+
+RunStatus = Literal["succeeded", "failed", "interrupted", "error"]
+ProgressFn = Callable[[str, str], None]  # (kind, text)
+
+
+def project_dir() -> Path:
+    """The pulih checkout holding playbooks/, roles/ and collections/."""
+    env = os.environ.get("PULIH_HOME")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class HostOutcome:
+    name: str
+    status: Literal["ok", "failed", "unreachable"] = "ok"
+    errors: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    status: RunStatus
+    rc: int
+    hosts: dict[str, HostOutcome]
+    artifacts_dir: str
+    registered: dict[str, list[Any]] = field(default_factory=dict)
+
+    def facts(self, key: str) -> dict[str, Any]:
+        """One published fact of every host that has it."""
+        return {name: host.facts[key] for name, host in self.hosts.items() if key in host.facts}
+
+
+_PUBLISHED = ("pulih_backup_results", "pulih_verify_results", "pulih_register_drift")
+
+
+class _Watcher:
+    """Turns ansible-runner events into host outcomes and progress lines."""
+
+    def __init__(self, progress: ProgressFn | None) -> None:
+        self.progress = progress
+        self.hosts: dict[str, HostOutcome] = {}
+        self.registered: dict[str, list[Any]] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def host(self, name: str) -> HostOutcome:
+        return self.hosts.setdefault(name, HostOutcome(name))
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        name = data.get("host")
+        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        if kind == "playbook_on_task_start" and self.progress:
+            self.progress("task", data.get("task", ""))
+        elif kind == "runner_on_ok" and name:
+            facts = res.get("ansible_facts") or {}
+            outcome = self.host(name)
+            for key in _PUBLISHED:
+                if key in facts:
+                    outcome.facts[key] = facts[key]
+            if (
+                "backups" in res
+                and isinstance(res["backups"], list)
+                and data.get("task", "").startswith("Read")
+            ):
+                self.registered.setdefault("backups", []).extend(res["backups"])
+            if self.progress and "sha256" in res and "size" in res:
+                self.progress("stream", f"{name}: {res['size']} bytes stored in {res.get('seconds', 0)}s")
+        elif kind == "runner_on_failed" and name and not data.get("ignore_errors"):
+            message = str(res.get("msg", "failed"))
+            self.host(name).errors.append(f"{data.get('task', '')}: {message}")
+        elif kind == "runner_on_unreachable" and name:
+            self.host(name).status = "unreachable"
+            self.host(name).errors.append(str(res.get("msg", "unreachable")))
+            if self.progress:
+                self.progress("host", f"{name}: unreachable")
+        elif kind == "playbook_on_stats":
+            self.stats = {k: data.get(k) or {} for k in ("ok", "failures", "dark", "rescued", "skipped")}
+        return True  # keep the event in the artifacts
+
+
+def run_playbook(
+    playbook: str,
+    *,
+    inventory: Path,
+    run_dir: Path,
+    limit: str | None = None,
+    extravars: dict[str, Any] | None = None,
+    check: bool = False,
+    progress: ProgressFn | None = None,
+) -> RunOutcome:
+    """Run ``playbooks/<playbook>``; Ctrl-C stops it cleanly and yields status 'interrupted'."""
+    project = project_dir()
+    watcher = _Watcher(progress)
+    cancelled = threading.Event()
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        cancelled.set()
+
+    previous = (
+        signal.signal(signal.SIGINT, on_sigint)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
+    cmdline = "--check" if check else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # ansible-playbook lives beside this interpreter when pulih runs from its virtualenv.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    try:
+        result = ansible_runner.run(
+            private_data_dir=str(run_dir),
+            project_dir=str(project / "playbooks"),
+            playbook=playbook,
+            inventory=str(inventory.resolve()),
+            limit=limit,
+            extravars=extravars or {},
+            cmdline=cmdline,
+            envvars={
+                "ANSIBLE_CONFIG": str(project / "ansible.cfg"),
+                "ANSIBLE_COLLECTIONS_PATH": str(project / "collections"),
+                "ANSIBLE_ROLES_PATH": str(project / "roles"),
+                "ANSIBLE_NOCOLOR": "1",
+            },
+            event_handler=watcher,
+            cancel_callback=cancelled.is_set,
+            quiet=True,
+            ident="runner",
+            rotate_artifacts=1,
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    for name in watcher.stats.get("failures", {}):
+        watcher.host(name).status = "failed"
+    for name in watcher.stats.get("dark", {}):
+        watcher.host(name).status = "unreachable"
+    for name in watcher.stats.get("ok", {}):
+        watcher.host(name)
+    status: RunStatus
+    if cancelled.is_set() or result.status == "canceled":
+        status = "interrupted"
+    elif result.status == "successful" and result.rc == 0:
+        status = "succeeded"
+    elif result.status in ("failed", "successful"):
+        status = "failed"
+    else:
+        status = "error"
+    return RunOutcome(
+        status=status,
+        rc=int(result.rc or 0),
+        hosts=watcher.hosts,
+        artifacts_dir=str(result.config.artifact_dir),
+        registered=watcher.registered,
+    )
