@@ -377,9 +377,9 @@ MY_SNAPSHOT_MARKERS = (
 
 def dump_mariadb(request):
     conn, database = request["conn"], request["conn"]["database"]
-    tmpdir = tempfile.mkdtemp(prefix="pulih-")
-    db = my_connect(conn)
+    db = my_connect(conn)  # before any temporary file: a server that is down leaves nothing behind
     cur = db.cursor()
+    tmpdir = tempfile.mkdtemp(prefix="pulih-")
     pipe = Pipeline()
     locked = False
     try:
@@ -455,11 +455,11 @@ def dump_mariadb(request):
 
 def verify_mariadb(request, identity_file):
     conn, scratch = request["conn"], request["scratch_database"]
-    tmpdir = tempfile.mkdtemp(prefix="pulih-")
     admin = my_connect(conn)
     acur = admin.cursor()
     acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(scratch))
     acur.execute("CREATE DATABASE %s CHARACTER SET utf8mb4" % my_ident(scratch))
+    tmpdir = tempfile.mkdtemp(prefix="pulih-")
     try:
         pipe = Pipeline()
         try:

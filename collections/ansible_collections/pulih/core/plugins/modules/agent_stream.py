@@ -294,6 +294,8 @@ def main():
     out_handle = events_handle = None
     created = []
     proc = None
+    # A daemon thread, cancelled in finally: a pending timer must never keep the module alive.
+    timer = None
     try:
         if p["dest"]:
             out_handle = open(p["dest"], "xb")  # noqa: SIM115 - closed in finally, removed on failure
@@ -307,6 +309,7 @@ def main():
         reader = _Stderr(proc.stderr, events_handle)
         reader.start()
         timer = threading.Timer(p["timeout"], proc.kill)
+        timer.daemon = True
         timer.start()
         digest, size = hashlib.sha256(), 0
         try:
@@ -379,6 +382,8 @@ def main():
             )
         module.fail_json(msg="cannot %s: %s" % (what, exc), differences=[], matches=False)
     finally:
+        if timer is not None:
+            timer.cancel()
         for handle in (out_handle, events_handle):
             if handle is not None and not handle.closed:
                 with contextlib.suppress(OSError):

@@ -1,0 +1,453 @@
+"""Backups and verification end to end, through the pulih command, on a lab of real
+servers: every engine, the manifest, restoring by hand with plain tools, check mode,
+retention, and the faults the issue names. Destructive tests come last."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from pulih import lab as lab_mod
+from tests.conftest import PROJECT
+
+pytestmark = pytest.mark.lab
+
+TRICKY_DB = "data \"kantor\" 'lama' $(touch /tmp/pulih-pwned) ; Dinkes ü"
+TRICKY_TABLE = "tabel `x` \"y\" 'z' ; ö"
+TRICKY_DIR = "arsip 'surat' \"keluar\" $(touch /tmp/pulih-pwned) & ñ"
+
+
+def schema(name):
+    return json.loads((PROJECT / "schemas" / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("backup")
+    inventory = base / "inventory"
+    lab = lab_mod.Lab(2, inventory_dir=inventory)
+    state = lab.up()
+    environ = {**os.environ, "PULIH_STATE_DIR": str(base / "state"), "PULIH_INVENTORY": str(inventory)}
+    outputs: list[str] = []
+    yield {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
+    lab.down()
+
+
+def pulih(env, *args, check=None):
+    result = subprocess.run(
+        ["pulih", *args],
+        capture_output=True,
+        text=True,
+        env=env["environ"],
+        cwd=PROJECT,
+        timeout=600,
+        check=False,
+    )
+    env["outputs"].append(result.stdout + result.stderr)
+    if check is not None:
+        assert result.returncode == check, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def report_of(result):
+    doc = json.loads(result.stdout)
+    jsonschema.validate(doc, schema("run_report.schema.json"))
+    return doc
+
+
+def repository(env):
+    return Path(env["state"].host("labrepo").repository_path)
+
+
+def published(env, asset, item):
+    folder = repository(env) / asset / item
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
+
+
+def psql(env, host, sql, database="postgres"):
+    state = env["state"]
+    return subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            state.pg_socket_dir(host),
+            "-p",
+            str(host.pg_port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+        ],
+        input=sql,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def mariadb(env, host, sql):
+    return subprocess.run(
+        ["mariadb", "--no-defaults", "-N", f"--socket={env['state'].mariadb_socket(host)}", "-u", "root"],
+        input=sql,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def add_items(env, asset_id, items):
+    """Register more data items for a lab server, in the lab's register file."""
+    path = env["inventory"] / lab_mod.REGISTER_FILE
+    doc = yaml.safe_load(path.read_text())
+    entry = next(a for a in doc["assets"] if a["asset_id"] == asset_id)
+    entry["data"] += items
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def test_backup_every_engine_and_verify(env):
+    doc = report_of(pulih(env, "backup", "--json", check=0))
+    assert doc["status"] == "succeeded"
+    assert sorted((i["host"], i["item"]) for i in doc["items"]) == [
+        ("lab1", "app-mariadb"),
+        ("lab1", "app-pg"),
+        ("lab1", "dokumen"),
+        ("lab2", "app-mariadb"),
+        ("lab2", "app-pg"),
+        ("lab2", "dokumen"),
+    ]
+    assert all(i["ok"] and i["verification"]["ok"] for i in doc["items"])
+    run_dir = Path(env["environ"]["PULIH_STATE_DIR"]) / "runs" / doc["run_id"]
+    assert (run_dir / "report.html").read_text().count("verified on") == 6
+    for item in doc["items"]:
+        folder = repository(env) / item["asset_id"] / item["item"] / item["backup_id"]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        jsonschema.validate(manifest, schema("manifest.schema.json"))
+        assert manifest["engine"] in ("postgresql", "mariadb", "files")
+        if manifest["engine"] != "files":
+            assert sum(manifest["row_counts"].values()) == 100
+        for artifact in manifest["artifacts"]:
+            digest = subprocess.run(
+                ["sha256sum", str(folder / artifact["name"])], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
+            assert digest == artifact["sha256"]
+        assert json.loads((folder / "verifications.jsonl").read_text().splitlines()[-1])["ok"] is True
+
+
+def test_backups_list(env):
+    result = pulih(env, "backups", "list", "--json", "--asset", "LAB-001", check=0)
+    listed = json.loads(result.stdout)["backups"]
+    assert {b["item"] for b in listed} == {"app-pg", "app-mariadb", "dokumen"}
+    assert all(b["verified"] for b in listed)
+
+
+def test_restore_by_hand_with_plain_tools(env, tmp_path):
+    """What the README tells an operator to do without pulih."""
+    state = env["state"]
+    lab1 = state.host("lab1")
+    pg_dir = repository(env) / "LAB-001" / "app-pg" / published(env, "LAB-001", "app-pg")[-1]
+    psql(env, lab1, "CREATE DATABASE by_hand")
+    subprocess.run(
+        f"set -o pipefail; zstd -dc '{pg_dir}/database.pgdump.zst' | pg_restore --exit-on-error "
+        f"--no-owner -h '{state.pg_socket_dir(lab1)}' -p {lab1.pg_port} -U postgres -d by_hand",
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+    )
+    assert psql(env, lab1, "SELECT count(*) FROM pegawai", "by_hand").strip() == "100"
+    my_dir = repository(env) / "LAB-001" / "app-mariadb" / published(env, "LAB-001", "app-mariadb")[-1]
+    mariadb(env, lab1, "CREATE DATABASE by_hand")
+    subprocess.run(
+        f"set -o pipefail; zstd -dc '{my_dir}/database.sql.zst' | mariadb --no-defaults "
+        f"--socket='{state.mariadb_socket(lab1)}' -u root by_hand",
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+    )
+    assert mariadb(env, lab1, "SELECT COUNT(*) FROM by_hand.kunjungan").strip() == "100"
+    files_dir = repository(env) / "LAB-001" / "dokumen" / published(env, "LAB-001", "dokumen")[-1]
+    subprocess.run(
+        f"set -o pipefail; zstd -dc '{files_dir}/files.tar.zst' | tar -x -C '{tmp_path}'",
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+    )
+    assert sorted(p.name for p in (tmp_path / "2026").iterdir()) == [
+        "surat-01.txt",
+        "surat-02.txt",
+        "surat-03.txt",
+    ]
+
+
+def test_check_mode_changes_nothing(env):
+    before = published(env, "LAB-002", "app-pg")
+    doc = report_of(pulih(env, "backup", "--check", "--limit", "lab2", "--item", "app-pg", "--json", check=0))
+    assert doc["check_mode"] is True
+    assert published(env, "LAB-002", "app-pg") == before
+    assert not [p for p in (repository(env) / "LAB-002" / "app-pg").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_retention_keeps_the_newest_and_check_mode_only_tells(env):
+    settings = env["inventory"] / "group_vars" / "all" / "retention.yml"
+    settings.write_text(
+        "pulih_backup_retention_keep_last: 2\npulih_backup_retention_keep_daily: 0\n"
+        "pulih_backup_retention_keep_weekly: 0\npulih_backup_retention_keep_monthly: 0\n"
+    )
+    try:
+        for _ in range(2):
+            pulih(env, "backup", "--limit", "lab2", "--item", "dokumen", "--no-verify", check=0)
+        kept = published(env, "LAB-002", "dokumen")
+        # 1 verified from the first test + 2 newest unverified: the newest verified survives.
+        assert len(kept) == 3
+        first_verified = kept[0]
+        checked = report_of(
+            pulih(
+                env,
+                "backup",
+                "--limit",
+                "lab2",
+                "--item",
+                "dokumen",
+                "--no-verify",
+                "--check",
+                "--json",
+                check=0,
+            )
+        )
+        assert checked["items"][0]["pruned"], "check mode says what would be pruned"
+        assert published(env, "LAB-002", "dokumen") == kept, "and prunes nothing"
+        pulih(env, "backup", "--limit", "lab2", "--item", "dokumen", "--no-verify", check=0)
+        after = published(env, "LAB-002", "dokumen")
+        assert len(after) == 3
+        assert first_verified in after
+    finally:
+        settings.unlink()
+
+
+def test_tricky_names_are_backed_up_and_verified_without_injection(env):
+    state = env["state"]
+    lab1 = state.host("lab1")
+    Path("/tmp/pulih-pwned").unlink(missing_ok=True)
+    quoted_db = '"' + TRICKY_DB.replace('"', '""') + '"'
+    quoted_table = '"' + TRICKY_TABLE.replace('"', '""') + '"'
+    psql(env, lab1, f"CREATE DATABASE {quoted_db}")
+    psql(
+        env,
+        lab1,
+        f'CREATE TABLE {quoted_table} (id int, "nama kolom" text); '
+        f"INSERT INTO {quoted_table} SELECT g, 'nilai ' || g FROM generate_series(1, 42) g;",
+        TRICKY_DB,
+    )
+    my_db = TRICKY_DB.replace("/", "")
+    my_table = TRICKY_TABLE
+    bq = lambda name: "`" + name.replace("`", "``") + "`"  # noqa: E731
+    mariadb(
+        env,
+        lab1,
+        f"CREATE DATABASE {bq(my_db)}; CREATE TABLE {bq(my_db)}.{bq(my_table)} (id INT); "
+        f"INSERT INTO {bq(my_db)}.{bq(my_table)} SELECT seq FROM {bq(my_db)}.seq_1_to_17;",
+    )
+    tree = Path(state.root) / "hosts" / "lab1" / "srv" / TRICKY_DIR
+    (tree / "sub folder ø").mkdir(parents=True)
+    (tree / "sub folder ø" / "berkas 'a' \"b\" $x.txt").write_text("isi\n")
+    (tree / "laporan-ß.csv").write_bytes(b"a;b\n1;2\n")
+    (tree / "tautan").symlink_to("laporan-ß.csv")
+    add_items(
+        env,
+        "LAB-001",
+        [
+            {
+                "name": "tricky-pg",
+                "engine": "postgresql",
+                "database": TRICKY_DB,
+                "host": lab1.address,
+                "port": lab1.pg_port,
+                "user": lab_mod.DB_USER,
+                "password_var": lab_mod.PASSWORD_VAR,
+            },
+            {
+                "name": "tricky-mariadb",
+                "engine": "mariadb",
+                "database": my_db,
+                "host": lab1.address,
+                "port": lab1.mariadb_port,
+                "user": lab_mod.DB_USER,
+                "password_var": lab_mod.PASSWORD_VAR,
+            },
+            {"name": "tricky-files", "engine": "files", "path": str(tree)},
+        ],
+    )
+    doc = report_of(
+        pulih(
+            env,
+            "backup",
+            "--limit",
+            "lab1",
+            "--item",
+            "tricky-pg",
+            "--item",
+            "tricky-mariadb",
+            "--item",
+            "tricky-files",
+            "--json",
+            check=0,
+        )
+    )
+    assert all(i["ok"] and i["verification"]["ok"] for i in doc["items"]), doc["items"]
+    counts = {i["item"]: i for i in doc["items"]}
+    pg_manifest = json.loads(
+        (
+            repository(env) / "LAB-001" / "tricky-pg" / counts["tricky-pg"]["backup_id"] / "manifest.json"
+        ).read_text()
+    )
+    assert pg_manifest["row_counts"] == {f"public.{TRICKY_TABLE}": 42}
+    assert pg_manifest["source"]["database"] == TRICKY_DB
+    my_manifest = json.loads(
+        (
+            repository(env)
+            / "LAB-001"
+            / "tricky-mariadb"
+            / counts["tricky-mariadb"]["backup_id"]
+            / "manifest.json"
+        ).read_text()
+    )
+    assert my_manifest["row_counts"] == {my_table: 17}
+    file_list = (
+        repository(env) / "LAB-001" / "tricky-files" / counts["tricky-files"]["backup_id"] / "files.jsonl"
+    ).read_text(encoding="utf-8")
+    assert "berkas 'a' \\\"b\\\" $x.txt" in file_list
+    assert not Path("/tmp/pulih-pwned").exists(), "a name was run as a command"
+
+
+def test_one_flipped_byte_fails_exactly_that_backup(env):
+    first = published(env, "LAB-001", "app-pg")[-1]
+    second = published(env, "LAB-002", "app-pg")[-1]
+    artifact = repository(env) / "LAB-001" / "app-pg" / first / "database.pgdump.zst"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    doc = report_of(pulih(env, "verify", "--backup", first, "--backup", second, "--json", check=1))
+    results = {i["backup_id"]: i for i in doc["items"]}
+    assert results[first]["ok"] is False
+    assert "checksum mismatch: database.pgdump.zst" in results[first]["error"]
+    assert results[second]["ok"] is True
+    assert doc["status"] == "failed"
+
+
+def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_listed(env):
+    state = env["state"]
+    lab1 = state.host("lab1")
+    psql(
+        env,
+        lab1,
+        "CREATE TABLE besar AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS isi "
+        "FROM generate_series(1, 1500000) g",
+        "app_lab1",
+    )
+    add_items(
+        env,
+        "LAB-001",
+        [
+            {
+                "name": "big-pg",
+                "engine": "postgresql",
+                "database": "app_lab1",
+                "host": lab1.address,
+                "port": lab1.pg_port,
+                "user": lab_mod.DB_USER,
+                "password_var": lab_mod.PASSWORD_VAR,
+            }
+        ],
+    )
+    folder = repository(env) / "LAB-001" / "big-pg"
+    run = subprocess.Popen(
+        ["pulih", "backup", "--limit", "lab1", "--item", "big-pg", "--no-verify"],
+        env=env["environ"],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    partial = None
+    while time.monotonic() < deadline and partial is None:
+        for candidate in folder.glob(".tmp-*/database.pgdump.zst") if folder.exists() else []:
+            if candidate.stat().st_size > 1 << 20:
+                partial = candidate
+        time.sleep(0.02)
+    assert partial is not None, "the dump never got going"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert published(env, "LAB-001", "big-pg") == [], "a half-written backup is listed"
+    listed = json.loads(pulih(env, "backups", "list", "--item", "big-pg", "--json", check=0).stdout)[
+        "backups"
+    ]
+    assert listed == []
+    doc = report_of(pulih(env, "backup", "--limit", "lab1", "--item", "big-pg", "--json", check=0))
+    assert doc["items"][0]["ok"] and doc["items"][0]["verification"]["ok"]
+    assert len(published(env, "LAB-001", "big-pg")) == 1
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a small filesystem needs root"
+)
+def test_a_full_repository_fails_the_item_and_lists_nothing_corrupt(env):
+    folder = repository(env) / "LAB-001" / "big-pg"
+    mount = repository(env) / "LAB-001" / "big-pg-full"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    try:
+        # The item's folder lives on the small filesystem from now on.
+        shutil.rmtree(folder)
+        folder.symlink_to(mount)
+        doc = report_of(
+            pulih(env, "backup", "--limit", "lab1", "--item", "big-pg", "--item", "app-pg", "--json", check=1)
+        )
+        results = {i["item"]: i for i in doc["items"]}
+        assert results["big-pg"]["ok"] is False
+        assert "repository filesystem is full" in results["big-pg"]["error"]
+        assert results["app-pg"]["ok"] is True, "the other item completes"
+        assert [p.name for p in mount.iterdir()] == [], "nothing left on the full filesystem"
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_database_server_down_fails_that_item_only(env):
+    state = env["state"]
+    mariadbd = next(p for p in state.procs if p.name == "lab2/mariadb")
+    assert lab_mod.stop_pid(mariadbd.pid, "mariadbd")
+    doc = report_of(pulih(env, "backup", "--json", "--limit", "lab2", check=1))
+    results = {i["item"]: i for i in doc["items"]}
+    assert results["app-mariadb"]["ok"] is False
+    assert "cannot connect to MariaDB" in results["app-mariadb"]["error"]
+    assert results["app-pg"]["ok"] and results["dokumen"]["ok"]
+    assert results["app-pg"]["verification"]["ok"]
+    assert doc["status"] == "failed"
+    assert (
+        "app-mariadb"
+        in (Path(env["environ"]["PULIH_STATE_DIR"]) / "runs" / doc["run_id"] / "report.html").read_text()
+    )
+
+
+def test_the_database_password_never_leaks(env):
+    """The lab's random password is the canary: in no report, runner artifact or output."""
+    password = env["state"].db_password
+    state_dir = Path(env["environ"]["PULIH_STATE_DIR"])
+    leaks = [
+        str(p) for p in state_dir.rglob("*") if p.is_file() and password in p.read_text(errors="replace")
+    ]
+    assert leaks == []
+    assert not any(password in output for output in env["outputs"])
+    assert len(list(state_dir.rglob("job_events/*.json"))) > 100, "the artifacts were there to be searched"
