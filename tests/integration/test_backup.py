@@ -331,9 +331,61 @@ def test_tricky_names_are_backed_up_and_verified_without_injection(env):
     assert not Path("/tmp/pulih-pwned").exists(), "a name was run as a command"
 
 
+def test_encrypted_backup_needs_the_key_only_to_verify(env, tmp_path):
+    key = tmp_path / "age.key"
+    subprocess.run(["age-keygen", "-o", str(key)], capture_output=True, check=True)
+    recipient = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)
+    env["secret_key"] = next(
+        line for line in key.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-")
+    )
+    doc = report_of(
+        pulih(
+            env,
+            "backup",
+            "--limit",
+            "lab2",
+            "--item",
+            "app-pg",
+            "--item",
+            "dokumen",
+            "--no-verify",
+            "--age-recipient",
+            recipient,
+            "--json",
+            check=0,
+        )
+    )
+    ids = {i["item"]: i["backup_id"] for i in doc["items"]}
+    folder = repository(env) / "LAB-002" / "app-pg" / ids["app-pg"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["encryption"] == {"algorithm": "age", "recipients": [recipient]}
+    data = folder / "database.pgdump.zst.age"
+    assert data.read_bytes().startswith(b"age-encryption.org/v1")
+    assert subprocess.run(["zstd", "-t", str(data)], capture_output=True, check=False).returncode != 0, (
+        "the repository host cannot read it"
+    )
+    without = report_of(pulih(env, "verify", "--backup", ids["app-pg"], "--json", check=1))
+    assert "is encrypted: give the age identity" in without["items"][0]["error"]
+    with_key = report_of(
+        pulih(
+            env,
+            "verify",
+            "--backup",
+            ids["app-pg"],
+            "--backup",
+            ids["dokumen"],
+            "--identity",
+            str(key),
+            "--json",
+            check=0,
+        )
+    )
+    assert all(i["ok"] for i in with_key["items"]) and len(with_key["items"]) == 2
+
+
 def test_one_flipped_byte_fails_exactly_that_backup(env):
     first = published(env, "LAB-001", "app-pg")[-1]
-    second = published(env, "LAB-002", "app-pg")[-1]
+    second = published(env, "LAB-002", "app-pg")[0]  # the first, unencrypted backup
     artifact = repository(env) / "LAB-001" / "app-pg" / first / "database.pgdump.zst"
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -442,7 +494,8 @@ def test_a_database_server_down_fails_that_item_only(env):
 
 
 def test_the_database_password_never_leaks(env):
-    """The lab's random password is the canary: in no report, runner artifact or output."""
+    """The lab's random password and the age private key are the canaries: in no report,
+    ansible-runner artifact or output."""
     password = env["state"].db_password
     state_dir = Path(env["environ"]["PULIH_STATE_DIR"])
     leaks = [
