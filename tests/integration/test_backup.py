@@ -158,6 +158,22 @@ def test_restore_by_hand_with_plain_tools(env, tmp_path):
     state = env["state"]
     lab1 = state.host("lab1")
     pg_dir = repository(env) / "LAB-001" / "app-pg" / published(env, "LAB-001", "app-pg")[-1]
+    check_sums = (
+        'python3 -c \'import json; [print(a["sha256"] + "  " + a["name"]) '
+        'for a in json.load(open("manifest.json"))["artifacts"]]\' | sha256sum -c'
+    )
+    assert (
+        "OK"
+        in subprocess.run(
+            f"set -o pipefail; {check_sums}",
+            shell=True,
+            executable="/bin/bash",
+            cwd=pg_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     psql(env, lab1, "CREATE DATABASE by_hand")
     subprocess.run(
         f"set -o pipefail; zstd -dc '{pg_dir}/database.pgdump.zst' | pg_restore --exit-on-error "

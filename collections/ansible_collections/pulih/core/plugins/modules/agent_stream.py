@@ -129,6 +129,7 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import re
 import subprocess
 import threading
@@ -165,6 +166,19 @@ def _ssh_argv(p):
         argv += ["-o", "UserKnownHostsFile=" + p["ssh_known_hosts"]]
     # ssh hands the remote command to a shell: only plain paths go there, nothing from data.
     return [*argv, "%s@%s" % (p["user"], p["address"]), "--", p["python"], p["agent"]]
+
+
+class _Hasher(threading.Thread):
+    """SHA-256 in its own thread (hashlib releases the GIL), overlapping the disk writes."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.digest = hashlib.sha256()
+        self.blocks = queue.Queue(maxsize=8)
+
+    def run(self):
+        for block in iter(self.blocks.get, None):
+            self.digest.update(block)
 
 
 class _Stderr(threading.Thread):
@@ -311,7 +325,7 @@ def main():
         timer = threading.Timer(p["timeout"], proc.kill)
         timer.daemon = True
         timer.start()
-        digest, size = hashlib.sha256(), 0
+        hasher, size = _Hasher(), 0
         try:
             proc.stdin.write((json.dumps(request) + "\n").encode())
             if p["src"]:
@@ -322,10 +336,15 @@ def main():
         except BrokenPipeError:
             pass  # the agent stopped reading: its exit code and message say why
         if out_handle is not None:
-            for block in iter(lambda: proc.stdout.read(CHUNK), b""):
-                out_handle.write(block)
-                digest.update(block)
-                size += len(block)
+            hasher.start()
+            try:
+                for block in iter(lambda: proc.stdout.read(CHUNK), b""):
+                    hasher.blocks.put(block)
+                    out_handle.write(block)
+                    size += len(block)
+            finally:
+                hasher.blocks.put(None)
+                hasher.join()
             out_handle.flush()
             os.fsync(out_handle.fileno())
         else:
@@ -362,7 +381,7 @@ def main():
             seconds=seconds,
         )
         if p["dest"]:
-            out.update(sha256=digest.hexdigest(), size=size)
+            out.update(sha256=hasher.digest.hexdigest(), size=size)
         if p["events_dest"]:
             out.update(
                 events_sha256=reader.events_digest.hexdigest(),

@@ -1,0 +1,311 @@
+"""Benchmark: pulih backup against the plain tools, in one run, on the same data.
+
+Builds, in a lab host's own servers, a ~500 MiB PostgreSQL database of realistic, poorly
+compressible rows over several tables and a ~250 MiB MariaDB table, then times:
+
+  PostgreSQL  pg_dump -Fc > file                       (what most scripts and community.postgresql do)
+              pg_dump -Fc -Z0 | zstd -T0 > file        (the plain pipeline pulih runs on the server)
+              pulih backup, without and with verify
+  MariaDB     mariadb-dump | gzip > file
+              mariadb-dump | zstd -T0 > file
+              pulih backup, without and with verify
+
+pulih's figures are given twice: the whole run (ansible-playbook start-up and every task
+included) and its data path alone (the seconds the repository host spent streaming the item,
+as its manifest-writing module measured them). Ratios are against the plain pipelines.
+
+    python bench/backup.py [--pg-mib 500] [--mariadb-mib 250] [--runs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pulih import lab as lab_mod
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def sh(script: str, env: dict[str, str] | None = None) -> float:
+    started = time.monotonic()
+    subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + script], check=True, env={**os.environ, **(env or {})}
+    )
+    return time.monotonic() - started
+
+
+def build_postgresql(state: lab_mod.LabState, host: lab_mod.LabHost, mib: int) -> None:
+    rows = mib * 1024 * 1024 // 560  # ~560 bytes per citizen row across the tables
+    sql = f"""
+    CREATE DATABASE bench;
+    \\connect bench
+    CREATE TABLE penduduk (id bigint PRIMARY KEY, nik text, nama text, alamat text, lahir date, catatan text);
+    CREATE TABLE pembayaran (id bigint PRIMARY KEY, penduduk_id bigint, jumlah numeric(14,2),
+                             waktu timestamptz, referensi text);
+    CREATE TABLE dokumen (id bigint PRIMARY KEY, penduduk_id bigint, isi bytea);
+    INSERT INTO penduduk SELECT g, lpad((random()*1e16)::bigint::text, 16, '0'),
+        'Nama ' || encode(decode(md5(random()::text), 'hex'), 'base64'),
+        'Jl. ' || encode(decode(md5(random()::text) || md5(random()::text), 'hex'), 'base64'),
+        date '1940-01-01' + (random()*30000)::int,
+        encode(decode(md5(random()::text) || md5(random()::text) || md5(random()::text), 'hex'), 'base64')
+      FROM generate_series(1, {rows}) g;
+    INSERT INTO pembayaran SELECT g, 1 + (random()*{rows - 1})::bigint, round((random()*5e6)::numeric, 2),
+        now() - random() * interval '3 years', md5(random()::text) || md5(random()::text)
+      FROM generate_series(1, {rows}) g;
+    INSERT INTO dokumen SELECT g, g, decode(repeat(md5(random()::text), 1) || md5(random()::text)
+        || md5(random()::text) || md5(random()::text) || md5(random()::text) || md5(random()::text), 'hex')
+      FROM generate_series(1, {rows}) g;
+    ANALYZE;
+    """
+    subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            state.pg_socket_dir(host),
+            "-p",
+            str(host.pg_port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ],
+        input=sql,
+        text=True,
+        check=True,
+    )
+
+
+def build_mariadb(state: lab_mod.LabState, host: lab_mod.LabHost, mib: int) -> None:
+    rows = mib * 1024 * 1024 // 420
+    sql = f"""
+    CREATE DATABASE bench;
+    CREATE TABLE bench.kunjungan (id BIGINT PRIMARY KEY, pasien VARCHAR(64), diagnosa VARCHAR(200),
+                                  tanggal DATETIME, rekam VARBINARY(256)) ENGINE=InnoDB;
+    INSERT INTO bench.kunjungan SELECT seq, CONCAT('Pasien ', TO_BASE64(RANDOM_BYTES(12))),
+        TO_BASE64(RANDOM_BYTES(96)), NOW() - INTERVAL FLOOR(RAND() * 100000000) SECOND, RANDOM_BYTES(160)
+      FROM bench.seq_1_to_{rows};
+    ANALYZE TABLE bench.kunjungan;
+    """
+    subprocess.run(
+        ["mariadb", "--no-defaults", f"--socket={state.mariadb_socket(host)}", "-u", "root"],
+        input=sql,
+        text=True,
+        check=True,
+    )
+
+
+def size_mib(state: lab_mod.LabState, host: lab_mod.LabHost) -> tuple[float, float]:
+    pg = subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-At",
+            "-h",
+            state.pg_socket_dir(host),
+            "-p",
+            str(host.pg_port),
+            "-U",
+            "postgres",
+            "-d",
+            "bench",
+            "-c",
+            "SELECT pg_database_size('bench')",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    my = subprocess.run(
+        [
+            "mariadb",
+            "--no-defaults",
+            "-N",
+            f"--socket={state.mariadb_socket(host)}",
+            "-u",
+            "root",
+            "-e",
+            "SELECT SUM(data_length + index_length) FROM information_schema.TABLES "
+            "WHERE table_schema = 'bench'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(pg) / 2**20, int(my) / 2**20
+
+
+def pulih_backup(inventory: Path, state_dir: Path, item: str, verify: bool) -> tuple[float, float]:
+    env = {**os.environ, "PULIH_STATE_DIR": str(state_dir)}
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            "pulih",
+            "backup",
+            "-i",
+            str(inventory),
+            "--limit",
+            "lab1",
+            "--item",
+            item,
+            "--verify" if verify else "--no-verify",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    wall = time.monotonic() - started
+    if result.returncode != 0:
+        raise SystemExit(f"pulih backup failed: {result.stderr[-2000:]}")
+    doc = json.loads(result.stdout)
+    return wall, float(doc["items"][0]["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pg-mib", type=int, default=500)
+    parser.add_argument("--mariadb-mib", type=int, default=250)
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pulih-bench-"))
+    inventory = work / "inventory"
+    lab = lab_mod.Lab(1, inventory_dir=inventory)
+    state = lab.up()
+    try:
+        host = state.host("lab1")
+        print(
+            f"building ~{args.pg_mib} MiB PostgreSQL and ~{args.mariadb_mib} MiB MariaDB data ...", flush=True
+        )
+        build_postgresql(state, host, args.pg_mib)
+        build_mariadb(state, host, args.mariadb_mib)
+        pg_size, my_size = size_mib(state, host)
+        print(f"PostgreSQL database 'bench': {pg_size:.0f} MiB; MariaDB database 'bench': {my_size:.0f} MiB")
+        register = inventory / lab_mod.REGISTER_FILE
+        import yaml
+
+        doc = yaml.safe_load(register.read_text())
+        doc["assets"][0]["data"] += [
+            {
+                "name": "bench-pg",
+                "engine": "postgresql",
+                "database": "bench",
+                "host": host.address,
+                "port": host.pg_port,
+                "user": lab_mod.DB_USER,
+                "password_var": lab_mod.PASSWORD_VAR,
+            },
+            {
+                "name": "bench-mariadb",
+                "engine": "mariadb",
+                "database": "bench",
+                "host": host.address,
+                "port": host.mariadb_port,
+                "user": lab_mod.DB_USER,
+                "password_var": lab_mod.PASSWORD_VAR,
+            },
+        ]
+        register.write_text(yaml.safe_dump(doc, sort_keys=False))
+        pg_env = {
+            "PGHOST": host.address,
+            "PGPORT": str(host.pg_port),
+            "PGUSER": lab_mod.DB_USER,
+            "PGPASSWORD": state.db_password,
+            "PGDATABASE": "bench",
+        }
+        my_env = {"MYSQL_PWD": state.db_password}
+        my_args = (
+            f"--no-defaults -h {host.address} -P {host.mariadb_port} -u {lab_mod.DB_USER} "
+            "--single-transaction --quick --routines --triggers --events --hex-blob bench"
+        )
+        out = work / "out"
+        out.mkdir()
+        state_dir = work / "state"
+
+        def median(fn: object) -> float:
+            return statistics.median(fn() for _ in range(args.runs))  # type: ignore[operator]
+
+        figures: dict[str, float] = {}
+        figures["pg_dump -Fc"] = median(lambda: sh(f"pg_dump -Fc > {out}/a.dump", pg_env))
+        figures["pg_dump -Fc -Z0 | zstd -T0"] = median(
+            lambda: sh(f"pg_dump -Fc -Z0 | zstd -q -T0 -c > {out}/b.dump.zst", pg_env)
+        )
+        runs = [pulih_backup(inventory, state_dir, "bench-pg", False) for _ in range(args.runs)]
+        figures["pulih backup (pg), whole run"] = statistics.median(r[0] for r in runs)
+        figures["pulih backup (pg), data path"] = statistics.median(r[1] for r in runs)
+        figures["pulih backup --verify (pg), whole run"] = median(
+            lambda: pulih_backup(inventory, state_dir, "bench-pg", True)[0]
+        )
+        figures["mariadb-dump | gzip"] = median(
+            lambda: sh(f"mariadb-dump {my_args} | gzip > {out}/c.sql.gz", my_env)
+        )
+        figures["mariadb-dump | zstd -T0"] = median(
+            lambda: sh(f"mariadb-dump {my_args} | zstd -q -T0 -c > {out}/d.sql.zst", my_env)
+        )
+        runs = [pulih_backup(inventory, state_dir, "bench-mariadb", False) for _ in range(args.runs)]
+        figures["pulih backup (mariadb), whole run"] = statistics.median(r[0] for r in runs)
+        figures["pulih backup (mariadb), data path"] = statistics.median(r[1] for r in runs)
+        figures["pulih backup --verify (mariadb), whole run"] = median(
+            lambda: pulih_backup(inventory, state_dir, "bench-mariadb", True)[0]
+        )
+
+        sizes = {p.name: p.stat().st_size / 2**20 for p in out.iterdir()}
+        print(
+            f"\nmachine: {os.cpu_count()} cores; median of {args.runs} run(s); output sizes (MiB): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in sorted(sizes.items()))
+        )
+        print(f"{'what':48} {'seconds':>8}")
+        for name, seconds in figures.items():
+            print(f"{name:48} {seconds:8.2f}")
+        f = figures
+        print(
+            "\nratios (higher = pulih faster; the targets are >= 3x against the first, <= 1.2x of the second):"
+        )
+        print(
+            f"  pg_dump -Fc / pulih (pg, data path)                 {f['pg_dump -Fc'] / f['pulih backup (pg), data path']:.2f}x"
+        )
+        print(
+            f"  pg_dump -Fc / pulih (pg, whole run)                 {f['pg_dump -Fc'] / f['pulih backup (pg), whole run']:.2f}x"
+        )
+        print(
+            f"  pulih (pg, data path) / plain zstd pipeline         "
+            f"{f['pulih backup (pg), data path'] / f['pg_dump -Fc -Z0 | zstd -T0']:.2f}x"
+        )
+        print(
+            f"  pulih (pg, whole run) / plain zstd pipeline         "
+            f"{f['pulih backup (pg), whole run'] / f['pg_dump -Fc -Z0 | zstd -T0']:.2f}x"
+        )
+        print(
+            f"  mariadb-dump|gzip / pulih (mariadb, data path)      "
+            f"{f['mariadb-dump | gzip'] / f['pulih backup (mariadb), data path']:.2f}x"
+        )
+        print(
+            f"  mariadb-dump|gzip / pulih (mariadb, whole run)      "
+            f"{f['mariadb-dump | gzip'] / f['pulih backup (mariadb), whole run']:.2f}x"
+        )
+        print(
+            f"  pulih (mariadb, data path) / plain zstd pipeline    "
+            f"{f['pulih backup (mariadb), data path'] / f['mariadb-dump | zstd -T0']:.2f}x"
+        )
+        print(
+            f"  pulih (mariadb, whole run) / plain zstd pipeline    "
+            f"{f['pulih backup (mariadb), whole run'] / f['mariadb-dump | zstd -T0']:.2f}x"
+        )
+    finally:
+        lab.down()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+if __name__ == "__main__":
+    main()
