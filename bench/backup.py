@@ -270,7 +270,7 @@ def main() -> None:
             print(f"{name:48} {seconds:8.2f}")
         f = figures
         print(
-            "\nratios (the targets: pulih >= 3x faster than the first tool, within 1.2x of the plain pipeline):"
+            "\nratios (targets: pulih >= 3x faster than the first tool, within 1.2x of the plain pipeline):"
         )
         for engine, slow, plain in (
             ("pg", "pg_dump -Fc", "pg_dump -Fc -Z0 | zstd -T0"),
