@@ -1,0 +1,438 @@
+"""The record: requests, the restore gate and the audit chain, on SQLite and on a real
+PostgreSQL server started by the lab. The property test drives random sequences of request
+commands by random actors and checks that no sequence gets a restore past the gate without a
+valid, unexpired approval by someone other than the requester, covering the run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from pulih import lab as lab_mod
+from pulih.requests import Config, Refused, Requests
+from pulih.store import SCHEMA_VERSION, Store, audit_table, iso, parse_iso
+
+ACTORS = {
+    "ani": {"requester"},
+    "budi": {"requester", "receiver"},
+    "citra": {"receiver", "approver"},
+    "dewi": {"approver", "operator"},
+    "eko": {"operator"},
+    "fajar": {"requester", "approver", "operator", "receiver"},
+}
+ITEMS = [("DC-1", "simpeg"), ("DC-1", "dokumen"), ("DC-2", "simpus")]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    lab = lab_mod.Lab(1, repository=False)
+    state = lab.up()
+    host = state.host("lab1")
+    yield (
+        f"postgresql+psycopg://{lab_mod.DB_USER}:{state.db_password}@{host.address}:{host.pg_port}/",
+        state,
+        host,
+    )
+    lab.down()
+
+
+_counter = iter(range(10**6))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.lab)])
+def make_store(request, tmp_path):
+    """A factory of fresh stores of the parametrized kind."""
+
+    def make() -> Store:
+        if request.param == "sqlite":
+            return Store.at_path(tmp_path / f"store-{next(_counter)}.db")
+        base = request.getfixturevalue("postgres_url")[0]
+        name = f"record_{next(_counter)}"
+        admin = sa.create_engine(base + "postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return Store(base + name)
+
+    return make
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at = dt.datetime(2026, 11, 21, 8, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+def make_requests(store: Store, clock: Clock | None = None) -> Requests:
+    return Requests(
+        store,
+        Config(actors={k: set(v) for k, v in ACTORS.items()}, approval_validity_hours=24),
+        clock or Clock(),
+    )
+
+
+def planned_request(requests: Requests, *, plan: bool = True) -> str:
+    rid = requests.new(
+        "ani",
+        procedure="recovery",
+        skpd="bkpsdm",
+        contact="ani@example.go.id",
+        scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+        reason="error",
+        reason_text="rows deleted by a faulty import",
+    )["id"]
+    requests.receive("citra", rid)
+    requests.approve("dewi", rid)
+    requests.assess("eko", rid, data_exists=True, damage="error")
+    requests.check_backups("eko", rid, [{"item": "simpeg", "backup_id": "20261120T020000Z-0000"}])
+    if plan:
+        requests.plan("eko", rid, backups={"DC-1:simpeg": "20261120T020000Z-0000"}, window="tonight")
+    return rid
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_the_whole_sop_is_recorded_with_who_when_and_standard_times(make_store):
+    clock = Clock()
+    requests = make_requests(make_store(), clock)
+    rid = requests.new(
+        "ani",
+        procedure="recovery",
+        skpd="bkpsdm",
+        contact="0812",
+        reason="error",
+        scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+    )["id"]
+    for actor, action in (("citra", "receive"), ("dewi", "approve")):
+        clock.at += dt.timedelta(minutes=3)
+        getattr(requests, action)(actor, rid)
+    requests.assess("eko", rid, data_exists=True, damage="accidental_deletion", note="table emptied")
+    requests.check_backups("eko", rid, [])
+    requests.plan("eko", rid, backups={"DC-1:simpeg": "x"})
+    assert requests.gate("eko", rid, run_scope=[{"asset_id": "DC-1", "item": "simpeg"}])["allowed"]
+    requests.executed("eko", rid, outcome="failed", note="server down")
+    requests.executed("eko", rid, outcome="succeeded")
+    requests.confirm("ani", rid, note="data is back")
+    record = requests.close("citra", rid)
+    assert record["status"] == "closed"
+    assert [s["step"] for s in record["steps"]] == [
+        "filed",
+        "received",
+        "approved",
+        "assessed",
+        "backups_checked",
+        "planned",
+        "executed",
+        "executed",
+        "confirmed",
+        "closed",
+    ]
+    timing = {t["step"]: t for t in record["timing"]}
+    assert timing["received"]["standard_minutes"] == 1 and timing["received"]["actual_minutes"] == 3.0
+    assert timing["received"]["overrun"] is True
+    assert timing["approved"]["standard_minutes"] == 2 and timing["approved"]["overrun"] is True
+    assert record["assessment"]["damage"] == "accidental_deletion"
+
+
+def test_self_approval_is_refused(make_store):
+    requests = make_requests(make_store())
+    rid = requests.new(
+        "fajar",
+        procedure="backup_restore",
+        skpd="dinkes",
+        contact="x",
+        reason="disaster",
+        scope=[{"asset_id": "DC-2", "item": "simpus"}],
+    )["id"]
+    requests.receive("citra", rid)
+    with pytest.raises(Refused, match="may not approve it: the approver is never the requester"):
+        requests.approve("fajar", rid)
+
+
+def test_wrong_order_is_refused(make_store):
+    requests = make_requests(make_store())
+    rid = requests.new(
+        "ani",
+        procedure="recovery",
+        skpd="b",
+        contact="x",
+        reason="error",
+        scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+    )["id"]
+    with pytest.raises(Refused, match=r"is 'filed': 'approved' is out of order \(next: received\)"):
+        requests.approve("dewi", rid)
+
+
+def test_a_role_the_actor_does_not_hold_is_refused(make_store):
+    requests = make_requests(make_store())
+    with pytest.raises(Refused, match="needs the role 'requester'"):
+        requests.new(
+            "eko",
+            procedure="recovery",
+            skpd="b",
+            contact="x",
+            reason="error",
+            scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+        )
+
+
+def test_a_rejected_request_goes_nowhere_and_its_reason_is_kept(make_store):
+    requests = make_requests(make_store())
+    rid = requests.new(
+        "ani",
+        procedure="recovery",
+        skpd="b",
+        contact="x",
+        reason="error",
+        scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+    )["id"]
+    requests.receive("citra", rid)
+    assert (
+        requests.reject("citra", rid, "no backup of that period exists")["rejected_reason"]
+        == "no backup of that period exists"
+    )
+    with pytest.raises(Refused, match="was rejected \\(no backup of that period exists\\)"):
+        requests.assess("eko", rid, data_exists=True, damage="error")
+    with pytest.raises(Refused, match="was rejected"):
+        requests.gate("eko", rid, run_scope=[{"asset_id": "DC-1", "item": "simpeg"}])
+
+
+def test_an_expired_approval_is_refused(make_store):
+    clock = Clock()
+    requests = make_requests(make_store(), clock)
+    rid = planned_request(requests)
+    clock.at += dt.timedelta(hours=25)
+    with pytest.raises(Refused, match="expired at 2026-11-22T08:00:00Z"):
+        requests.gate("eko", rid, run_scope=[{"asset_id": "DC-1", "item": "simpeg"}])
+
+
+def test_out_of_scope_and_other_target_are_refused(make_store):
+    requests = make_requests(make_store())
+    rid = planned_request(requests)
+    with pytest.raises(Refused, match="DC-2:simpus is outside the approved scope"):
+        requests.gate("eko", rid, run_scope=[{"asset_id": "DC-2", "item": "simpus"}])
+    with pytest.raises(Refused, match="differs from the approved target"):
+        requests.gate(
+            "eko",
+            rid,
+            run_scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+            target={"kind": "alternate", "host": "other", "database": "x"},
+        )
+    unplanned = planned_request(requests, plan=False)
+    with pytest.raises(Refused, match=r"outside request .* scope .* a request is never stretched"):
+        requests.plan("eko", unplanned, backups={"DC-2:simpus": "y"})
+
+
+def test_an_unknown_request_is_refused(make_store):
+    requests = make_requests(make_store())
+    with pytest.raises(Refused, match="there is no request 'PPD-2026-9999'"):
+        requests.gate("eko", "PPD-2026-9999", run_scope=[{"asset_id": "DC-1", "item": "simpeg"}])
+    with pytest.raises(Refused, match="there is no request"):
+        requests.receive("citra", "nope")
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def tamper(store: Store, statement: str, **params) -> None:
+    with store.transaction() as conn:
+        conn.execute(sa.text(statement), params)
+
+
+@pytest.mark.parametrize(
+    ("how", "statement", "named"),
+    [
+        ("edited", 'UPDATE pulih_audit SET payload = \'{"role": "approver"}\' WHERE seq = 3', 3),
+        ("deleted", "DELETE FROM pulih_audit WHERE seq = 3", 4),
+        (
+            "reordered",
+            "UPDATE pulih_audit SET seq = seq + 100 WHERE seq IN (3, 4); "
+            "UPDATE pulih_audit SET seq = 4 WHERE seq = 103; UPDATE pulih_audit SET seq = 3 WHERE seq = 104",
+            3,
+        ),
+    ],
+)
+def test_audit_verify_detects_and_names_tampering(make_store, how, statement, named):
+    store = make_store()
+    requests = make_requests(store)
+    planned_request(requests)
+    assert store.verify_audit() == []
+    for part in statement.split("; "):
+        tamper(store, part)
+    problems = store.verify_audit()
+    assert problems, how
+    assert problems[0].seq == named, [str(p) for p in problems]
+
+
+def test_audit_entries_chain(make_store):
+    store = make_store()
+    planned_request(make_requests(store))
+    entries = store.audit_entries()
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_an_older_store_is_upgraded_in_place(make_store):
+    store = make_store()
+    # Rebuild it at version 1, with a run recorded the old way.
+    with store.transaction() as conn:
+        for table in ("pulih_runs", "pulih_audit", "pulih_steps", "pulih_requests", "pulih_meta"):
+            conn.execute(sa.text(f"DROP TABLE {table}"))
+    old = Store(store.url, upgrade=False)
+    old.upgrade(to=1)
+    assert old.version() == 1
+    with old.transaction() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO pulih_runs (run_id, kind, status, started_at) "
+                "VALUES ('r1', 'backup', 'succeeded', '2026-01-01T00:00:00Z')"
+            )
+        )
+    reopened = Store(store.url)
+    assert reopened.version() == SCHEMA_VERSION
+    with reopened.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT run_id, exit_code FROM pulih_runs")).one()
+    assert (row.run_id, row.exit_code) == ("r1", None)
+
+
+# --------------------------------------------------------------------------- property
+
+
+class GateMachine(RuleBasedStateMachine):
+    """Random request commands by random actors; the gate's invariant checked after each."""
+
+    store_factory = None
+
+    @initialize()
+    def setup(self):
+        self.clock = Clock()
+        self.store = type(self).store_factory()
+        self.requests = make_requests(self.store, self.clock)
+        self.ids: list[str] = []
+
+    def _try(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Refused:
+            return None
+
+    @rule(
+        actor=st.sampled_from(sorted(ACTORS)),
+        items=st.lists(st.sampled_from(ITEMS), min_size=1, max_size=2, unique=True),
+    )
+    def file(self, actor, items):
+        record = self._try(
+            self.requests.new,
+            actor,
+            procedure="recovery",
+            skpd="s",
+            contact="c",
+            reason="error",
+            scope=[{"asset_id": a, "item": i} for a, i in items],
+        )
+        if record:
+            self.ids.append(record["id"])
+
+    @rule(
+        data=st.data(),
+        actor=st.sampled_from(sorted(ACTORS)),
+        step=st.sampled_from(
+            ["receive", "approve", "reject", "assess", "check", "plan", "executed", "confirm", "close"]
+        ),
+    )
+    def act(self, data, actor, step):
+        if not self.ids:
+            return
+        rid = data.draw(st.sampled_from(self.ids))
+        calls = {
+            "receive": lambda: self.requests.receive(actor, rid),
+            "approve": lambda: self.requests.approve(actor, rid, valid_hours=data.draw(st.integers(1, 48))),
+            "reject": lambda: self.requests.reject(actor, rid, "no"),
+            "assess": lambda: self.requests.assess(actor, rid, data_exists=True, damage="error"),
+            "check": lambda: self.requests.check_backups(actor, rid, []),
+            "plan": lambda: self.requests.plan(actor, rid, backups={}),
+            "executed": lambda: self.requests.executed(actor, rid, outcome="failed"),
+            "confirm": lambda: self.requests.confirm(actor, rid),
+            "close": lambda: self.requests.close(actor, rid),
+        }
+        self._try(calls[step])
+
+    @rule(hours=st.integers(0, 30))
+    def time_passes(self, hours):
+        self.clock.at += dt.timedelta(hours=hours)
+
+    @rule(
+        data=st.data(),
+        actor=st.sampled_from(sorted(ACTORS)),
+        items=st.lists(st.sampled_from(ITEMS), min_size=1, max_size=3, unique=True),
+        run_target=st.sampled_from([None, {"kind": "in_place"}, {"kind": "alternate", "host": "h"}]),
+    )
+    def restore(self, data, actor, items, run_target):
+        if not self.ids:
+            return
+        rid = data.draw(st.sampled_from([*self.ids, "PPD-2026-9999"]))
+        scope = [{"asset_id": a, "item": i} for a, i in items]
+        decision = self._try(self.requests.gate, actor, rid, run_scope=scope, target=run_target)
+        if decision is None:
+            return
+        record = self.requests.get(rid)
+        assert "operator" in ACTORS[actor]
+        assert record["approved_by"] and record["approved_by"] != record["requester"]
+        assert "approver" in ACTORS[record["approved_by"]]
+        assert self.clock.at <= parse_iso(record["approval_expires_at"])
+        assert {(s["asset_id"], s["item"]) for s in scope} <= {
+            (s["asset_id"], s["item"]) for s in record["scope"]
+        }
+        assert run_target is None or run_target == record["target"]
+        assert record["status"] in ("planned", "executed")
+        assert [s["step"] for s in record["steps"]][:6] == [
+            "filed",
+            "received",
+            "approved",
+            "assessed",
+            "backups_checked",
+            "planned",
+        ]
+
+    @invariant()
+    def audit_chain_holds(self):
+        if hasattr(self, "store"):
+            assert self.store.verify_audit() == []
+
+
+def test_no_sequence_of_commands_gets_an_unapproved_restore_past_the_gate(make_store):
+    GateMachine.store_factory = staticmethod(make_store)
+    runner = GateMachine.TestCase
+    runner.settings = settings(
+        max_examples=40, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
+    )
+    runner().runTest()
+
+
+def test_the_gate_records_every_decision(make_store):
+    store = make_store()
+    requests = make_requests(store)
+    rid = planned_request(requests)
+    requests.gate("eko", rid, run_scope=[{"asset_id": "DC-1", "item": "simpeg"}])
+    with pytest.raises(Refused):
+        requests.gate("eko", rid, run_scope=[{"asset_id": "DC-2", "item": "simpus"}])
+    with store.engine.connect() as conn:
+        actions = [
+            r.action for r in conn.execute(sa.select(audit_table.c.action).order_by(audit_table.c.seq))
+        ]
+    assert actions[-2:] == ["restore.allowed", "restore.refused"]
+    assert iso(Clock()()) == "2026-11-21T08:00:00Z"
+    assert json.loads(store.audit_entries()[-1]["payload"])["reason"].startswith("DC-2:simpus is outside")

@@ -1,0 +1,536 @@
+"""Requests, as the two SOPs run them, and the gate every restore must pass.
+
+Procedure A (recovery, Form PPD/PD) and procedure B (backup/restore on request) share the
+steps: filed -> received -> approved | rejected -> assessed -> backups_checked -> planned
+-> executed (again for every retry) -> confirmed -> closed. Each step is done by an actor in
+a role the configuration gives them, is refused out of order, and is recorded with who,
+when and what they wrote, in the request and in the audit log, in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+import yaml
+
+from pulih.store import Store, iso, now, parse_iso, requests_table, steps_table
+
+PROCEDURES: Final = {"recovery": "A", "backup_restore": "B"}
+ROLES: Final = ("requester", "receiver", "approver", "operator")
+REASONS: Final = ("disaster", "error", "accidental_deletion", "other")
+DAMAGE: Final = ("none", "disaster", "error", "accidental_deletion", "other")
+STEP_ROLE: Final = {
+    "filed": "requester",
+    "received": "receiver",
+    "approved": "approver",
+    "rejected": "approver",
+    "assessed": "operator",
+    "backups_checked": "operator",
+    "planned": "operator",
+    "executed": "operator",
+    "confirmed": "requester",
+    "closed": "receiver",
+}
+# The steps each status allows next.
+NEXT: Final[dict[str, tuple[str, ...]]] = {
+    "filed": ("received",),
+    "received": ("approved", "rejected"),
+    "approved": ("assessed",),
+    "rejected": (),
+    "assessed": ("backups_checked",),
+    "backups_checked": ("planned",),
+    "planned": ("executed",),
+    "executed": ("executed", "confirmed"),  # the SOP: repeat until it succeeds
+    "confirmed": ("closed",),
+    "closed": (),
+}
+# Standard times of the SOPs, in minutes (None: "depends on the size of the data" or not given).
+# Procedure A: 2 + 1 + 2 + 10 + 5 = 20 minutes of fixed steps; its 10-minute step is one of the
+# unreadable steps 7-8 of the scan, which pulih reads as the plan. Procedure B: verification and
+# disposition 15 min, planning 1 hour, execution 1 day, confirmation 15 min.
+STANDARD_MINUTES: Final[dict[str, dict[str, int | None]]] = {
+    "recovery": {
+        "filed": 2,
+        "received": 1,
+        "approved": 2,
+        "rejected": 2,
+        "assessed": None,
+        "backups_checked": None,
+        "planned": 10,
+        "executed": None,
+        "confirmed": 5,
+        "closed": None,
+    },
+    "backup_restore": {
+        "filed": None,
+        "received": None,
+        "approved": 15,
+        "rejected": 15,
+        "assessed": None,
+        "backups_checked": None,
+        "planned": 60,
+        "executed": 1440,
+        "confirmed": 15,
+        "closed": None,
+    },
+}
+
+
+class Refused(Exception):
+    """The record does not allow it (exit 3)."""
+
+
+class BadRequestInput(Exception):
+    """The input is not usable (exit 2)."""
+
+
+@dataclass
+class Config:
+    actors: dict[str, set[str]] = field(default_factory=dict)
+    approval_validity_hours: int = 72
+    standard_minutes: dict[str, dict[str, int | None]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in STANDARD_MINUTES.items()}
+    )
+    store: str | None = None
+    # Lets PULIH_ACTOR name the actor instead of the OS user: for the demo and tests only.
+    allow_actor_override: bool = False
+
+    def roles_of(self, actor: str) -> set[str]:
+        return self.actors.get(actor, set())
+
+
+def config_path() -> Path:
+    env = os.environ.get("PULIH_CONFIG")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "pulih" / "config.yml"
+
+
+def load_config(path: Path | None = None) -> Config:
+    path = path or config_path()
+    if not path.exists():
+        return Config()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise BadRequestInput(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadRequestInput(f"{path}: must be a mapping (actors, approval_validity_hours, ...)")
+    actors: dict[str, set[str]] = {}
+    for name, roles in (raw.get("actors") or {}).items():
+        roles = [roles] if isinstance(roles, str) else list(roles or [])
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown:
+            raise BadRequestInput(
+                f"{path}: actor '{name}': unknown role(s) {', '.join(unknown)} (roles: {', '.join(ROLES)})"
+            )
+        actors[str(name)] = set(roles)
+    config = Config(
+        actors=actors,
+        store=raw.get("store"),
+        approval_validity_hours=int(raw.get("approval_validity_hours", 72)),
+        allow_actor_override=bool(raw.get("allow_actor_override", False)),
+    )
+    for procedure, minutes in (raw.get("standard_minutes") or {}).items():
+        if procedure not in config.standard_minutes:
+            raise BadRequestInput(f"{path}: standard_minutes: unknown procedure '{procedure}'")
+        config.standard_minutes[procedure].update(minutes or {})
+    return config
+
+
+def current_actor(config: Config) -> str:
+    override = os.environ.get("PULIH_ACTOR")
+    if override and config.allow_actor_override:
+        return override
+    return getpass.getuser()
+
+
+def _load(conn: sa.Connection, request_id: str, *, lock: bool = False) -> dict[str, Any]:
+    query = sa.select(requests_table).where(requests_table.c.id == request_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        raise Refused(f"there is no request {request_id!r}")
+    return dict(row)
+
+
+class Requests:
+    """The request record and its rules; ``clock`` is injectable for tests."""
+
+    def __init__(self, store: Store, config: Config, clock: Callable[[], dt.datetime] = now) -> None:
+        self.store, self.config, self.clock = store, config, clock
+
+    # ---------------------------------------------------------------- helpers
+
+    def _require_role(self, actor: str, step: str) -> str:
+        role = STEP_ROLE[step]
+        if role not in self.config.roles_of(actor):
+            held = ", ".join(sorted(self.config.roles_of(actor))) or "none"
+            raise Refused(
+                f"{actor} may not record '{step}': it needs the role '{role}' "
+                f"(theirs: {held}; roles come from {config_path()})"
+            )
+        return role
+
+    def _step(
+        self,
+        actor: str,
+        request_id: str,
+        step: str,
+        note: str,
+        check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        role = self._require_role(actor, step)
+        at = self.clock()
+        with self.store.transaction() as conn:
+            request = _load(conn, request_id, lock=True)
+            allowed = NEXT[request["status"]]
+            if step not in allowed:
+                if request["status"] == "rejected":
+                    raise Refused(
+                        f"request {request_id} was rejected ({request['rejected_reason']}); "
+                        "nothing more can be done with it"
+                    )
+                then = " or ".join(allowed) or "nothing: it is finished"
+                raise Refused(
+                    f"request {request_id} is '{request['status']}': '{step}' is out of order (next: {then})"
+                )
+            changes = check(request) if check else {}
+            changes["status"] = step
+            conn.execute(sa.update(requests_table).where(requests_table.c.id == request_id).values(**changes))
+            conn.execute(
+                sa.insert(steps_table).values(
+                    request_id=request_id, step=step, actor=actor, role=role, at=iso(at), note=note
+                )
+            )
+            self.store.append_audit(
+                conn,
+                actor=actor,
+                action=f"request.{step}",
+                request_id=request_id,
+                payload={
+                    "role": role,
+                    "note": note,
+                    "changes": {k: v for k, v in changes.items() if k != "status"},
+                },
+                at=at,
+            )
+        return self.get(request_id)
+
+    # ---------------------------------------------------------------- steps
+
+    def new(
+        self,
+        actor: str,
+        *,
+        procedure: str,
+        skpd: str,
+        contact: str,
+        scope: list[dict[str, str]],
+        reason: str,
+        reason_text: str = "",
+        restore_point: str | None = None,
+        target: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        role = self._require_role(actor, "filed")
+        if procedure not in PROCEDURES:
+            raise BadRequestInput(f"unknown procedure '{procedure}' (recovery or backup_restore)")
+        if reason not in REASONS:
+            raise BadRequestInput(f"unknown reason '{reason}' ({', '.join(REASONS)})")
+        if reason == "other" and not reason_text.strip():
+            raise BadRequestInput("reason 'other' needs a text (--reason-text)")
+        if not scope:
+            raise BadRequestInput("a request names at least one data item (--item ASSET_ID:ITEM)")
+        if restore_point:
+            try:
+                parse_iso(restore_point if "T" in restore_point else restore_point + "T23:59:59+00:00")
+            except ValueError:
+                raise BadRequestInput(
+                    f"restore point '{restore_point}' is not a date or time (ISO 8601)"
+                ) from None
+        target = target or {"kind": "in_place"}
+        at = self.clock()
+        with self.store.transaction() as conn:
+            year = at.year
+            # Procedure A's requests are Form PPD; procedure B's are request letters.
+            prefix = f"{'PPD' if procedure == 'recovery' else 'REQ'}-{year}-"
+            last = (
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(requests_table)
+                    .where(requests_table.c.id.like(prefix + "%"))
+                ).scalar()
+                or 0
+            )
+            request_id = f"{prefix}{last + 1:04d}"
+            conn.execute(
+                sa.insert(requests_table).values(
+                    id=request_id,
+                    procedure=procedure,
+                    status="filed",
+                    requester=actor,
+                    skpd=skpd,
+                    contact=contact,
+                    reason=reason,
+                    reason_text=reason_text,
+                    restore_point=restore_point,
+                    target=json.dumps(target),
+                    scope=json.dumps(scope),
+                    created_at=iso(at),
+                )
+            )
+            conn.execute(
+                sa.insert(steps_table).values(
+                    request_id=request_id, step="filed", actor=actor, role=role, at=iso(at), note=reason_text
+                )
+            )
+            self.store.append_audit(
+                conn,
+                actor=actor,
+                action="request.filed",
+                request_id=request_id,
+                payload={
+                    "procedure": procedure,
+                    "scope": scope,
+                    "target": target,
+                    "reason": reason,
+                    "reason_text": reason_text,
+                    "restore_point": restore_point,
+                    "skpd": skpd,
+                },
+                at=at,
+            )
+        return self.get(request_id)
+
+    def receive(self, actor: str, request_id: str, note: str = "") -> dict[str, Any]:
+        return self._step(actor, request_id, "received", note)
+
+    def approve(
+        self, actor: str, request_id: str, *, valid_hours: int | None = None, note: str = ""
+    ) -> dict[str, Any]:
+        hours = valid_hours or self.config.approval_validity_hours
+        if hours <= 0:
+            raise BadRequestInput("an approval is valid for a positive number of hours")
+
+        def check(request: dict[str, Any]) -> dict[str, Any]:
+            if request["requester"] == actor:
+                raise Refused(
+                    f"{actor} filed request {request_id} and may not approve it: "
+                    "the approver is never the requester"
+                )
+            at = self.clock()
+            return {
+                "approved_by": actor,
+                "approved_at": iso(at),
+                "approval_expires_at": iso(at + dt.timedelta(hours=hours)),
+            }
+
+        return self._step(actor, request_id, "approved", note, check)
+
+    def reject(self, actor: str, request_id: str, reason: str) -> dict[str, Any]:
+        if not reason.strip():
+            raise BadRequestInput("a rejection needs its reason: the requester is told why")
+
+        def check(request: dict[str, Any]) -> dict[str, Any]:
+            if request["requester"] == actor:
+                raise Refused(f"{actor} filed request {request_id} and may not decide on it")
+            return {"rejected_reason": reason}
+
+        return self._step(actor, request_id, "rejected", reason, check)
+
+    def assess(
+        self,
+        actor: str,
+        request_id: str,
+        *,
+        data_exists: bool,
+        damage: str,
+        note: str = "",
+        probe: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if damage not in DAMAGE:
+            raise BadRequestInput(f"unknown damage '{damage}' ({', '.join(DAMAGE)})")
+        assessment = {"data_exists": data_exists, "damage": damage, "note": note, "probe": probe}
+        return self._step(
+            actor, request_id, "assessed", note, lambda _r: {"assessment": json.dumps(assessment)}
+        )
+
+    def check_backups(
+        self, actor: str, request_id: str, found: list[dict[str, Any]], note: str = ""
+    ) -> dict[str, Any]:
+        return self._step(
+            actor, request_id, "backups_checked", note, lambda _r: {"backups_found": json.dumps(found)}
+        )
+
+    def plan(
+        self, actor: str, request_id: str, *, backups: dict[str, str], window: str = "", note: str = ""
+    ) -> dict[str, Any]:
+        def check(request: dict[str, Any]) -> dict[str, Any]:
+            scope = {f"{s['asset_id']}:{s['item']}" for s in json.loads(request["scope"])}
+            outside = sorted(set(backups) - scope)
+            if outside:
+                raise Refused(
+                    f"the plan names {', '.join(outside)}, outside request {request_id}'s scope "
+                    f"({', '.join(sorted(scope))}); a request is never stretched"
+                )
+            return {"plan": json.dumps({"backups": backups, "window": window})}
+
+        return self._step(actor, request_id, "planned", note, check)
+
+    def executed(self, actor: str, request_id: str, *, outcome: str, note: str = "") -> dict[str, Any]:
+        return self._step(actor, request_id, "executed", f"{outcome}: {note}".strip(": "))
+
+    def confirm(self, actor: str, request_id: str, note: str = "") -> dict[str, Any]:
+        def check(request: dict[str, Any]) -> dict[str, Any]:
+            if request["requester"] != actor:
+                raise Refused(
+                    f"only the requester ({request['requester']}) confirms the result of {request_id}"
+                )
+            return {}
+
+        return self._step(actor, request_id, "confirmed", note, check)
+
+    def close(self, actor: str, request_id: str, note: str = "") -> dict[str, Any]:
+        return self._step(actor, request_id, "closed", note)
+
+    # ---------------------------------------------------------------- reading
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        with self.store.engine.connect() as conn:
+            request = _load(conn, request_id)
+            steps = (
+                conn.execute(
+                    sa.select(steps_table)
+                    .where(steps_table.c.request_id == request_id)
+                    .order_by(steps_table.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        for key in ("target", "scope", "plan", "assessment", "backups_found"):
+            if request.get(key):
+                request[key] = json.loads(request[key])
+        request["steps"] = [dict(s) for s in steps]
+        request["timing"] = self.timing(request)
+        return request
+
+    def all(self) -> list[dict[str, Any]]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    requests_table.c.id,
+                    requests_table.c.procedure,
+                    requests_table.c.status,
+                    requests_table.c.requester,
+                    requests_table.c.skpd,
+                    requests_table.c.created_at,
+                ).order_by(requests_table.c.id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def timing(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per step: the SOP's standard time beside the time it took (since the step before)."""
+        standard = self.config.standard_minutes[request["procedure"]]
+        rows, previous = [], None
+        for step in request["steps"]:
+            at = parse_iso(step["at"])
+            took: float | None = None if previous is None else round((at - previous).total_seconds() / 60, 1)
+            limit = standard.get(step["step"])
+            rows.append(
+                {
+                    "step": step["step"],
+                    "actor": step["actor"],
+                    "role": step["role"],
+                    "at": step["at"],
+                    "standard_minutes": limit,
+                    "actual_minutes": took,
+                    "overrun": bool(limit is not None and took is not None and took > limit),
+                }
+            )
+            previous = at
+        return rows
+
+    # ---------------------------------------------------------------- the gate
+
+    def gate(
+        self,
+        actor: str,
+        request_id: str,
+        *,
+        run_scope: list[dict[str, str]],
+        target: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Allow a restore run only as the record says; raise Refused with the reason otherwise."""
+        if "operator" not in self.config.roles_of(actor):
+            raise Refused(f"{actor} may not run restores: it needs the role 'operator'")
+        at = self.clock()
+        decision: dict[str, Any] = {
+            "request_id": request_id,
+            "actor": actor,
+            "scope": run_scope,
+            "target": target,
+            "at": iso(at),
+        }
+        try:
+            with self.store.engine.connect() as conn:
+                request = _load(conn, request_id)
+            if request["status"] == "rejected":
+                raise Refused(f"request {request_id} was rejected ({request['rejected_reason']})")
+            if request["status"] not in ("planned", "executed"):
+                raise Refused(
+                    f"request {request_id} is '{request['status']}': a restore runs only once it is "
+                    "approved, assessed, its backups checked and planned"
+                )
+            if not request["approved_by"] or request["approved_by"] == request["requester"]:
+                raise Refused(f"request {request_id} has no approval by someone other than its requester")
+            expires = parse_iso(request["approval_expires_at"])
+            if at > expires:
+                raise Refused(
+                    f"the approval of request {request_id} expired at {request['approval_expires_at']}; "
+                    "ask the approver to approve it again"
+                )
+            scope = {(s["asset_id"], s["item"]) for s in json.loads(request["scope"])}
+            wanted = {(s["asset_id"], s["item"]) for s in run_scope}
+            if not wanted:
+                raise Refused("a restore run names at least one data item")
+            outside = sorted(f"{a}:{i}" for a, i in wanted - scope)
+            if outside:
+                raise Refused(
+                    f"{', '.join(outside)} is outside the approved scope of request {request_id} "
+                    f"({', '.join(sorted(f'{a}:{i}' for a, i in scope))})"
+                )
+            approved_target = json.loads(request["target"])
+            if target is not None and target != approved_target:
+                raise Refused(
+                    f"target {json.dumps(target)} differs from the approved target "
+                    f"{json.dumps(approved_target)}"
+                )
+        except Refused as exc:
+            decision["allowed"], decision["reason"] = False, str(exc)
+            with self.store.transaction() as conn:
+                self.store.append_audit(
+                    conn,
+                    actor=actor,
+                    action="restore.refused",
+                    request_id=request_id,
+                    payload=decision,
+                    at=at,
+                )
+            raise
+        decision["allowed"] = True
+        decision["target"] = approved_target
+        with self.store.transaction() as conn:
+            self.store.append_audit(
+                conn, actor=actor, action="restore.allowed", request_id=request_id, payload=decision, at=at
+            )
+        return decision

@@ -1,0 +1,310 @@
+"""The record: requests, their steps, runs and the audit log.
+
+SQLAlchemy Core on SQLite by default (one file in the state directory) or PostgreSQL by
+URL, for a control node several operators share. The schema carries a version; opening an
+older store upgrades it in place, step by step, in one transaction per step.
+
+The audit log is append-only and tamper-evident: every entry stores the SHA-256 of its own
+content and of the entry before it, so an edited, deleted or reordered entry breaks the
+chain where it happened (:func:`Store.verify_audit`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+SCHEMA_VERSION = 2
+GENESIS = "0" * 64
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "pulih_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+requests_table = sa.Table(
+    "pulih_requests",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("procedure", sa.String(16), nullable=False),  # recovery (A) | backup_restore (B)
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("requester", sa.String(128), nullable=False),
+    sa.Column("skpd", sa.String(128), nullable=False),
+    sa.Column("contact", sa.Text, nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("reason_text", sa.Text, nullable=False),
+    sa.Column("restore_point", sa.String(32)),
+    sa.Column("target", sa.Text, nullable=False),  # JSON
+    sa.Column("scope", sa.Text, nullable=False),  # JSON: [{"asset_id", "item"}]
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("approved_by", sa.String(128)),
+    sa.Column("approved_at", sa.String(32)),
+    sa.Column("approval_expires_at", sa.String(32)),
+    sa.Column("rejected_reason", sa.Text),
+    sa.Column("plan", sa.Text),  # JSON
+    sa.Column("assessment", sa.Text),  # JSON (Form PD)
+    sa.Column("backups_found", sa.Text),  # JSON
+)
+steps_table = sa.Table(
+    "pulih_steps",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(32), sa.ForeignKey("pulih_requests.id"), nullable=False, index=True),
+    sa.Column("step", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+)
+runs_table = sa.Table(
+    "pulih_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("request_id", sa.String(32)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.String(32), nullable=False),
+    sa.Column("finished_at", sa.String(32)),
+    sa.Column("report", sa.Text),
+    sa.Column("exit_code", sa.Integer),  # added in schema version 2
+)
+audit_table = sa.Table(
+    "pulih_audit",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(32)),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    """Version 1: every table, runs without exit_code."""
+    tables = [meta_table, requests_table, steps_table, audit_table]
+    for table in tables:
+        table.create(conn, checkfirst=True)
+    runs_v1 = sa.Table(
+        "pulih_runs",
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in runs_table.columns
+            if c.name != "exit_code"
+        ),
+    )
+    runs_v1.create(conn, checkfirst=True)
+
+
+def _v2(conn: Connection) -> None:
+    """Version 2: runs record their exit code."""
+    conn.execute(sa.text("ALTER TABLE pulih_runs ADD COLUMN exit_code INTEGER"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _entry_hash(
+    prev_hash: str, seq: int, at: str, actor: str, action: str, request_id: str | None, payload: str
+) -> str:
+    body = json.dumps([prev_hash, seq, at, actor, action, request_id, payload], ensure_ascii=False)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    seq: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"audit entry {self.seq}: {self.message}"
+
+
+class Store:
+    """One connection pool to the record; every write in its own transaction."""
+
+    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+        self.url = url
+        self.engine: Engine = sa.create_engine(url, future=True)
+        if url.startswith("sqlite"):
+            # Writers queue instead of failing when two operators act at once.
+            sa.event.listen(
+                self.engine, "connect", lambda dbapi, _rec: dbapi.execute("PRAGMA busy_timeout = 10000")
+            )
+        if upgrade:
+            self.upgrade()
+
+    @classmethod
+    def at_path(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{path}")
+
+    # ---------------------------------------------------------------- schema
+
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("pulih_meta"):
+                return 0
+            value = conn.execute(
+                sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+            ).scalar()
+            return int(value or 0)
+
+    def upgrade(self, to: int = SCHEMA_VERSION) -> int:
+        """Bring the schema to version ``to``; returns the version found before."""
+        found = self.version()
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the store has schema version {found}, newer than this pulih ({SCHEMA_VERSION})"
+            )
+        for version in range(found + 1, to + 1):
+            with self.engine.begin() as conn:
+                MIGRATIONS[version - 1](conn)
+                conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
+                conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(version)))
+        return found
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ---------------------------------------------------------------- audit
+
+    def append_audit(
+        self,
+        conn: Connection,
+        *,
+        actor: str,
+        action: str,
+        request_id: str | None,
+        payload: dict[str, Any],
+        at: dt.datetime | None = None,
+    ) -> int:
+        """Append one entry, chained to the last, inside the caller's transaction."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("LOCK TABLE pulih_audit IN EXCLUSIVE MODE"))  # one chain, one writer
+        last = conn.execute(
+            sa.select(audit_table.c.seq, audit_table.c.hash).order_by(audit_table.c.seq.desc()).limit(1)
+        ).first()
+        seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
+        when = iso(at or now())
+        body = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+        digest = _entry_hash(prev, seq, when, actor, action, request_id, body)
+        conn.execute(
+            sa.insert(audit_table).values(
+                seq=seq,
+                at=when,
+                actor=actor,
+                action=action,
+                request_id=request_id,
+                payload=body,
+                prev_hash=prev,
+                hash=digest,
+            )
+        )
+        return seq
+
+    def audit_entries(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_table).order_by(audit_table.c.seq)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def verify_audit(self) -> list[AuditProblem]:
+        """Walk the chain; name every entry that was edited, deleted, inserted or moved."""
+        problems: list[AuditProblem] = []
+        prev_hash, expected_seq = GENESIS, 1
+        for row in self.audit_entries():
+            seq = row["seq"]
+            if seq != expected_seq:
+                problems.append(
+                    AuditProblem(
+                        seq,
+                        f"entries {expected_seq}..{seq - 1} are missing (deleted)"
+                        if seq > expected_seq
+                        else "sequence out of order",
+                    )
+                )
+            if row["prev_hash"] != prev_hash:
+                problems.append(
+                    AuditProblem(
+                        seq, "does not follow the entry before it (deleted, inserted or reordered entries)"
+                    )
+                )
+            recomputed = _entry_hash(
+                row["prev_hash"],
+                seq,
+                row["at"],
+                row["actor"],
+                row["action"],
+                row["request_id"],
+                row["payload"],
+            )
+            if recomputed != row["hash"]:
+                problems.append(AuditProblem(seq, "its content was changed after it was written"))
+            prev_hash, expected_seq = row["hash"], seq + 1
+        return problems
+
+    # ---------------------------------------------------------------- runs
+
+    def record_run(
+        self,
+        *,
+        run_id: str,
+        kind: str,
+        status: str,
+        started_at: str,
+        finished_at: str | None,
+        report: str | None,
+        exit_code: int | None,
+        actor: str,
+        request_id: str | None = None,
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(sa.delete(runs_table).where(runs_table.c.run_id == run_id))
+            conn.execute(
+                sa.insert(runs_table).values(
+                    run_id=run_id,
+                    kind=kind,
+                    request_id=request_id,
+                    status=status,
+                    started_at=started_at,
+                    finished_at=finished_at,
+                    report=report,
+                    exit_code=exit_code,
+                )
+            )
+            self.append_audit(
+                conn,
+                actor=actor,
+                action=f"run.{kind}",
+                request_id=request_id,
+                payload={"run_id": run_id, "status": status, "exit_code": exit_code, "report": report},
+            )
