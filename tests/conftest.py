@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ EXAMPLE_TODAY = "2026-11-21"
 # ansible-playbook, ansible-inventory and pulih live beside the interpreter running the tests.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("ANSIBLE_CONFIG", str(PROJECT / "ansible.cfg"))
+# Reports, runs and the record of the tests stay out of the user's own state directory.
+os.environ.setdefault("PULIH_STATE_DIR", tempfile.mkdtemp(prefix="pulih-test-state-"))
 
 
 @pytest.fixture

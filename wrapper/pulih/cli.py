@@ -18,11 +18,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pulih import forms
 from pulih import register as reg
 from pulih import report as reports
 from pulih.exitcodes import Exit
 from pulih.register_import import import_csv
+from pulih.requests import BadRequestInput, Config, Refused, Requests, current_actor, load_config
 from pulih.runner import RunOutcome, run_playbook
+from pulih.store import Store
 
 app = typer.Typer(
     help="Backups, verified restores and the approval record around them, for a government data center.",
@@ -40,6 +43,10 @@ runs_app = typer.Typer(help="Runs and their reports.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 report_app = typer.Typer(help="Show a run's report.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
+request_app = typer.Typer(help="Requests, step by step as the SOPs run them.", no_args_is_help=True)
+app.add_typer(request_app, name="request")
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 # A table read through a pipe is not cut at 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -64,6 +71,35 @@ TodayOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _on_record(report: reports.RunReport, path: Path) -> None:
+    """Put a finished run into the store and the audit log; a run never fails for it."""
+    try:
+        config = load_config()
+        url = os.environ.get("PULIH_STORE") or config.store
+        store = Store(url) if url else Store.at_path(reports.state_dir() / "pulih.db")
+        doc = report.as_dict()
+        store.record_run(
+            run_id=report.run_id,
+            kind=report.kind,
+            status=report.status,
+            started_at=doc["started_at"],
+            finished_at=doc["finished_at"],
+            report=str(path),
+            exit_code=report.exit_code,
+            actor=current_actor(config),
+            request_id=report.request_id,
+        )
+    except Exception as exc:  # the report itself is written; say why the record is not
+        err.print(
+            f"[yellow]warning:[/] run {report.run_id} not put on the record: {exc}",
+            markup=True,
+            soft_wrap=True,
+        )
+
+
+reports.RECORDERS.append(_on_record)  # every report of every command goes on the record
 
 
 def fail(message: str, code: Exit, *, as_json: bool = False) -> NoReturn:
@@ -116,6 +152,12 @@ def register_check(
     """
     path = _inventory(inventory)
     result = reg.run_check(path, _today(today), max_age_days)
+    report = reports.RunReport(kind="register_check", command=["pulih", *sys.argv[1:]], inventory=str(path))
+    report.findings = [f.as_dict() for f in result.findings]
+    report.errors = [str(p) for p in result.problems]
+    code = {"clean": Exit.OK, "findings": Exit.FAILED, "invalid": Exit.BAD_INPUT}[result.status]
+    report.finish({"clean": "succeeded", "findings": "failed", "invalid": "error"}[result.status], int(code))
+    report.write()
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
@@ -514,15 +556,415 @@ def runs_list(as_json: JsonOpt = False) -> None:
 def report_show(
     run_id: Annotated[str, typer.Argument(help="The run's id (pulih runs list).")],
     fmt: Annotated[str, typer.Option("--format", help="json or html")] = "json",
+    lang: Annotated[str, typer.Option("--lang", help="en or id (html)")] = "en",
 ) -> None:
     """Print a run's report."""
-    if fmt not in ("json", "html"):
-        fail("--format is json or html", Exit.BAD_INPUT)
+    if fmt not in ("json", "html") or lang not in ("en", "id"):
+        fail("--format is json or html, --lang is en or id", Exit.BAD_INPUT)
     try:
         doc = reports.load(run_id)
     except (OSError, ValueError):
         fail(f"no report for run {run_id!r} in {reports.state_dir() / 'runs'}", Exit.BAD_INPUT)
-    print(json.dumps(doc, indent=2, ensure_ascii=False) if fmt == "json" else reports.render_html(doc))
+    print(json.dumps(doc, indent=2, ensure_ascii=False) if fmt == "json" else reports.render_html(doc, lang))
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def _config() -> Config:
+    try:
+        return load_config()
+    except BadRequestInput as exc:
+        fail(str(exc), Exit.BAD_INPUT)
+
+
+def _store(config: Config) -> Store:
+    url = os.environ.get("PULIH_STORE") or config.store
+    try:
+        return Store(url) if url else Store.at_path(reports.state_dir() / "pulih.db")
+    except RuntimeError as exc:
+        fail(str(exc), Exit.BAD_INPUT)
+    except Exception as exc:  # a store that cannot be reached
+        fail(
+            f"cannot open the store {url or reports.state_dir() / 'pulih.db'}: {type(exc).__name__}: {exc}",
+            Exit.FAILED,
+        )
+
+
+def _record() -> tuple[Requests, str]:
+    config = _config()
+    return Requests(_store(config), config), current_actor(config)
+
+
+def _act(call: object, as_json: bool) -> None:
+    """Run one record operation: refusals exit 3, bad input 2, and the request is shown."""
+    try:
+        record = call()  # type: ignore[operator]
+    except Refused as exc:
+        fail(f"refused: {exc}", Exit.REFUSED, as_json=as_json)
+    except BadRequestInput as exc:
+        fail(str(exc), Exit.BAD_INPUT, as_json=as_json)
+    if as_json:
+        print(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+    elif isinstance(record, dict) and "status" in record and "id" in record:
+        err.print(f"{record['id']}: {record['status']}", soft_wrap=True)
+
+
+def _scope(items: list[str], inventory: Path | None) -> list[dict[str, str]]:
+    """ASSET_ID:ITEM arguments, checked against the register."""
+    register = _load_register(inventory)
+    known = {(a.asset_id, i.name) for a in register.hosts() for i in a.data}
+    scope = []
+    for text in items:
+        asset_id, _, item = text.partition(":")
+        if (asset_id, item) not in known:
+            fail(
+                f"{text}: no data item '{item}' on a server in operation with asset id '{asset_id}' "
+                "(write ASSET_ID:ITEM as in the register)",
+                Exit.BAD_INPUT,
+            )
+        scope.append({"asset_id": asset_id, "item": item})
+    return scope
+
+
+def _target(text: str, inventory: Path | None) -> dict[str, str]:
+    if text in ("in-place", "in_place"):
+        return {"kind": "in_place"}
+    kind, _, rest = text.partition(":")
+    host, _, name = rest.partition(":")
+    if kind != "alternate" or not host:
+        fail(
+            f"--target {text!r}: write in-place, alternate:HOST or alternate:HOST:DATABASE_OR_PATH",
+            Exit.BAD_INPUT,
+        )
+    if host not in {a.hostname for a in _load_register(inventory).hosts()}:
+        fail(f"--target {text!r}: {host} is not a registered server in operation", Exit.BAD_INPUT)
+    return {"kind": "alternate", "host": host, **({"name": name} if name else {})}
+
+
+def _load_register(inventory: Path | None) -> reg.Register:
+    try:
+        return reg.load_inventory(_inventory(inventory), _today(None))
+    except reg.RegisterError as exc:
+        fail("the register is invalid: " + "; ".join(str(p) for p in exc.problems), Exit.BAD_INPUT)
+
+
+RequestId = Annotated[str, typer.Argument(help="The request's id (pulih request list).")]
+NoteOpt = Annotated[str, typer.Option("--note", help="What you want on the record.")]
+
+
+@request_app.command("new")
+def request_new(
+    item: Annotated[list[str], typer.Option("--item", help="ASSET_ID:ITEM to restore (repeatable).")],
+    skpd: Annotated[str, typer.Option(help="The requesting agency.")],
+    contact: Annotated[str, typer.Option(help="How to reach the requester.")],
+    reason: Annotated[str, typer.Option(help="disaster, error, accidental_deletion or other.")],
+    procedure: Annotated[
+        str, typer.Option(help="recovery (SOP A, Form PPD) or backup_restore (SOP B).")
+    ] = "recovery",
+    reason_text: Annotated[str, typer.Option(help="In your own words (required with 'other').")] = "",
+    restore_point: Annotated[str | None, typer.Option(help="Wanted restore point, ISO date or time.")] = None,
+    target: Annotated[str, typer.Option(help="in-place, or alternate:HOST[:NAME].")] = "in-place",
+    inventory: InventoryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """File a request (step 1 of the SOPs): the data items, the reason, the target."""
+    requests, actor = _record()
+    scope = _scope(item, inventory)
+    where = _target(target, inventory)
+    _act(
+        lambda: requests.new(
+            actor,
+            procedure=procedure,
+            skpd=skpd,
+            contact=contact,
+            scope=scope,
+            reason=reason,
+            reason_text=reason_text,
+            restore_point=restore_point,
+            target=where,
+        ),
+        as_json,
+    )
+
+
+@request_app.command("receive")
+def request_receive(request_id: RequestId, note: NoteOpt = "", as_json: JsonOpt = False) -> None:
+    """Record that the request was received (sub-coordinator / Aptika)."""
+    requests, actor = _record()
+    _act(lambda: requests.receive(actor, request_id, note), as_json)
+
+
+@request_app.command("approve")
+def request_approve(
+    request_id: RequestId,
+    valid_hours: Annotated[
+        int | None, typer.Option(help="How long the approval holds (default from config).")
+    ] = None,
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve a received request, for a limited time; never by its requester."""
+    requests, actor = _record()
+    _act(lambda: requests.approve(actor, request_id, valid_hours=valid_hours, note=note), as_json)
+
+
+@request_app.command("reject")
+def request_reject(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why: the requester is told.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Reject a received request, with the reason the requester will see."""
+    requests, actor = _record()
+    _act(lambda: requests.reject(actor, request_id, reason), as_json)
+
+
+@request_app.command("assess")
+def request_assess(
+    request_id: RequestId,
+    damage: Annotated[str, typer.Option(help="none, disaster, error, accidental_deletion or other.")],
+    exists: Annotated[bool, typer.Option("--exists/--missing", help="Does the data still exist?")] = True,
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Form PD: does the data still exist, and what damaged it."""
+    requests, actor = _record()
+    _act(lambda: requests.assess(actor, request_id, data_exists=exists, damage=damage, note=note), as_json)
+
+
+@request_app.command("check-backups")
+def request_check_backups(
+    request_id: RequestId,
+    inventory: InventoryOpt = None,
+    query: Annotated[
+        bool,
+        typer.Option("--query/--no-query", help="Read the repository (default) or only record your note."),
+    ] = True,
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Record which backups exist for the request's data items, verified or not."""
+    requests, actor = _record()
+    try:
+        record = requests.get(request_id)
+    except Refused as exc:
+        fail(f"refused: {exc}", Exit.REFUSED, as_json=as_json)
+    found: list[dict[str, object]] = []
+    if query:
+        path = _inventory(inventory)
+        run_dir = reports.state_dir() / "runs" / reports.new_run_id("list") / "runner"
+        outcome = run_playbook("backups_list.yml", inventory=path, run_dir=run_dir)
+        if outcome.status != "succeeded":
+            fail(f"cannot read the repository: {outcome.status}", Exit.FAILED, as_json=as_json)
+        wanted = {(s["asset_id"], s["item"]) for s in record["scope"]}
+        found = [
+            {
+                "asset_id": b["asset_id"],
+                "item": b["item"],
+                "backup_id": b["backup_id"],
+                "verified": b["verified"],
+                "kind": (b.get("manifest") or {}).get("kind"),
+            }
+            for b in outcome.registered.get("backups", [])
+            if (b["asset_id"], b["item"]) in wanted
+        ]
+    _act(lambda: requests.check_backups(actor, request_id, found, note), as_json)
+
+
+@request_app.command("plan")
+def request_plan(
+    request_id: RequestId,
+    backup: Annotated[list[str], typer.Option("--backup", help="ASSET_ID:ITEM=BACKUP_ID (repeatable).")],
+    window: Annotated[str, typer.Option(help="When the restore will run.")] = "",
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan the restore: which backup for which item, and when."""
+    requests, actor = _record()
+    plan = {}
+    for text in backup:
+        key, _, value = text.partition("=")
+        if not value:
+            fail(f"--backup {text!r}: write ASSET_ID:ITEM=BACKUP_ID", Exit.BAD_INPUT)
+        plan[key] = value
+    _act(lambda: requests.plan(actor, request_id, backups=plan, window=window, note=note), as_json)
+
+
+@request_app.command("confirm")
+def request_confirm(request_id: RequestId, note: NoteOpt = "", as_json: JsonOpt = False) -> None:
+    """The requester confirms the result."""
+    requests, actor = _record()
+    _act(lambda: requests.confirm(actor, request_id, note), as_json)
+
+
+@request_app.command("close")
+def request_close(request_id: RequestId, note: NoteOpt = "", as_json: JsonOpt = False) -> None:
+    """Close a confirmed request."""
+    requests, actor = _record()
+    _act(lambda: requests.close(actor, request_id, note), as_json)
+
+
+@request_app.command("show")
+def request_show(request_id: RequestId, as_json: JsonOpt = False) -> None:
+    """A request with every step: who, in which role, when, standard time beside actual time."""
+    requests, _actor = _record()
+    try:
+        record = requests.get(request_id)
+    except Refused as exc:
+        fail(f"refused: {exc}", Exit.REFUSED, as_json=as_json)
+    if as_json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+        return
+    out.print(
+        f"[bold]{record['id']}[/] {record['procedure']} — {record['status']}; requested by "
+        f"{record['requester']} ({record['skpd']})"
+    )
+    table = Table()
+    for column in ("step", "who", "role", "when (UTC)", "standard min", "actual min"):
+        table.add_column(column)
+    for row in record["timing"]:
+        actual = "" if row["actual_minutes"] is None else str(row["actual_minutes"])
+        table.add_row(
+            row["step"],
+            row["actor"],
+            row["role"],
+            row["at"],
+            "" if row["standard_minutes"] is None else str(row["standard_minutes"]),
+            f"[red]{actual} (overrun)[/]" if row["overrun"] else actual,
+        )
+    out.print(table)
+
+
+@request_app.command("list")
+def request_list(as_json: JsonOpt = False) -> None:
+    """Every request and where it stands."""
+    requests, _actor = _record()
+    rows = requests.all()
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    table = Table(title="Requests")
+    for column in ("id", "procedure", "status", "requester", "SKPD", "filed (UTC)"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"], row["procedure"], row["status"], row["requester"], row["skpd"], row["created_at"]
+        )
+    out.print(table)
+
+
+@request_app.command("form")
+def request_form(
+    request_id: RequestId,
+    form: Annotated[str, typer.Option(help="ppd (the request) or pd (the recovery work).")] = "ppd",
+    lang: Annotated[str, typer.Option(help="en or id.")] = "en",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the HTML here.")] = None,
+) -> None:
+    """Print Form PPD or Form PD of a request as HTML, in English or Indonesian."""
+    requests, _actor = _record()
+    if form not in ("ppd", "pd") or lang not in forms.LANGS:
+        fail("--form is ppd or pd, --lang is en or id", Exit.BAD_INPUT)
+    try:
+        record = requests.get(request_id)
+    except Refused as exc:
+        fail(f"refused: {exc}", Exit.REFUSED)
+    html = forms.render(record, form, lang)
+    if output is None:
+        print(html)
+    else:
+        from pulih.fsutil import atomic_write_text
+
+        atomic_write_text(output, html)
+        err.print(f"wrote {output}", soft_wrap=True)
+
+
+@app.command("restore")
+def restore(
+    request: Annotated[str, typer.Option("--request", help="The approved request this restore carries out.")],
+    item: Annotated[
+        list[str] | None, typer.Option("--item", help="ASSET_ID:ITEM (default: the whole request).")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="in-place or alternate:HOST[:NAME] (default: approved).")
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only ask the gate; change nothing.")] = False,
+    inventory: InventoryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore under an approved request. Refused (exit 3) unless the record allows it."""
+    requests, actor = _record()
+    report = reports.RunReport(
+        kind="restore", command=["pulih", *sys.argv[1:]], check_mode=check, request_id=request
+    )
+    try:
+        record = requests.get(request)
+    except Refused as exc:
+        record = None
+        refusal: str | None = str(exc)
+    else:
+        refusal = None
+    decision = None
+    if record is not None:
+        scope = _scope(item, inventory) if item else record["scope"]
+        where = _target(target, inventory) if target else None
+        try:
+            decision = requests.gate(actor, request, run_scope=scope, target=where)
+        except Refused as exc:
+            refusal = str(exc)
+    if refusal is not None:
+        report.errors.append(f"refused: {refusal}")
+        report.finish("error", int(Exit.REFUSED))
+        report.write()
+        fail(f"refused: {refusal}", Exit.REFUSED, as_json=as_json)
+    if check:
+        report.finish("succeeded", int(Exit.OK))
+        report.write()
+        if as_json:
+            print(json.dumps({"status": "allowed", "decision": decision}, indent=2))
+        else:
+            err.print(
+                f"allowed: {actor} may restore {request} ({len(record['scope']) if record else 0} item(s))",
+                soft_wrap=True,
+            )
+        return
+    message = (
+        "the gate allowed this restore, but this version of pulih does not carry restores out yet: "
+        "run it again with --check, or restore by hand as the README says"
+    )
+    report.errors.append(message)
+    report.finish("error", int(Exit.FAILED))
+    report.write()
+    fail(message, Exit.FAILED, as_json=as_json)
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: JsonOpt = False) -> None:
+    """Prove the audit log: every entry unchanged, none deleted, inserted or moved."""
+    config = _config()
+    store = _store(config)
+    problems = store.verify_audit()
+    count = len(store.audit_entries())
+    report = reports.RunReport(kind="audit", command=["pulih", *sys.argv[1:]])
+    report.errors = [str(p) for p in problems]
+    report.finish("failed" if problems else "succeeded", int(Exit.FAILED if problems else Exit.OK))
+    report.write()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "status": "tampered" if problems else "intact",
+                    "entries": count,
+                    "problems": [{"seq": p.seq, "message": p.message} for p in problems],
+                },
+                indent=2,
+            )
+        )
+    for problem in problems:
+        err.print(f"[red]tampered:[/] {problem}", markup=True, soft_wrap=True)
+    if problems:
+        raise typer.Exit(int(Exit.FAILED))
+    err.print(f"audit log intact: {count} entries, each chained to the one before", soft_wrap=True)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from pulih.fsutil import atomic_write_text
 
 FORMAT = "pulih.run_report/1"
+# Called with every written report: the CLI puts each run on the record (store, audit log).
+RECORDERS: list[Callable[[RunReport, Path], None]] = []
 
 
 def state_dir() -> Path:
@@ -54,6 +57,7 @@ class RunReport:
     findings: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     artifacts_dir: str | None = None
+    request_id: str | None = None
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or new_run_id(self.kind)
@@ -86,22 +90,84 @@ class RunReport:
             "findings": self.findings,
             "errors": self.errors,
             "artifacts_dir": self.artifacts_dir,
+            "request_id": self.request_id,
         }
 
     def write(self) -> Path:
-        """Write report.json and report.html into the run's folder; returns the JSON's path."""
+        """Write report.json and report.html into the run's folder and put the run on the
+        record (store and audit log) when one is configured; returns the JSON's path."""
         doc = self.as_dict()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "report.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(self.run_dir / "report.html", render_html(doc))
+        for recorder in RECORDERS:
+            recorder(self, self.run_dir / "report.json")
         return self.run_dir / "report.json"
 
 
 _ENV = Environment(loader=PackageLoader("pulih", "templates"), autoescape=select_autoescape(["html", "j2"]))
 
 
-def render_html(doc: dict[str, Any]) -> str:
-    return _ENV.get_template("run_report.html.j2").render(r=doc)
+HEADINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "run",
+        "run": "Run",
+        "status": "Status",
+        "operator": "Operator",
+        "times": "Started / finished (UTC)",
+        "inventory": "Inventory",
+        "check": "check mode, nothing changed",
+        "errors": "Errors",
+        "servers": "Servers",
+        "host": "Host",
+        "asset": "Asset",
+        "review": "Register review",
+        "overdue": "overdue",
+        "current": "current",
+        "items": "Data items",
+        "item": "Item",
+        "engine": "Engine",
+        "backup": "Backup",
+        "bytes": "Bytes",
+        "seconds": "Seconds",
+        "result": "Result",
+        "verification": "Verification",
+        "verified_on": "verified on",
+        "findings": "Register findings",
+        "request": "Request",
+    },
+    "id": {
+        "title": "pelaksanaan",
+        "run": "Pelaksanaan",
+        "status": "Status",
+        "operator": "Operator",
+        "times": "Mulai / selesai (UTC)",
+        "inventory": "Inventaris",
+        "check": "mode periksa, tidak ada yang diubah",
+        "errors": "Kesalahan",
+        "servers": "Server",
+        "host": "Host",
+        "asset": "Aset",
+        "review": "Tinjauan register",
+        "overdue": "terlambat",
+        "current": "terkini",
+        "items": "Data",
+        "item": "Data",
+        "engine": "Mesin",
+        "backup": "Cadangan",
+        "bytes": "Byte",
+        "seconds": "Detik",
+        "result": "Hasil",
+        "verification": "Verifikasi",
+        "verified_on": "diverifikasi di",
+        "findings": "Temuan register",
+        "request": "Permintaan",
+    },
+}
+
+
+def render_html(doc: dict[str, Any], lang: str = "en") -> str:
+    return _ENV.get_template("run_report.html.j2").render(r=doc, t=HEADINGS[lang], lang=lang)
 
 
 def load(run_id: str) -> dict[str, Any]:

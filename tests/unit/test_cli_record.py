@@ -1,0 +1,322 @@
+"""The record through the pulih command: each refusal's exit code (3) and message, the forms
+in both languages, the restore gate's entry point and audit verify on a tampered log."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.conftest import PROJECT
+
+CONFIG = """\
+allow_actor_override: true   # tests only: PULIH_ACTOR names the actor
+approval_validity_hours: 24
+actors:
+  ani: [requester]
+  citra: [receiver, approver]
+  dewi: [approver, operator]
+  eko: [operator]
+"""
+
+
+@pytest.fixture
+def env(tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text(CONFIG)
+    return {
+        **os.environ,
+        "PULIH_CONFIG": str(config),
+        "PULIH_STATE_DIR": str(tmp_path / "state"),
+        "PULIH_INVENTORY": str(PROJECT / "inventories" / "example"),
+    }
+
+
+def pulih(env, actor, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "pulih", *args],
+        capture_output=True,
+        text=True,
+        env={**env, "PULIH_ACTOR": actor},
+        cwd=PROJECT,
+        timeout=60,
+        check=False,
+    )
+
+
+def filed(env, *extra):
+    result = pulih(
+        env,
+        "ani",
+        "request",
+        "new",
+        "--item",
+        "DC-SRV-2023-001:simpeg",
+        "--skpd",
+        "bkpsdm",
+        "--contact",
+        "ani@bkpsdm.example.go.id",
+        "--reason",
+        "accidental_deletion",
+        "--reason-text",
+        "tabel pegawai terhapus",
+        "--restore-point",
+        "2026-11-20",
+        "--json",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["id"]
+
+
+def planned(env):
+    rid = filed(env)
+    for actor, args in (
+        ("citra", ("receive", rid)),
+        ("dewi", ("approve", rid)),
+        ("eko", ("assess", rid, "--damage", "accidental_deletion", "--note", "tabel kosong")),
+        ("eko", ("check-backups", rid, "--no-query", "--note", "checked by hand")),
+        (
+            "eko",
+            (
+                "plan",
+                rid,
+                "--backup",
+                "DC-SRV-2023-001:simpeg=20261120T020000Z-1a2b",
+                "--window",
+                "malam ini",
+            ),
+        ),
+    ):
+        result = pulih(env, actor, "request", *args)
+        assert result.returncode == 0, result.stderr
+    return rid
+
+
+def refused(result, words):
+    assert result.returncode == 3, result.stderr
+    assert "refused:" in result.stderr and words in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_self_approval_exit_3(env):
+    rid = filed(env)
+    pulih(env, "citra", "request", "receive", rid)
+    env2 = {**env}
+    config = env["PULIH_CONFIG"]
+    with Path(config).open("a") as handle:
+        handle.write("  fajar: [requester, approver]\n")
+    rid = pulih(
+        env2,
+        "fajar",
+        "request",
+        "new",
+        "--item",
+        "DC-SRV-2023-001:simpeg",
+        "--skpd",
+        "x",
+        "--contact",
+        "y",
+        "--reason",
+        "error",
+        "--json",
+    ).stdout
+    rid = json.loads(rid)["id"]
+    pulih(env, "citra", "request", "receive", rid)
+    refused(pulih(env, "fajar", "request", "approve", rid), "the approver is never the requester")
+
+
+def test_wrong_order_exit_3(env):
+    rid = filed(env)
+    refused(pulih(env, "dewi", "request", "approve", rid), "'approved' is out of order (next: received)")
+
+
+def test_rejected_request_exit_3_and_the_reason_is_shown(env):
+    rid = filed(env)
+    pulih(env, "citra", "request", "receive", rid)
+    assert pulih(env, "citra", "request", "reject", rid, "--reason", "tidak ada cadangan").returncode == 0
+    refused(pulih(env, "eko", "restore", "--request", rid, "--check"), "was rejected (tidak ada cadangan)")
+    shown = json.loads(pulih(env, "ani", "request", "show", rid, "--json").stdout)
+    assert shown["rejected_reason"] == "tidak ada cadangan"
+
+
+def test_expired_approval_exit_3(env):
+    rid = planned(env)
+    db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
+    with sqlite3.connect(db) as conn:  # the clock moved on: let the approval have run out
+        conn.execute(
+            "UPDATE pulih_requests SET approval_expires_at = '2026-01-01T00:00:00Z' WHERE id = ?", (rid,)
+        )
+    refused(pulih(env, "eko", "restore", "--request", rid, "--check"), "expired at 2026-01-01T00:00:00Z")
+
+
+def test_out_of_scope_exit_3(env):
+    rid = planned(env)
+    refused(
+        pulih(env, "eko", "restore", "--request", rid, "--item", "DC-SRV-2023-002:simpus", "--check"),
+        "DC-SRV-2023-002:simpus is outside the approved scope",
+    )
+    refused(
+        pulih(env, "eko", "restore", "--request", rid, "--target", "alternate:pajak-stg01", "--check"),
+        "differs from the approved target",
+    )
+
+
+def test_unknown_id_exit_3(env):
+    refused(pulih(env, "eko", "restore", "--request", "PPD-2026-0404", "--check"), "there is no request")
+    refused(pulih(env, "citra", "request", "receive", "PPD-2026-0404"), "there is no request")
+
+
+def test_unknown_item_is_bad_input(env):
+    result = pulih(
+        env,
+        "ani",
+        "request",
+        "new",
+        "--item",
+        "DC-SRV-2023-001:nothing",
+        "--skpd",
+        "x",
+        "--contact",
+        "y",
+        "--reason",
+        "error",
+    )
+    assert result.returncode == 2
+    assert "no data item 'nothing'" in result.stderr
+
+
+def test_the_gate_allows_a_planned_request_and_the_run_is_reported(env):
+    rid = planned(env)
+    allowed = pulih(env, "eko", "restore", "--request", rid, "--check", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["decision"]["allowed"] is True
+    schema = json.loads((PROJECT / "schemas" / "run_report.schema.json").read_text())
+    reports = [
+        json.loads(p.read_text()) for p in (Path(env["PULIH_STATE_DIR"]) / "runs").glob("*/report.json")
+    ]
+    for doc in reports:
+        jsonschema.validate(doc, schema)
+    assert {d["kind"] for d in reports} == {"restore"}
+
+
+@pytest.mark.parametrize(
+    ("lang", "words"),
+    [
+        (
+            "en",
+            [
+                "Data Recovery Request Form (Form PPD)",
+                "accidental deletion",
+                "tabel pegawai terhapus",
+                "Standard time (min)",
+            ],
+        ),
+        (
+            "id",
+            [
+                "Formulir Permintaan Pemulihan Data (Form PPD)",
+                "terhapus tidak sengaja",
+                "Waktu baku (menit)",
+                "disetujui",
+            ],
+        ),
+    ],
+)
+def test_form_ppd_in_both_languages(env, lang, words):
+    rid = planned(env)
+    html = pulih(env, "ani", "request", "form", rid, "--form", "ppd", "--lang", lang).stdout
+    for word in [*words, rid, "ani", "dewi"]:
+        assert word in html, word
+
+
+@pytest.mark.parametrize(
+    ("lang", "words"),
+    [
+        (
+            "en",
+            ["Data Recovery Work Form (Form PD)", "Does the data still exist?", "tabel kosong", "malam ini"],
+        ),
+        ("id", ["Formulir Pemulihan Data (Form PD)", "Apakah data masih ada?", "tabel kosong", "Rencana"]),
+    ],
+)
+def test_form_pd_in_both_languages(env, lang, words):
+    rid = planned(env)
+    html = pulih(env, "eko", "request", "form", rid, "--form", "pd", "--lang", lang).stdout
+    for word in [*words, "20261120T020000Z-1a2b"]:
+        assert word in html, word
+
+
+def test_audit_verify_catches_an_edited_row(env):
+    planned(env)
+    assert pulih(env, "eko", "audit", "verify").returncode == 0
+    db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE pulih_audit SET actor = 'dewi' WHERE seq = 2")
+    result = pulih(env, "eko", "audit", "verify", "--json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "tampered"
+    assert doc["problems"][0]["seq"] == 2
+    assert "audit entry 2: its content was changed" in result.stderr
+
+
+def test_a_role_the_user_lacks_exit_3(env):
+    refused(
+        pulih(
+            env,
+            "eko",
+            "request",
+            "new",
+            "--item",
+            "DC-SRV-2023-001:simpeg",
+            "--skpd",
+            "x",
+            "--contact",
+            "y",
+            "--reason",
+            "error",
+        ),
+        "needs the role 'requester'",
+    )
+
+
+def test_every_run_goes_on_the_record_and_the_audit_log(env):
+    rid = planned(env)
+    pulih(env, "eko", "restore", "--request", rid, "--check")
+    check = pulih(
+        env,
+        "eko",
+        "register",
+        "check",
+        "-i",
+        str(PROJECT / "inventories" / "example"),
+        "--today",
+        "2026-11-21",
+    )
+    assert check.returncode == 1
+    db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
+    with sqlite3.connect(db) as conn:
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM pulih_runs ORDER BY started_at")]
+        actions = [r[0] for r in conn.execute("SELECT action FROM pulih_audit ORDER BY seq")]
+    assert kinds == ["restore", "register_check"]
+    assert actions[-3:] == ["restore.allowed", "run.restore", "run.register_check"]
+    html = pulih(
+        env,
+        "eko",
+        "report",
+        "show",
+        json.loads(pulih(env, "eko", "runs", "list", "--json").stdout)[-1]["run_id"],
+        "--format",
+        "html",
+        "--lang",
+        "id",
+    ).stdout
+    assert "Temuan register" in html and "DC-SRV-2022-004" in html
+    assert pulih(env, "eko", "audit", "verify").returncode == 0
