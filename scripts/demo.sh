@@ -46,6 +46,46 @@ step "6. ansible-playbook playbooks/register_audit.yml over SSH"
 ansible-playbook -i "$lab_inventory" playbooks/register_audit.yml \
   -e "pulih_register_report_path=$PWD/$reports/register_audit.json"
 
+step "7. A backup of lab1's database, verified by a test restore"
+export PULIH_STATE_DIR=$PWD/$reports/state PULIH_CONFIG=$PWD/$reports/config.yml
+mkdir -p "$PULIH_STATE_DIR"
+cat > "$PULIH_CONFIG" <<'YAML'
+# demo only: PULIH_ACTOR plays the people of the SOP on one machine
+allow_actor_override: true
+actors:
+  ani: [requester, approver]  # BKPSDM's head: approves others' requests, never her own
+  sri: [receiver, approver]   # sub-coordinator, infrastructure and data center
+  budi: [operator]            # data-center staff
+YAML
+pulih backup -i "$lab_inventory" --limit lab1 --item app-pg
+
+step "8. The SOP: Ani files a recovery request (Form PPD), Sri receives it"
+as() { PULIH_ACTOR=$1 pulih "${@:2}"; }
+rid=$(as ani request new -i "$lab_inventory" --item LAB-001:app-pg --skpd bkpsdm --contact ani@bkpsdm.go.id \
+      --reason accidental_deletion --reason-text "data pegawai terhapus oleh impor" --json \
+      | python -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "filed $rid"
+as sri request receive "$rid"
+echo "Ani tries to approve her own request:"
+rc=0; as ani request approve "$rid" || rc=$?
+[[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
+as sri request approve "$rid" --valid-hours 24
+
+step "9. Budi assesses (Form PD), checks the backups, plans, and asks the gate"
+as budi request assess "$rid" --damage accidental_deletion --note "tabel pegawai kosong"
+as budi request check-backups "$rid" -i "$lab_inventory" --json > "$reports/request.json"
+backup_id=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["backups_found"][-1]["backup_id"])' \
+            "$reports/request.json")
+as budi request plan "$rid" --backup "LAB-001:app-pg=$backup_id" --window "malam ini"
+as budi restore --request "$rid" --check -i "$lab_inventory"
+echo "and a restore of an item outside the request:"
+rc=0; as budi restore --request "$rid" --item LAB-001:app-mariadb --check -i "$lab_inventory" || rc=$?
+[[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
+as budi request show "$rid"
+as budi request form "$rid" --form ppd --lang id -o "$reports/form-ppd-$rid.html"
+as budi request form "$rid" --form pd --lang id -o "$reports/form-pd-$rid.html"
+pulih audit verify
+
 step "Summary"
 python - "$reports/register_audit.json" <<'PY'
 import json, sys
@@ -55,5 +95,6 @@ for host, entry in sorted(report["hosts"].items()):
     print(f"  {host:8} {entry['asset_id']}: {drift}")
 PY
 echo
-echo "Reports: $reports/register_check.json, $reports/register_audit.json"
+echo "Reports: $reports/register_check.json, $reports/register_audit.json, run reports in $reports/state/runs/,"
+echo "         forms $reports/form-ppd-$rid.html and $reports/form-pd-$rid.html (Indonesian)"
 echo "The lab is stopped on exit, every process by its PID."
