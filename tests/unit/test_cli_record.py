@@ -144,6 +144,7 @@ def test_rejected_request_exit_3_and_the_reason_is_shown(env):
     refused(pulih(env, "eko", "restore", "--request", rid, "--check"), "was rejected (tidak ada cadangan)")
     shown = json.loads(pulih(env, "ani", "request", "show", rid, "--json").stdout)
     assert shown["rejected_reason"] == "tidak ada cadangan"
+    assert "rejected: tidak ada cadangan" in pulih(env, "ani", "request", "show", rid).stdout
 
 
 def test_expired_approval_exit_3(env):

@@ -820,10 +820,19 @@ def request_show(request_id: RequestId, as_json: JsonOpt = False) -> None:
         f"[bold]{record['id']}[/] {record['procedure']} — {record['status']}; requested by "
         f"{record['requester']} ({record['skpd']})"
     )
+    scope = ", ".join(f"{s['asset_id']}:{s['item']}" for s in record["scope"])
+    out.print(f"scope: {scope}; target: {json.dumps(record['target'])}")
+    if record["rejected_reason"]:
+        out.print(f"[red]rejected:[/] {record['rejected_reason']}")
+    elif record["approved_by"]:
+        out.print(
+            f"approved by {record['approved_by']} at {record['approved_at']}, "
+            f"valid until {record['approval_expires_at']}"
+        )
     table = Table()
-    for column in ("step", "who", "role", "when (UTC)", "standard min", "actual min"):
+    for column in ("step", "who", "role", "when (UTC)", "standard min", "actual min", "note"):
         table.add_column(column)
-    for row in record["timing"]:
+    for row, step in zip(record["timing"], record["steps"], strict=True):
         actual = "" if row["actual_minutes"] is None else str(row["actual_minutes"])
         table.add_row(
             row["step"],
@@ -832,6 +841,7 @@ def request_show(request_id: RequestId, as_json: JsonOpt = False) -> None:
             row["at"],
             "" if row["standard_minutes"] is None else str(row["standard_minutes"]),
             f"[red]{actual} (overrun)[/]" if row["overrun"] else actual,
+            step["note"],
         )
     out.print(table)
 
