@@ -304,20 +304,12 @@ def test_every_run_goes_on_the_record_and_the_audit_log(env):
     assert check.returncode == 1
     db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
     with sqlite3.connect(db) as conn:
-        kinds = [r[0] for r in conn.execute("SELECT kind FROM pulih_runs ORDER BY started_at")]
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM pulih_runs ORDER BY rowid")]
         actions = [r[0] for r in conn.execute("SELECT action FROM pulih_audit ORDER BY seq")]
     assert kinds == ["restore", "register_check"]
     assert actions[-3:] == ["restore.allowed", "run.restore", "run.register_check"]
-    html = pulih(
-        env,
-        "eko",
-        "report",
-        "show",
-        json.loads(pulih(env, "eko", "runs", "list", "--json").stdout)[-1]["run_id"],
-        "--format",
-        "html",
-        "--lang",
-        "id",
-    ).stdout
+    runs = json.loads(pulih(env, "eko", "runs", "list", "--json").stdout)
+    check_run = next(r["run_id"] for r in runs if r["kind"] == "register_check")  # ids of one second tie
+    html = pulih(env, "eko", "report", "show", check_run, "--format", "html", "--lang", "id").stdout
     assert "Temuan register" in html and "DC-SRV-2022-004" in html
     assert pulih(env, "eko", "audit", "verify").returncode == 0
