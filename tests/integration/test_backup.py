@@ -468,6 +468,33 @@ def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_listed(env):
     assert len(published(env, "LAB-001", "big-pg")) == 1
 
 
+def test_ctrl_c_writes_an_interrupted_report_and_lists_nothing(env):
+    folder = repository(env) / "LAB-001" / "big-pg"
+    before = published(env, "LAB-001", "big-pg")
+    started = {p.name for p in folder.glob(".tmp-*")}
+    run = subprocess.Popen(
+        ["pulih", "backup", "--limit", "lab1", "--item", "big-pg", "--no-verify", "--json"],
+        env=env["environ"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ({p.name for p in folder.glob(".tmp-*")} - started):
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+    stdout, _ = run.communicate(timeout=120)
+    assert run.returncode == 130
+    doc = json.loads(stdout)
+    jsonschema.validate(doc, schema("run_report.schema.json"))
+    assert doc["status"] == "interrupted"
+    assert (Path(env["environ"]["PULIH_STATE_DIR"]) / "runs" / doc["run_id"] / "report.html").exists()
+    time.sleep(2)  # the repository host's side may still be finishing its temporary file
+    assert published(env, "LAB-001", "big-pg") == before
+
+
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a small filesystem needs root"
 )

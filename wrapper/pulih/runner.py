@@ -79,11 +79,7 @@ class _Watcher:
             for key in _PUBLISHED:
                 if key in facts:
                     outcome.facts[key] = facts[key]
-            if (
-                "backups" in res
-                and isinstance(res["backups"], list)
-                and data.get("task", "").startswith("Read")
-            ):
+            if data.get("task_action") == "pulih.core.backup_list" and isinstance(res.get("backups"), list):
                 self.registered.setdefault("backups", []).extend(res["backups"])
             if self.progress and "sha256" in res and "size" in res:
                 self.progress("stream", f"{name}: {res['size']} bytes stored in {res.get('seconds', 0)}s")

@@ -59,10 +59,24 @@ def tool_version(argv):
 
 
 class Pipeline:
-    """Processes connected by pipes; fails if any of them fails (pipefail)."""
+    """Processes connected by pipes; fails if any of them fails (pipefail).
+
+    As a context manager: on leaving normally it waits for every process and raises when
+    one failed; on an exception it kills them all, so no half-run pipeline outlives an error.
+    """
 
     def __init__(self):
         self.procs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.kill()
+            return False
+        self.wait()
+        return False
 
     def add(self, argv, stdin=None, stdout=subprocess.PIPE, env=None):
         try:
@@ -206,15 +220,11 @@ def dump_postgresql(request):
     # The snapshot pg_dump will share: the row counts below see exactly what it dumps.
     cur.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
     snapshot, server_version = cur.fetchone()
-    pipe = Pipeline()
     try:
-        dump = pipe.add(["pg_dump", "-Fc", "-Z0", "--snapshot=" + snapshot], env=pg_env(conn))
-        add_output_stages(pipe, request, dump.stdout)
-        counts = pg_counts(cur)  # while the dump streams, in the exporting transaction
-        pipe.wait()
-    except BaseException:
-        pipe.kill()
-        raise
+        with Pipeline() as pipe:
+            dump = pipe.add(["pg_dump", "-Fc", "-Z0", "--snapshot=" + snapshot], env=pg_env(conn))
+            add_output_stages(pipe, request, dump.stdout)
+            counts = pg_counts(cur)  # while the dump streams, in the exporting transaction
     finally:
         db.rollback()
         db.close()
@@ -249,14 +259,9 @@ def dump_pg_globals(request):
         notes.append(probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "pg_dumpall failed")
     else:
         raise AgentError("pg_dumpall --globals-only failed: %s" % "; ".join(notes))
-    pipe = Pipeline()
-    try:
+    with Pipeline() as pipe:
         dumpall = pipe.add(["pg_dumpall", "--globals-only", *extra], env=pg_env(conn, "postgres"))
         add_output_stages(pipe, request, dumpall.stdout)
-        pipe.wait()
-    except BaseException:
-        pipe.kill()
-        raise
     emit(
         "result",
         engine="pg_globals",
@@ -275,8 +280,7 @@ def verify_postgresql(request, identity_file):
     acur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
     acur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
     try:
-        pipe = Pipeline()
-        try:
+        with Pipeline() as pipe:
             plain = add_input_stages(pipe, request, identity_file)
             pipe.add(
                 ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch],
@@ -284,10 +288,6 @@ def verify_postgresql(request, identity_file):
                 stdout=subprocess.DEVNULL,
                 env=pg_env(conn, scratch),
             )
-            pipe.wait()
-        except BaseException:
-            pipe.kill()
-            raise
         db = pg_connect(conn, scratch)
         try:
             counts = pg_counts(db.cursor())
@@ -380,56 +380,52 @@ def dump_mariadb(request):
     db = my_connect(conn)  # before any temporary file: a server that is down leaves nothing behind
     cur = db.cursor()
     tmpdir = tempfile.mkdtemp(prefix="pulih-")
-    pipe = Pipeline()
     locked = False
     try:
-        cur.execute("SELECT VERSION()")
-        server_version = cur.fetchone()[0]
-        cur.execute("SET SESSION lock_wait_timeout = %s", (int(request.get("lock_wait_timeout", 30)),))
-        # Writes stop from here until both snapshots exist (ours for the counts and
-        # mariadb-dump's): a moment, the same lock mariadb-dump --master-data takes.
-        cur.execute("FLUSH TABLES WITH READ LOCK")
-        locked = True
-        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-        argv = [
-            "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump",
-            "--defaults-extra-file=" + my_defaults_file(conn, tmpdir),
-            "--single-transaction",
-            "--quick",
-            "--routines",
-            "--triggers",
-            "--events",
-            "--hex-blob",
-            "--default-character-set=utf8mb4",
-            "--comments",
-            "--",
-            database,
-        ]
-        dump = pipe.add(argv)
-        zstd_in = subprocess.PIPE
-        last = add_output_stages(pipe, request, zstd_in)
-        sink = pipe.procs[-2][1].stdin if request.get("recipients") else last.stdin
-        seen = b""
-        while locked:
-            data = os.read(dump.stdout.fileno(), 65536)
-            if data:
-                sink.write(data)
-                seen = (seen + data)[-4096:]
-            if not data or any(marker in seen for marker in MY_SNAPSHOT_MARKERS):
-                cur.execute("UNLOCK TABLES")
-                locked = False
-        sink.flush()
-        counter = {}
-        thread = threading.Thread(target=lambda: counter.update(my_counts(cur, database)))
-        thread.start()
-        copy_stream(dump.stdout, sink)
-        sink.close()
-        thread.join()
-        pipe.wait()
-    except BaseException:
-        pipe.kill()
-        raise
+        with Pipeline() as pipe:
+            cur.execute("SELECT VERSION()")
+            server_version = cur.fetchone()[0]
+            cur.execute("SET SESSION lock_wait_timeout = %s", (int(request.get("lock_wait_timeout", 30)),))
+            # Writes stop from here until both snapshots exist (ours for the counts and
+            # mariadb-dump's): a moment, the same lock mariadb-dump --master-data takes.
+            cur.execute("FLUSH TABLES WITH READ LOCK")
+            locked = True
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            argv = [
+                "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump",
+                "--defaults-extra-file=" + my_defaults_file(conn, tmpdir),
+                "--single-transaction",
+                "--quick",
+                "--routines",
+                "--triggers",
+                "--events",
+                "--hex-blob",
+                "--default-character-set=utf8mb4",
+                "--comments",
+                "--",
+                database,
+            ]
+            dump = pipe.add(argv)
+            zstd_in = subprocess.PIPE
+            last = add_output_stages(pipe, request, zstd_in)
+            sink = pipe.procs[-2][1].stdin if request.get("recipients") else last.stdin
+            seen = b""
+            while locked:
+                data = os.read(dump.stdout.fileno(), 65536)
+                if data:
+                    sink.write(data)
+                    seen = (seen + data)[-4096:]
+                if not data or any(marker in seen for marker in MY_SNAPSHOT_MARKERS):
+                    cur.execute("UNLOCK TABLES")
+                    locked = False
+            sink.flush()
+            counter = {}
+            thread = threading.Thread(target=lambda: counter.update(my_counts(cur, database)))
+            thread.start()
+            copy_stream(dump.stdout, sink)
+            sink.close()
+            thread.join()
     finally:
         if locked:
             cur.execute("UNLOCK TABLES")
@@ -461,8 +457,7 @@ def verify_mariadb(request, identity_file):
     acur.execute("CREATE DATABASE %s CHARACTER SET utf8mb4" % my_ident(scratch))
     tmpdir = tempfile.mkdtemp(prefix="pulih-")
     try:
-        pipe = Pipeline()
-        try:
+        with Pipeline() as pipe:
             plain = add_input_stages(pipe, request, identity_file)
             client = "mariadb" if shutil.which("mariadb") else "mysql"
             pipe.add(
@@ -475,10 +470,6 @@ def verify_mariadb(request, identity_file):
                 stdin=plain.stdout,
                 stdout=subprocess.DEVNULL,
             )
-            pipe.wait()
-        except BaseException:
-            pipe.kill()
-            raise
         emit("result", engine="mariadb", row_counts=my_counts(acur, scratch), scratch=scratch)
     finally:
         acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(scratch))
@@ -511,9 +502,8 @@ def dump_files(request):
     patterns = request.get("exclude") or []
     if not os.path.isdir(root):
         raise AgentError("%s is not a directory" % root)
-    pipe = Pipeline()
     files = size = 0
-    try:
+    with Pipeline() as pipe:
         add_output_stages(pipe, request, subprocess.PIPE)
         sink = pipe.procs[0][1].stdin  # zstd's
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -547,10 +537,6 @@ def dump_files(request):
                         kind = "dir" if info.isdir() else "symlink" if info.issym() else "other"
                         emit("file", path=relative, type=kind, target=info.linkname if info.issym() else None)
         sink.close()
-        pipe.wait()
-    except BaseException:
-        pipe.kill()
-        raise
     emit(
         "result",
         engine="files",
@@ -606,16 +592,11 @@ def verify_files(request, identity_file):
     parent = request.get("scratch_parent") or tempfile.gettempdir()
     scratch = tempfile.mkdtemp(prefix="pulih-verify-", dir=parent)
     try:
-        pipe = Pipeline()
-        try:
+        with Pipeline() as pipe:
             plain = add_input_stages(pipe, request, identity_file)
             with tarfile.open(fileobj=plain.stdout, mode="r|") as tar:
                 for member in safe_members(tar, scratch):
                     tar.extract(member, scratch, set_attrs=True)
-            pipe.wait()
-        except BaseException:
-            pipe.kill()
-            raise
         entries = list_tree(scratch)
         for entry in entries:
             emit("file", **entry)

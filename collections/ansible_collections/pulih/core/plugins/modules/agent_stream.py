@@ -159,6 +159,9 @@ def _ssh_argv(p):
         "ControlPath=none",
         "-p",
         str(p["port"]),
+        # AES-GCM first: with AES-NI it costs a fraction of ChaCha20 on a bulk stream.
+        "-c",
+        "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
     ]
     if p["ssh_identity"]:
         argv += ["-o", "IdentitiesOnly=yes", "-i", p["ssh_identity"]]
