@@ -5,7 +5,7 @@ VENV := .venv
 # molecule and ansible-runner look for ansible-playbook on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup lint unit integration molecule test demo lab-up lab-down bench clean
+.PHONY: setup lint unit integration molecule test demo lab-up lab-down bench bench-backup clean
 
 setup:  ## Debian packages and .venv (only what is missing)
 	bash scripts/setup.sh
@@ -38,8 +38,11 @@ lab-up: setup  ## a lab for hands-on work: inventories/lab/
 lab-down:
 	python -m pulih.lab down --inventory-dir inventories/lab
 
-bench: setup
+bench: setup  ## lab start-up against the bare tools (~1 min)
 	python bench/lab_startup.py
+
+bench-backup: setup  ## pulih backup against pg_dump / mariadb-dump, ~750 MiB of data (~5 min)
+	python bench/backup.py
 
 clean: lab-down
 	rm -rf .pytest_cache .mypy_cache .ruff_cache reports
