@@ -64,26 +64,7 @@ def build_postgresql(state: lab_mod.LabState, host: lab_mod.LabHost, mib: int) -
       FROM generate_series(1, {rows}) g;
     ANALYZE;
     """
-    subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            state.pg_socket_dir(host),
-            "-p",
-            str(host.pg_port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ],
-        input=sql,
-        text=True,
-        check=True,
-    )
+    state.psql(host, sql, timeout=3600)
 
 
 def build_mariadb(state: lab_mod.LabState, host: lab_mod.LabHost, mib: int) -> None:
@@ -97,51 +78,15 @@ def build_mariadb(state: lab_mod.LabState, host: lab_mod.LabHost, mib: int) -> N
       FROM bench.seq_1_to_{rows};
     ANALYZE TABLE bench.kunjungan;
     """
-    subprocess.run(
-        ["mariadb", "--no-defaults", f"--socket={state.mariadb_socket(host)}", "-u", "root"],
-        input=sql,
-        text=True,
-        check=True,
-    )
+    state.mariadb(host, sql, timeout=3600)
 
 
 def size_mib(state: lab_mod.LabState, host: lab_mod.LabHost) -> tuple[float, float]:
-    pg = subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-At",
-            "-h",
-            state.pg_socket_dir(host),
-            "-p",
-            str(host.pg_port),
-            "-U",
-            "postgres",
-            "-d",
-            "bench",
-            "-c",
-            "SELECT pg_database_size('bench')",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    my = subprocess.run(
-        [
-            "mariadb",
-            "--no-defaults",
-            "-N",
-            f"--socket={state.mariadb_socket(host)}",
-            "-u",
-            "root",
-            "-e",
-            "SELECT SUM(data_length + index_length) FROM information_schema.TABLES "
-            "WHERE table_schema = 'bench'",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    pg = state.psql(host, "SELECT pg_database_size('bench')", "bench")
+    my = state.mariadb(
+        host,
+        "SELECT SUM(data_length + index_length) FROM information_schema.TABLES WHERE table_schema = 'bench'",
+    )
     return int(pg) / 2**20, int(my) / 2**20
 
 

@@ -74,38 +74,11 @@ def published(env, asset, item):
 
 
 def psql(env, host, sql, database="postgres"):
-    state = env["state"]
-    return subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            state.pg_socket_dir(host),
-            "-p",
-            str(host.pg_port),
-            "-U",
-            "postgres",
-            "-d",
-            database,
-        ],
-        input=sql,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    return env["state"].psql(host, sql, database)
 
 
 def mariadb(env, host, sql):
-    return subprocess.run(
-        ["mariadb", "--no-defaults", "-N", f"--socket={env['state'].mariadb_socket(host)}", "-u", "root"],
-        input=sql,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    return env["state"].mariadb(host, sql)
 
 
 def add_items(env, asset_id, items):

@@ -108,6 +108,38 @@ class LabState:
     def mariadb_socket(self, host: LabHost) -> str:
         return str(Path(self.root) / "hosts" / host.name / "run" / "mariadb.sock")
 
+    def psql(self, host: LabHost, sql: str, database: str = "postgres", timeout: float = 600) -> str:
+        """Run SQL as the cluster's superuser over its socket (ON_ERROR_STOP); unaligned rows back."""
+        return _run(
+            [
+                "psql",
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.pg_socket_dir(host),
+                "-p",
+                str(host.pg_port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ],
+            input_text=sql,
+            what=f"{host.name}: psql",
+            timeout=timeout,
+        )
+
+    def mariadb(self, host: LabHost, sql: str, timeout: float = 600) -> str:
+        """Run SQL as MariaDB's root over its socket; tab-separated rows back, no header."""
+        return _run(
+            ["mariadb", "--no-defaults", "-N", f"--socket={self.mariadb_socket(host)}", "-u", "root"],
+            input_text=sql,
+            what=f"{host.name}: mariadb",
+            timeout=timeout,
+        )
+
     def save(self) -> None:
         atomic_write_text(Path(self.root) / STATE_FILE, json.dumps(asdict(self), indent=2), mode=0o600)
 
@@ -464,25 +496,7 @@ class Lab:
             INSERT INTO pegawai (nip, nama)
               SELECT lpad(g::text, 18, '1'), 'Pegawai ' || g FROM generate_series(1, 100) g;
         """  # noqa: S608
-        _run(
-            [
-                "psql",
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                state.pg_socket_dir(host),
-                "-p",
-                str(host.pg_port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ],
-            input_text=sql,
-            what=f"{host.name}: preparing PostgreSQL",
-        )
+        state.psql(host, sql)
 
     def _start_mariadb(self, state: LabState, host: LabHost, base: Path) -> None:
         account = _service_user("mysql")
@@ -551,11 +565,7 @@ class Lab:
             INSERT INTO kunjungan (pasien, tanggal)
               SELECT CONCAT('Pasien ', seq), DATE '2026-01-01' + INTERVAL seq DAY FROM seq_1_to_100;
         """  # noqa: S608
-        _run(
-            ["mariadb", "--no-defaults", f"--socket={socket_path}", "-u", "root"],
-            input_text=sql,
-            what=f"{host.name}: preparing MariaDB",
-        )
+        state.mariadb(host, sql)
 
     @staticmethod
     def _file_tree(base: Path) -> Path:
