@@ -197,7 +197,9 @@ def test_the_gate_allows_a_planned_request_and_the_run_is_reported(env):
     rid = planned(env)
     allowed = pulih(env, "eko", "restore", "--request", rid, "--check", "--json")
     assert allowed.returncode == 0, allowed.stderr
-    assert json.loads(allowed.stdout)["decision"]["allowed"] is True
+    doc = json.loads(allowed.stdout)
+    assert doc["gate"]["allowed"] is True and doc["gate"]["actor"] == "eko"
+    assert doc["status"] == "succeeded" and doc["check_mode"] is True
     schema = json.loads((PROJECT / "schemas" / "run_report.schema.json").read_text())
     reports = [
         json.loads(p.read_text()) for p in (Path(env["PULIH_STATE_DIR"]) / "runs").glob("*/report.json")

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pulih import forms
+from pulih import forms, restoring
 from pulih import register as reg
 from pulih import report as reports
 from pulih.exitcodes import Exit
@@ -315,23 +316,15 @@ def _job(
             f"(known: {', '.join(sorted(known)) or 'none'})",
         )
 
-    with err.status(f"{kind}: starting", spinner="dots") as status:
-
-        def progress(what: str, text: str) -> None:
-            if what == "task":
-                status.update(f"{kind}: {text}")
-            else:
-                err.print(f"  {text}", soft_wrap=True)
-
-        outcome = run_playbook(
-            playbook,
-            inventory=path,
-            run_dir=report.run_dir / "runner",
-            limit=limit,
-            extravars=extravars,
-            check=check,
-            progress=progress,
-        )
+    outcome = _run_with_progress(
+        kind,
+        playbook,
+        inventory=path,
+        run_dir=report.run_dir / "runner",
+        limit=limit,
+        extravars=extravars,
+        check=check,
+    )
     report.artifacts_dir = outcome.artifacts_dir
     _fill_report(report, outcome, register, today)
     if outcome.status == "interrupted":
@@ -350,6 +343,36 @@ def _job(
     if failed:
         finish("failed", Exit.FAILED)
     finish("succeeded", Exit.OK)
+
+
+def _run_with_progress(
+    kind: str,
+    playbook: str,
+    *,
+    inventory: Path,
+    run_dir: Path,
+    limit: str | None,
+    extravars: dict[str, object],
+    check: bool = False,
+) -> RunOutcome:
+    """Run a playbook with a spinner naming the current task and a line per stored stream."""
+    with err.status(f"{kind}: starting", spinner="dots") as status:
+
+        def progress(what: str, text: str) -> None:
+            if what == "task":
+                status.update(f"{kind}: {text}")
+            else:
+                err.print(f"  {text}", soft_wrap=True)
+
+        return run_playbook(
+            playbook,
+            inventory=inventory,
+            run_dir=run_dir,
+            limit=limit,
+            extravars=extravars,
+            check=check,
+            progress=progress,
+        )
 
 
 def _fill_report(
@@ -895,57 +918,156 @@ def restore(
     item: Annotated[
         list[str] | None, typer.Option("--item", help="ASSET_ID:ITEM (default: the whole request).")
     ] = None,
+    backup: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backup",
+            help="BACKUP_ID, or ASSET_ID:ITEM=BACKUP_ID (repeatable); default: the plan's, else the newest "
+            "verified backup at or before the request's restore point.",
+        ),
+    ] = None,
     target: Annotated[
         str | None, typer.Option(help="in-place or alternate:HOST[:NAME] (default: approved).")
+    ] = None,
+    attempts: Annotated[
+        int | None, typer.Option(min=1, help="Attempts before giving up (default: restore_attempts, 3).")
     ] = None,
     check: Annotated[bool, typer.Option("--check", help="Only ask the gate; change nothing.")] = False,
     inventory: InventoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Restore under an approved request. Refused (exit 3) unless the record allows it."""
-    requests, actor = _record()
+    """Restore under an approved request: verified in a stage, the live data saved first, then
+    swapped in; retried when an attempt fails. Refused (exit 3) unless the record allows it.
+
+    Exit 0 restored and verified, 1 failed after every attempt, 2 bad input, 3 refused by the
+    gate, 4 the backup refused before anything was touched (corrupt, foreign, none found), 130
+    interrupted.
+    """
+    config = _config()
+    requests, actor = Requests(_store(config), config), current_actor(config)
     report = reports.RunReport(
         kind="restore", command=["pulih", *sys.argv[1:]], check_mode=check, request_id=request
     )
+
+    def finish(status: str, code: Exit, message: str | None = None) -> NoReturn:
+        if message:
+            report.errors.append(message)
+        report.finish(status, int(code))
+        written = report.write()
+        if as_json:
+            print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        for line in report.errors:
+            err.print(f"[red]error:[/] {line}", markup=True, soft_wrap=True)
+        err.print(f"restore {report.status}: report {written} (and report.html)", soft_wrap=True)
+        raise typer.Exit(int(code))
+
     try:
         record = requests.get(request)
-    except Refused as exc:
-        record = None
-        refusal: str | None = str(exc)
-    else:
-        refusal = None
-    decision = None
-    if record is not None:
         scope = _scope(item, inventory) if item else record["scope"]
         where = _target(target, inventory) if target else None
-        try:
-            decision = requests.gate(actor, request, run_scope=scope, target=where)
-        except Refused as exc:
-            refusal = str(exc)
-    if refusal is not None:
-        report.errors.append(f"refused: {refusal}")
-        report.finish("error", int(Exit.REFUSED))
-        report.write()
-        fail(f"refused: {refusal}", Exit.REFUSED, as_json=as_json)
+        decision = requests.gate(actor, request, run_scope=scope, target=where)
+        report.gate = decision
+    except Refused as exc:
+        finish("refused", Exit.REFUSED, f"refused: {exc}")
     if check:
-        report.finish("succeeded", int(Exit.OK))
-        report.write()
-        if as_json:
-            print(json.dumps({"status": "allowed", "decision": decision}, indent=2))
-        else:
+        report.items = [{"host": "", "item": f"{s['asset_id']}:{s['item']}", "ok": True} for s in scope]
+        if not as_json:
+            err.print(f"allowed: {actor} may restore {request} ({len(scope)} item(s))", soft_wrap=True)
+        finish("succeeded", Exit.OK)
+
+    path = _inventory(inventory)
+    report.inventory = str(path)
+    try:
+        register = reg.load_inventory(path, _today(None))
+        plan = (record.get("plan") or {}).get("backups") or {}
+        run_items = restoring.items_for(scope, register, planned=plan, named=backup or [])
+    except reg.RegisterError as exc:
+        finish("error", Exit.BAD_INPUT, "the register is invalid: " + "; ".join(str(p) for p in exc.problems))
+    except restoring.RestoreInputError as exc:
+        finish("error", Exit.BAD_INPUT, str(exc))
+
+    total = attempts or config.restore_attempts
+    asset_ids = {a.hostname: a.asset_id for a in register.assets}
+    for attempt in range(1, total + 1):
+        limit, extravars = restoring.attempt_vars(
+            run_items,
+            request_id=request,
+            target=decision["target"],
+            restore_point=record.get("restore_point"),
+        )
+        run_dir = report.run_dir / f"attempt-{attempt}"
+        requests.attempt_started(actor, request, attempt=attempt, of=total, run_id=report.run_id)
+        started = reports.utcnow()
+        outcome = _run_with_progress(
+            f"restore (attempt {attempt} of {total})",
+            "restore.yml",
+            inventory=path,
+            run_dir=run_dir,
+            limit=limit,
+            extravars=extravars,
+        )
+        report.artifacts_dir = outcome.artifacts_dir
+        if outcome.status == "interrupted":
+            report.attempts.append(
+                {"attempt": attempt, "status": "interrupted", "run_dir": str(run_dir), "items": {}}
+            )
+            report.items = [restoring.report_item(i) for i in run_items]
+            requests.executed(
+                actor, request, outcome="interrupted", note=f"attempt {attempt} of {total}, Ctrl-C"
+            )
+            finish(
+                "interrupted",
+                Exit.INTERRUPTED,
+                "interrupted (Ctrl-C): an item not yet swapped in is as it was; run the restore again",
+            )
+        tried = [i for i in run_items if i.pending]
+        restoring.apply_outcome(run_items, outcome)
+        report.hosts = [
+            {
+                "host": h.name,
+                "asset_id": asset_ids.get(h.name),
+                "status": h.status,
+                "review_overdue": False,
+                "errors": h.errors[-5:],
+            }
+            for h in sorted(outcome.hosts.values(), key=lambda h: h.name)
+        ]
+        report.attempts.append(
+            {
+                "attempt": attempt,
+                "status": "succeeded" if all(i.done for i in tried) else "failed",
+                "run_dir": str(run_dir),
+                "started_at": started.isoformat().replace("+00:00", "Z"),
+                "finished_at": reports.utcnow().isoformat().replace("+00:00", "Z"),
+                "items": {i.key: i.history[-1] for i in tried},
+            }
+        )
+        summary = "; ".join(f"{i.key} {i.history[-1]}" for i in tried)
+        requests.executed(
+            actor,
+            request,
+            outcome="succeeded" if all(i.done for i in tried) else "failed",
+            note=f"attempt {attempt} of {total}, run {report.run_id}: {summary}",
+        )
+        if not any(i.pending for i in run_items):
+            break
+        if attempt < total:
             err.print(
-                f"allowed: {actor} may restore {request} ({len(record['scope']) if record else 0} item(s))",
+                f"attempt {attempt} of {total} failed; trying again in {config.restore_retry_seconds:g}s",
                 soft_wrap=True,
             )
-        return
-    message = (
-        "the gate allowed this restore, but this version of pulih does not carry restores out yet: "
-        "run it again with --check, or restore by hand as the README says"
-    )
-    report.errors.append(message)
-    report.finish("error", int(Exit.FAILED))
-    report.write()
-    fail(message, Exit.FAILED, as_json=as_json)
+            time.sleep(config.restore_retry_seconds)
+
+    report.items = [restoring.report_item(i) for i in run_items]
+    if all(i.done for i in run_items):
+        finish("succeeded", Exit.OK)
+    if any(i.refused for i in run_items) and not any(i.pending for i in run_items):
+        finish(
+            "refused",
+            Exit.UNUSABLE,
+            "a backup was refused before anything was touched; name another with --backup",
+        )
+    finish("failed", Exit.FAILED, f"not every item was restored after {len(report.attempts)} attempt(s)")
 
 
 @audit_app.command("verify")

@@ -10,4 +10,5 @@ class Exit(IntEnum):
     FAILED = 1  # the run or check failed, or found something
     BAD_INPUT = 2  # the input (register, arguments, files) is not usable
     REFUSED = 3  # refused by the approval gate
+    UNUSABLE = 4  # the backup was refused before anything was touched: corrupt, foreign or none found
     INTERRUPTED = 130  # Ctrl-C

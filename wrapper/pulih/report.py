@@ -58,6 +58,8 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     artifacts_dir: str | None = None
     request_id: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    gate: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or new_run_id(self.kind)
@@ -91,6 +93,8 @@ class RunReport:
             "errors": self.errors,
             "artifacts_dir": self.artifacts_dir,
             "request_id": self.request_id,
+            "attempts": self.attempts,
+            "gate": self.gate,
         }
 
     def write(self) -> Path:
@@ -135,6 +139,15 @@ HEADINGS: dict[str, dict[str, str]] = {
         "verified_on": "verified on",
         "findings": "Register findings",
         "request": "Request",
+        "restored": "Restored",
+        "target": "Into",
+        "backup_taken": "Backup taken at",
+        "pre_restore": "Pre-restore backup (undo)",
+        "replaced": "replaced the live copy",
+        "tries": "Attempts",
+        "attempts": "Attempts",
+        "gate": "Approval gate",
+        "allowed": "allowed",
     },
     "id": {
         "title": "pelaksanaan",
@@ -162,6 +175,15 @@ HEADINGS: dict[str, dict[str, str]] = {
         "verified_on": "diverifikasi di",
         "findings": "Temuan register",
         "request": "Permintaan",
+        "restored": "Dipulihkan",
+        "target": "Ke",
+        "backup_taken": "Cadangan diambil pada",
+        "pre_restore": "Cadangan sebelum pemulihan (pembatalan)",
+        "replaced": "menggantikan salinan aktif",
+        "tries": "Percobaan",
+        "attempts": "Percobaan",
+        "gate": "Gerbang persetujuan",
+        "allowed": "diizinkan",
     },
 }
 

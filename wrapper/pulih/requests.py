@@ -102,6 +102,9 @@ class Config:
     store: str | None = None
     # Lets PULIH_ACTOR name the actor instead of the OS user: for the demo and tests only.
     allow_actor_override: bool = False
+    # The SOP: repeat the restore until it succeeds; pulih tries this often, this far apart.
+    restore_attempts: int = 3
+    restore_retry_seconds: float = 30.0
 
     def roles_of(self, actor: str) -> set[str]:
         return self.actors.get(actor, set())
@@ -139,7 +142,11 @@ def load_config(path: Path | None = None) -> Config:
         store=raw.get("store"),
         approval_validity_hours=int(raw.get("approval_validity_hours", 72)),
         allow_actor_override=bool(raw.get("allow_actor_override", False)),
+        restore_attempts=int(raw.get("restore_attempts", 3)),
+        restore_retry_seconds=float(raw.get("restore_retry_seconds", 30)),
     )
+    if config.restore_attempts < 1 or config.restore_retry_seconds < 0:
+        raise BadRequestInput(f"{path}: restore_attempts must be 1 or more, restore_retry_seconds 0 or more")
     for procedure, minutes in (raw.get("standard_minutes") or {}).items():
         if procedure not in config.standard_minutes:
             raise BadRequestInput(f"{path}: standard_minutes: unknown procedure '{procedure}'")
@@ -389,6 +396,19 @@ class Requests:
 
     def executed(self, actor: str, request_id: str, *, outcome: str, note: str = "") -> dict[str, Any]:
         return self._step(actor, request_id, "executed", f"{outcome}: {note}".strip(": "))
+
+    def attempt_started(self, actor: str, request_id: str, *, attempt: int, of: int, run_id: str) -> None:
+        """An attempt is on the record before it touches anything, so that one killed
+        halfway still shows in the audit log (its 'executed' step never comes)."""
+        with self.store.transaction() as conn:
+            self.store.append_audit(
+                conn,
+                actor=actor,
+                action="restore.attempt",
+                request_id=request_id,
+                payload={"attempt": attempt, "of": of, "run_id": run_id},
+                at=self.clock(),
+            )
 
     def confirm(self, actor: str, request_id: str, note: str = "") -> dict[str, Any]:
         def check(request: dict[str, Any]) -> dict[str, Any]:

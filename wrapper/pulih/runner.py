@@ -51,7 +51,12 @@ class RunOutcome:
         return {name: host.facts[key] for name, host in self.hosts.items() if key in host.facts}
 
 
-_PUBLISHED = ("pulih_backup_results", "pulih_verify_results", "pulih_register_drift")
+_PUBLISHED = (
+    "pulih_backup_results",
+    "pulih_verify_results",
+    "pulih_register_drift",
+    "pulih_restore_results",
+)
 
 
 class _Watcher:

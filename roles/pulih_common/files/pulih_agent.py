@@ -8,6 +8,7 @@ list). Then:
   mode "dump":   the artifact is written to standard output (compressed, maybe encrypted);
   mode "verify": the artifact follows on standard input; it is restored into scratch
                  space, measured, and the scratch space removed.
+  mode "stage", "swap", "discard": a restore in three steps (see "restores" below).
 Standard error carries the tools' own messages and lines "@@pulih <json>" with
 structured results: {"event": "file", ...} per file of a tree, {"event": "result", ...}
 once at the end. The exit code is 0 only when every process of every pipeline
@@ -20,6 +21,7 @@ mariadb, zstd and age. Python 3.9+.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
@@ -605,6 +607,429 @@ def verify_files(request, identity_file):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- restores
+#
+# A restore is three requests, so that nothing live is touched before the restored copy
+# verified and the current state was saved (DESIGN.md, restores are gated and reversible):
+#   "stage":   the artifact on standard input is restored into a stage beside the live
+#              target (database pulih_restore_<token>, folder .pulih-restore-<token>) and
+#              measured; the live target is only read (its owner and character set);
+#   "swap":    the stage takes the live target's place in one atomic step (rename in one
+#              transaction, one RENAME TABLE statement, renameat2 RENAME_EXCHANGE), the
+#              replaced copy is dropped unless kept, and the new live target is measured;
+#   "discard": the stage is removed (after a failure; also what a new attempt does first).
+
+
+def refuse_existing(request, exists):
+    if request.get("must_not_exist") and exists:
+        raise AgentError(
+            "%s already exists on the target: pulih restores elsewhere only into a new %s, "
+            "so that nothing there is overwritten"
+            % (request["live"], "folder" if request["engine"] == "files" else "database")
+        )
+
+
+def pg_database_info(cur, name):
+    cur.execute(
+        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype "
+        "FROM pg_database WHERE datname = %s",
+        (name,),
+    )
+    return cur.fetchone()
+
+
+def pg_drop(cur, name):
+    from psycopg2 import sql
+
+    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def stage_postgresql(request, identity_file):
+    from psycopg2 import sql
+
+    conn, stage, live = request["conn"], request["stage"], request["live"]
+    admin = pg_connect(conn, "postgres")
+    admin.autocommit = True
+    acur = admin.cursor()
+    like = pg_database_info(acur, live)
+    refuse_existing(request, like)
+    pg_drop(acur, stage)  # an interrupted attempt's leftover
+    create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(stage))
+    if like:  # the live database's owner, encoding and locale
+        create = sql.SQL("{} OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            create, sql.Identifier(like[0]), sql.Literal(like[1]), sql.Literal(like[2]), sql.Literal(like[3])
+        )
+    acur.execute(create)
+    jobs = int(request.get("jobs") or 0) or os.cpu_count() or 1
+    argv = ["pg_restore", "--exit-on-error", "-d", stage]
+    if not request.get("keep_owners", True):
+        argv += ["--no-owner", "--no-acl"]
+    scratch_file = None
+    try:
+        with Pipeline() as pipe:
+            plain = add_input_stages(pipe, request, identity_file)
+            if jobs > 1:
+                # pg_restore -j needs a file it can seek in: the plain dump goes to scratch first.
+                fd, scratch_file = tempfile.mkstemp(
+                    prefix="pulih-restore-", suffix=".pgdump", dir=request.get("scratch_parent") or None
+                )
+                with os.fdopen(fd, "wb") as handle:
+                    copy_stream(plain.stdout, handle)
+            else:
+                pipe.add(argv, stdin=plain.stdout, stdout=subprocess.DEVNULL, env=pg_env(conn, stage))
+        if scratch_file:
+            with Pipeline() as pipe:
+                pipe.add(
+                    [*argv, "-j", str(jobs), scratch_file], stdout=subprocess.DEVNULL, env=pg_env(conn, stage)
+                )
+        db = pg_connect(conn, stage)
+        try:
+            counts = pg_counts(db.cursor())
+        finally:
+            db.close()
+    except BaseException:
+        pg_drop(acur, stage)
+        raise
+    finally:
+        if scratch_file:
+            os.unlink(scratch_file)
+        admin.close()
+    emit("result", engine="postgresql", row_counts=counts, stage=stage, jobs=jobs, live_existed=bool(like))
+
+
+def swap_postgresql(request):
+    from psycopg2 import sql
+
+    conn, stage, live, old = request["conn"], request["stage"], request["live"], request["old"]
+    admin = pg_connect(conn, "postgres")
+    admin.autocommit = True
+    acur = admin.cursor()
+    try:
+        if not pg_database_info(acur, stage):
+            raise AgentError("the restored copy %s is gone: run the restore again" % stage)
+        pg_drop(acur, old)  # a leftover of an interrupted earlier swap
+        existed = bool(pg_database_info(acur, live))
+        rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
+        for attempt in range(50):
+            admin.autocommit = False
+            try:
+                if existed:
+                    # Sessions on the live database must end for the rename; a new one arriving
+                    # in between makes the rename fail, the transaction roll back, and we try again.
+                    acur.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (live,),
+                    )
+                    acur.execute(rename.format(sql.Identifier(live), sql.Identifier(old)))
+                acur.execute(rename.format(sql.Identifier(stage), sql.Identifier(live)))
+                admin.commit()
+                break
+            except Exception as exc:
+                admin.rollback()
+                if attempt == 49 or "being accessed by other users" not in str(exc):
+                    raise AgentError("cannot swap %s in: %s" % (live, str(exc).strip())) from None
+                time.sleep(0.1)
+            finally:
+                admin.autocommit = True
+        if existed and not request.get("keep_old"):
+            pg_drop(acur, old)
+        db = pg_connect(conn, live)
+        try:
+            counts = pg_counts(db.cursor())
+        finally:
+            db.close()
+    finally:
+        admin.close()
+    emit(
+        "result",
+        engine="postgresql",
+        row_counts=counts,
+        live=live,
+        replaced=existed,
+        kept_old=old if existed and request.get("keep_old") else None,
+    )
+
+
+def discard_postgresql(request):
+    admin = pg_connect(request["conn"], "postgres")
+    admin.autocommit = True
+    try:
+        pg_drop(admin.cursor(), request["stage"])
+    finally:
+        admin.close()
+    emit("result", engine="postgresql", discarded=request["stage"])
+
+
+def my_schema_charset(cur, name):
+    cur.execute(
+        "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+        "WHERE SCHEMA_NAME = %s",
+        (name,),
+    )
+    return cur.fetchone()
+
+
+def stage_mariadb(request, identity_file):
+    conn, stage, live = request["conn"], request["stage"], request["live"]
+    admin = my_connect(conn)
+    acur = admin.cursor()
+    like = my_schema_charset(acur, live)
+    refuse_existing(request, like)
+    acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(stage))
+    charset, collation = like or ("utf8mb4", None)
+    acur.execute(
+        "CREATE DATABASE %s CHARACTER SET %s%s"
+        % (my_ident(stage), charset, " COLLATE %s" % collation if collation else "")
+    )
+    tmpdir = tempfile.mkdtemp(prefix="pulih-")
+    try:
+        with Pipeline() as pipe:
+            plain = add_input_stages(pipe, request, identity_file)
+            pipe.add(
+                [
+                    "mariadb" if shutil.which("mariadb") else "mysql",
+                    "--defaults-extra-file=" + my_defaults_file(conn, tmpdir),
+                    "--binary-mode",
+                    "--database=" + stage,
+                ],
+                stdin=plain.stdout,
+                stdout=subprocess.DEVNULL,
+            )
+        counts = my_counts(acur, stage)
+    except BaseException:
+        acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(stage))
+        raise
+    finally:
+        admin.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    emit("result", engine="mariadb", row_counts=counts, stage=stage, live_existed=bool(like))
+
+
+def my_definitions(cur, schema):
+    """The schema's triggers, views, routines and events as CREATE statements (unqualified,
+    read with the schema as the current database) with the sql_mode each was made under."""
+    cur.execute("USE %s" % my_ident(schema))
+    found = []  # (kind, name, sql_mode, statement)
+    cur.execute("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s", (schema,))
+    for (name,) in cur.fetchall():
+        cur.execute("SHOW CREATE TRIGGER %s" % my_ident(name))
+        row = cur.fetchone()
+        found.append(("TRIGGER", name, row[1], row[2]))
+    cur.execute("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", (schema,))
+    for (name,) in cur.fetchall():
+        cur.execute("SHOW CREATE VIEW %s" % my_ident(name))
+        found.append(("VIEW", name, None, cur.fetchone()[1]))
+    cur.execute(
+        "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
+        (schema,),
+    )
+    for kind, name in cur.fetchall():
+        cur.execute("SHOW CREATE %s %s" % (kind, my_ident(name)))
+        row = cur.fetchone()
+        found.append((kind, name, row[1], row[2]))
+    cur.execute("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", (schema,))
+    for (name,) in cur.fetchall():
+        cur.execute("SHOW CREATE EVENT %s" % my_ident(name))
+        row = cur.fetchone()
+        found.append(("EVENT", name, row[1], row[3]))
+    return found
+
+
+def my_drop_definitions(cur, schema, definitions):
+    cur.execute("USE %s" % my_ident(schema))
+    for kind, name, _, _ in definitions:
+        cur.execute("DROP %s IF EXISTS %s" % (kind, my_ident(name)))
+
+
+def my_create_definitions(cur, schema, definitions):
+    cur.execute("USE %s" % my_ident(schema))
+    cur.execute("SELECT @@SESSION.sql_mode")
+    mode = cur.fetchone()[0]
+    pending = list(definitions)
+    while pending:  # views on views: repeat until everything is made or nothing more can be
+        failed = []
+        for kind, name, sql_mode, statement in pending:
+            cur.execute("SET SESSION sql_mode = %s", (sql_mode if sql_mode is not None else mode,))
+            try:
+                cur.execute(statement)
+            except Exception as exc:
+                failed.append((kind, name, sql_mode, statement, exc))
+        if len(failed) == len(pending):
+            raise AgentError(
+                "cannot recreate %s" % ", ".join("%s %s (%s)" % (f[0], f[1], f[4]) for f in failed)
+            )
+        pending = [f[:4] for f in failed]
+    cur.execute("SET SESSION sql_mode = %s", (mode,))
+
+
+def my_base_tables(cur, schema):
+    cur.execute(
+        "SELECT TABLE_NAME FROM information_schema.TABLES "
+        "WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'",
+        (schema,),
+    )
+    return [row[0] for row in cur.fetchall()]
+
+
+def swap_mariadb(request):
+    """The tables change places in one RENAME TABLE statement (atomic in MariaDB and MySQL).
+    Triggers, views, routines and events cannot move between schemas: the live ones are
+    dropped (the pre-restore backup holds them) and the backup's are recreated."""
+    conn, stage, live, old = request["conn"], request["stage"], request["live"], request["old"]
+    admin = my_connect(conn)
+    cur = admin.cursor()
+    try:
+        charset = my_schema_charset(cur, stage)
+        if not charset:
+            raise AgentError("the restored copy %s is gone: run the restore again" % stage)
+        existed = bool(my_schema_charset(cur, live))
+        restored = my_definitions(cur, stage)
+        my_drop_definitions(cur, stage, [d for d in restored if d[0] == "TRIGGER"])
+        moves = []
+        if existed:
+            current = my_definitions(cur, live)
+            my_drop_definitions(cur, live, current)
+            cur.execute("DROP DATABASE IF EXISTS %s" % my_ident(old))
+            cur.execute(
+                "CREATE DATABASE %s CHARACTER SET %s COLLATE %s" % (my_ident(old), charset[0], charset[1])
+            )
+            moves += [
+                "%s.%s TO %s.%s" % (my_ident(live), my_ident(t), my_ident(old), my_ident(t))
+                for t in my_base_tables(cur, live)
+            ]
+        else:
+            cur.execute(
+                "CREATE DATABASE %s CHARACTER SET %s COLLATE %s" % (my_ident(live), charset[0], charset[1])
+            )
+        moves += [
+            "%s.%s TO %s.%s" % (my_ident(stage), my_ident(t), my_ident(live), my_ident(t))
+            for t in my_base_tables(cur, stage)
+        ]
+        if moves:
+            cur.execute("RENAME TABLE " + ", ".join(moves))
+        my_create_definitions(cur, live, restored)
+        cur.execute("DROP DATABASE %s" % my_ident(stage))
+        if existed and not request.get("keep_old"):
+            cur.execute("DROP DATABASE IF EXISTS %s" % my_ident(old))
+        counts = my_counts(cur, live)
+    finally:
+        admin.close()
+    emit(
+        "result",
+        engine="mariadb",
+        row_counts=counts,
+        live=live,
+        replaced=existed,
+        kept_old=old if existed and request.get("keep_old") else None,
+    )
+
+
+def discard_mariadb(request):
+    admin = my_connect(request["conn"])
+    try:
+        admin.cursor().execute("DROP DATABASE IF EXISTS %s" % my_ident(request["stage"]))
+    finally:
+        admin.close()
+    emit("result", engine="mariadb", discarded=request["stage"])
+
+
+def beside(live, prefix, token):
+    """A folder next to the live one, so the swap is a rename within one filesystem."""
+    live = os.path.normpath(live)
+    if live == "/" or not os.path.isabs(live):
+        raise AgentError("%r cannot be restored in place: give an absolute path other than /" % live)
+    return os.path.join(os.path.dirname(live), "%s%s" % (prefix, token))
+
+
+def stage_files(request, identity_file):
+    live = os.path.normpath(request["live"])
+    stage = beside(live, ".pulih-restore-", request["token"])
+    refuse_existing(request, os.path.lexists(live))
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(os.path.dirname(stage), exist_ok=True)
+    os.mkdir(stage, 0o700)
+    try:
+        with Pipeline() as pipe:
+            plain = add_input_stages(pipe, request, identity_file)
+            with tarfile.open(fileobj=plain.stdout, mode="r|") as tar:
+                for member in safe_members(tar, stage):
+                    tar.extract(member, stage, set_attrs=True)
+        if os.path.isdir(live):  # the folder itself keeps the live one's owner and mode
+            info = os.stat(live)
+            os.chmod(stage, stat.S_IMODE(info.st_mode))
+            if os.geteuid() == 0:
+                os.chown(stage, info.st_uid, info.st_gid)
+        else:
+            os.chmod(stage, 0o755)
+        entries = list_tree(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    for entry in entries:
+        emit("file", **entry)
+    emit(
+        "result",
+        engine="files",
+        files=sum(1 for e in entries if e["type"] == "file"),
+        stage=stage,
+        live_existed=os.path.lexists(live),
+    )
+
+
+def exchange(a, b):
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), a)
+
+
+def swap_files(request):
+    live = os.path.normpath(request["live"])
+    stage = beside(live, ".pulih-restore-", request["token"])
+    old = beside(live, ".pulih-old-", request["token"])
+    if not os.path.isdir(stage):
+        raise AgentError("the restored copy %s is gone: run the restore again" % stage)
+    shutil.rmtree(old, ignore_errors=True)
+    existed = os.path.lexists(live)
+    if not existed:
+        os.rename(stage, live)
+    elif exchange(stage, live):
+        os.rename(stage, old)  # the stage's name now holds the replaced tree
+    else:  # a filesystem without RENAME_EXCHANGE: two renames, the live name missing in between
+        os.rename(live, old)
+        os.rename(stage, live)
+    if existed and not request.get("keep_old"):
+        shutil.rmtree(old)
+    entries = list_tree(live)
+    for entry in entries:
+        emit("file", **entry)
+    emit(
+        "result",
+        engine="files",
+        files=sum(1 for e in entries if e["type"] == "file"),
+        live=live,
+        replaced=existed,
+        kept_old=old if existed and request.get("keep_old") else None,
+    )
+
+
+def discard_files(request):
+    stage = beside(request["live"], ".pulih-restore-", request["token"])
+    shutil.rmtree(stage, ignore_errors=True)
+    emit("result", engine="files", discarded=stage)
+
+
 # --------------------------------------------------------------------------- main
 
 DUMPS = {
@@ -620,6 +1045,22 @@ VERIFIES = {
     "mysql": verify_mariadb,
     "files": verify_files,
 }
+# Requests that read the artifact from standard input take the age identity too.
+STAGES = {
+    "postgresql": stage_postgresql,
+    "mariadb": stage_mariadb,
+    "mysql": stage_mariadb,
+    "files": stage_files,
+}
+SWAPS = {"postgresql": swap_postgresql, "mariadb": swap_mariadb, "mysql": swap_mariadb, "files": swap_files}
+DISCARDS = {
+    "postgresql": discard_postgresql,
+    "mariadb": discard_mariadb,
+    "mysql": discard_mariadb,
+    "files": discard_files,
+}
+MODES = {"dump": DUMPS, "verify": VERIFIES, "stage": STAGES, "swap": SWAPS, "discard": DISCARDS}
+WITH_INPUT = ("verify", "stage")
 
 
 def read_request():
@@ -640,17 +1081,17 @@ def main():
     try:
         request = read_request()
         mode, engine = request.get("mode"), request.get("engine")
-        table = DUMPS if mode == "dump" else VERIFIES if mode == "verify" else None
+        table = MODES.get(mode)
         if table is None or engine not in table:
             raise AgentError("unknown request: mode %r, engine %r" % (mode, engine))
         if request.get("identity"):
             fd, identity_file = tempfile.mkstemp(prefix="pulih-id-")
             with os.fdopen(fd, "w") as handle:
                 handle.write(request["identity"])
-        if mode == "dump":
-            table[engine](request)
-        else:
+        if mode in WITH_INPUT:
             table[engine](request, identity_file)
+        else:
+            table[engine](request)
     except AgentError as exc:
         sys.stderr.write("pulih agent: %s\n" % exc)
         return 3

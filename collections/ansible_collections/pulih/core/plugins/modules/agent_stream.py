@@ -8,8 +8,8 @@ short_description: Stream a backup artifact between the repository host and a da
 description:
   - Runs on the backup repository host. Starts the pulih agent on a data server over SSH
     (host key checked, key authentication only), hands it a request on standard input, and
-    either stores what it writes (I(dest): a backup) or feeds it a stored artifact (I(src):
-    a verification or a restore).
+    either stores what it writes (I(dest), a backup) or feeds it a stored artifact (I(src), a
+    verification or a restore's stage).
   - A stored stream is hashed (SHA-256) and counted as it is written, and flushed to disk; when
     anything fails (the agent, a tool in its pipeline, the SSH link, a full disk) the partial
     file is removed and the task fails with the agent's own message.
@@ -57,7 +57,9 @@ options:
     description: Store the agent's output here (a backup). Must not exist.
     type: path
   src:
-    description: Feed this file to the agent after the request (a verification or restore).
+    description:
+      - Feed this file to the agent after the request (a verification or restore).
+      - With neither I(src) nor I(dest) the agent gets only the request (a restore's swap or discard).
     type: path
   events_dest:
     description: Write the agent's per-file events here as JSON lines (a file tree's file list).
@@ -280,7 +282,6 @@ def main():
             timeout=dict(type="int", default=86400),
         ),
         mutually_exclusive=[("dest", "src")],
-        required_one_of=[("dest", "src")],
         supports_check_mode=True,
     )
     p = module.params
@@ -291,10 +292,16 @@ def main():
         module.fail_json(msg="%s already exists: a backup artifact is never overwritten" % p["dest"])
     if p["src"] and not os.path.isfile(p["src"]):
         module.fail_json(msg="%s does not exist on the repository host" % p["src"])
-    what = "store %s" % p["dest"] if p["dest"] else "send %s" % p["src"]
+    what = (
+        "store %s" % p["dest"]
+        if p["dest"]
+        else "send %s" % p["src"]
+        if p["src"]
+        else "run a %s request" % p["request"].get("mode")
+    )
     if module.check_mode:
         module.exit_json(
-            changed=bool(p["dest"]),
+            changed=p["request"].get("mode") not in ("verify",),
             msg="would %s via the agent on %s" % (what, p["address"]),
             differences=[],
             matches=True,
@@ -377,7 +384,7 @@ def main():
             diffs += _compare_files(p["expect_files"], reader.files)
         created = []  # complete: keep
         out = dict(
-            changed=bool(p["dest"]),
+            changed=p["request"].get("mode") != "verify",
             result=reader.result,
             differences=diffs,
             matches=not diffs,

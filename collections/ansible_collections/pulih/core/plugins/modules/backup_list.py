@@ -6,7 +6,7 @@ DOCUMENTATION = r"""
 module: backup_list
 short_description: List the published backups of a repository
 description:
-  - Runs on the repository host and reads the repository layout (see the project README):
+  - Runs on the repository host and reads the repository layout (see the project README);
     only published backups are listed, never a C(.tmp-*) directory of a backup being written
     or interrupted. Each entry carries its manifest and its last verification.
   - Also lists temporary directories older than I(stale_hours) as C(stale_partials), which the
