@@ -1059,6 +1059,7 @@ def restore(
             time.sleep(config.restore_retry_seconds)
 
     report.items = [restoring.report_item(i) for i in run_items]
+    report.errors += [f"{i.key}: {i.result['error']}" for i in run_items if i.result and not i.done]
     if all(i.done for i in run_items):
         finish("succeeded", Exit.OK)
     if any(i.refused for i in run_items) and not any(i.pending for i in run_items):

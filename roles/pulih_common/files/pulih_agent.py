@@ -8,7 +8,8 @@ list). Then:
   mode "dump":   the artifact is written to standard output (compressed, maybe encrypted);
   mode "verify": the artifact follows on standard input; it is restored into scratch
                  space, measured, and the scratch space removed.
-  mode "stage", "swap", "discard": a restore in three steps (see "restores" below).
+  mode "stage", "swap", "discard": a restore in three steps (see "restores" below);
+  mode "probe":  whether a restore's target exists.
 Standard error carries the tools' own messages and lines "@@pulih <json>" with
 structured results: {"event": "file", ...} per file of a tree, {"event": "result", ...}
 once at the end. The exit code is 0 only when every process of every pipeline
@@ -620,6 +621,18 @@ def verify_files(request, identity_file):
 #   "discard": the stage is removed (after a failure; also what a new attempt does first).
 
 
+def names(request):
+    """Stage, leftover prefix and replaced-copy names of a restore. The stage is unique to the
+    attempt (token: request, item and target; nonce: this attempt), so that an agent of a
+    killed attempt, still cleaning up, can never remove the stage of the next one."""
+    token, nonce = request["token"], request["nonce"]
+    if request["engine"] == "files":
+        prefix = ".pulih-restore-%s-" % token
+        return {"stage": prefix + nonce, "prefix": prefix, "old": ".pulih-old-%s" % token}
+    prefix = "pulih_restore_%s_" % token
+    return {"stage": prefix + nonce, "prefix": prefix, "old": "pulih_old_%s" % token}
+
+
 def refuse_existing(request, exists):
     if request.get("must_not_exist") and exists:
         raise AgentError(
@@ -647,13 +660,17 @@ def pg_drop(cur, name):
 def stage_postgresql(request, identity_file):
     from psycopg2 import sql
 
-    conn, stage, live = request["conn"], request["stage"], request["live"]
+    conn, live, stage = request["conn"], request["live"], names(request)["stage"]
     admin = pg_connect(conn, "postgres")
     admin.autocommit = True
     acur = admin.cursor()
     like = pg_database_info(acur, live)
     refuse_existing(request, like)
-    pg_drop(acur, stage)  # an interrupted attempt's leftover
+    acur.execute(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (names(request)["prefix"],)
+    )
+    for (leftover,) in acur.fetchall():  # of interrupted attempts
+        pg_drop(acur, leftover)
     create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(stage))
     if like:  # the live database's owner, encoding and locale
         create = sql.SQL("{} OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
@@ -700,7 +717,8 @@ def stage_postgresql(request, identity_file):
 def swap_postgresql(request):
     from psycopg2 import sql
 
-    conn, stage, live, old = request["conn"], request["stage"], request["live"], request["old"]
+    conn, live = request["conn"], request["live"]
+    stage, old = names(request)["stage"], names(request)["old"]
     admin = pg_connect(conn, "postgres")
     admin.autocommit = True
     acur = admin.cursor()
@@ -755,10 +773,10 @@ def discard_postgresql(request):
     admin = pg_connect(request["conn"], "postgres")
     admin.autocommit = True
     try:
-        pg_drop(admin.cursor(), request["stage"])
+        pg_drop(admin.cursor(), names(request)["stage"])
     finally:
         admin.close()
-    emit("result", engine="postgresql", discarded=request["stage"])
+    emit("result", engine="postgresql", discarded=names(request)["stage"])
 
 
 def my_schema_charset(cur, name):
@@ -771,12 +789,18 @@ def my_schema_charset(cur, name):
 
 
 def stage_mariadb(request, identity_file):
-    conn, stage, live = request["conn"], request["stage"], request["live"]
+    conn, live, stage = request["conn"], request["live"], names(request)["stage"]
     admin = my_connect(conn)
     acur = admin.cursor()
     like = my_schema_charset(acur, live)
     refuse_existing(request, like)
-    acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(stage))
+    prefix = names(request)["prefix"]
+    acur.execute(
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE LEFT(SCHEMA_NAME, %s) = %s",
+        (len(prefix), prefix),
+    )
+    for (leftover,) in acur.fetchall():  # of interrupted attempts
+        acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(leftover))
     charset, collation = like or ("utf8mb4", None)
     acur.execute(
         "CREATE DATABASE %s CHARACTER SET %s%s"
@@ -876,7 +900,8 @@ def swap_mariadb(request):
     """The tables change places in one RENAME TABLE statement (atomic in MariaDB and MySQL).
     Triggers, views, routines and events cannot move between schemas: the live ones are
     dropped (the pre-restore backup holds them) and the backup's are recreated."""
-    conn, stage, live, old = request["conn"], request["stage"], request["live"], request["old"]
+    conn, live = request["conn"], request["live"]
+    stage, old = names(request)["stage"], names(request)["old"]
     admin = my_connect(conn)
     cur = admin.cursor()
     try:
@@ -928,26 +953,29 @@ def swap_mariadb(request):
 def discard_mariadb(request):
     admin = my_connect(request["conn"])
     try:
-        admin.cursor().execute("DROP DATABASE IF EXISTS %s" % my_ident(request["stage"]))
+        admin.cursor().execute("DROP DATABASE IF EXISTS %s" % my_ident(names(request)["stage"]))
     finally:
         admin.close()
-    emit("result", engine="mariadb", discarded=request["stage"])
+    emit("result", engine="mariadb", discarded=names(request)["stage"])
 
 
-def beside(live, prefix, token):
+def beside(live, name):
     """A folder next to the live one, so the swap is a rename within one filesystem."""
     live = os.path.normpath(live)
     if live == "/" or not os.path.isabs(live):
         raise AgentError("%r cannot be restored in place: give an absolute path other than /" % live)
-    return os.path.join(os.path.dirname(live), "%s%s" % (prefix, token))
+    return os.path.join(os.path.dirname(live), name)
 
 
 def stage_files(request, identity_file):
     live = os.path.normpath(request["live"])
-    stage = beside(live, ".pulih-restore-", request["token"])
+    stage = beside(live, names(request)["stage"])
     refuse_existing(request, os.path.lexists(live))
-    shutil.rmtree(stage, ignore_errors=True)
-    os.makedirs(os.path.dirname(stage), exist_ok=True)
+    parent = os.path.dirname(stage)
+    os.makedirs(parent, exist_ok=True)
+    for leftover in os.listdir(parent):  # of interrupted attempts
+        if leftover.startswith(names(request)["prefix"]):
+            shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
     os.mkdir(stage, 0o700)
     try:
         with Pipeline() as pipe:
@@ -996,8 +1024,7 @@ def exchange(a, b):
 
 def swap_files(request):
     live = os.path.normpath(request["live"])
-    stage = beside(live, ".pulih-restore-", request["token"])
-    old = beside(live, ".pulih-old-", request["token"])
+    stage, old = beside(live, names(request)["stage"]), beside(live, names(request)["old"])
     if not os.path.isdir(stage):
         raise AgentError("the restored copy %s is gone: run the restore again" % stage)
     shutil.rmtree(old, ignore_errors=True)
@@ -1025,7 +1052,7 @@ def swap_files(request):
 
 
 def discard_files(request):
-    stage = beside(request["live"], ".pulih-restore-", request["token"])
+    stage = beside(request["live"], names(request)["stage"])
     shutil.rmtree(stage, ignore_errors=True)
     emit("result", engine="files", discarded=stage)
 
@@ -1045,6 +1072,28 @@ VERIFIES = {
     "mysql": verify_mariadb,
     "files": verify_files,
 }
+
+
+def probe(request):
+    """Whether the restore's target exists (an alternate target must not)."""
+    engine, live = request["engine"], request["live"]
+    if engine == "files":
+        exists = os.path.lexists(live)
+    elif engine == "postgresql":
+        admin = pg_connect(request["conn"], "postgres")
+        try:
+            exists = bool(pg_database_info(admin.cursor(), live))
+        finally:
+            admin.close()
+    else:
+        admin = my_connect(request["conn"])
+        try:
+            exists = bool(my_schema_charset(admin.cursor(), live))
+        finally:
+            admin.close()
+    emit("result", engine=engine, live=live, exists=exists)
+
+
 # Requests that read the artifact from standard input take the age identity too.
 STAGES = {
     "postgresql": stage_postgresql,
@@ -1059,7 +1108,15 @@ DISCARDS = {
     "mysql": discard_mariadb,
     "files": discard_files,
 }
-MODES = {"dump": DUMPS, "verify": VERIFIES, "stage": STAGES, "swap": SWAPS, "discard": DISCARDS}
+PROBES = dict.fromkeys(("postgresql", "mariadb", "mysql", "files"), probe)
+MODES = {
+    "dump": DUMPS,
+    "verify": VERIFIES,
+    "stage": STAGES,
+    "swap": SWAPS,
+    "discard": DISCARDS,
+    "probe": PROBES,
+}
 WITH_INPUT = ("verify", "stage")
 
 

@@ -1,0 +1,490 @@
+"""Restores end to end, through the pulih command, under approved requests, on a lab of real
+servers reached over SSH: in place for every engine with the pre-restore backup and undo,
+alternate targets, retries, and the faults the issue names (corrupt and foreign backups,
+a server down, a run killed halfway, tricky names). Destructive tests come last."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from pulih import lab as lab_mod
+from tests.conftest import PROJECT
+from tests.integration.test_backup import TRICKY_DB, TRICKY_DIR, TRICKY_TABLE
+
+pytestmark = pytest.mark.lab
+
+CONFIG = """\
+allow_actor_override: true   # tests only: PULIH_ACTOR names the actor
+restore_attempts: 3
+restore_retry_seconds: 1
+actors:
+  ani: [requester]
+  sri: [receiver, approver]
+  budi: [operator]
+"""
+PG_PRINT = "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("restore")
+    inventory = base / "inventory"
+    (base / "config.yml").write_text(CONFIG)
+    lab = lab_mod.Lab(2, inventory_dir=inventory)
+    state = lab.up()
+    environ = {
+        **os.environ,
+        "PULIH_STATE_DIR": str(base / "state"),
+        "PULIH_INVENTORY": str(inventory),
+        "PULIH_CONFIG": str(base / "config.yml"),
+    }
+    outputs: list[str] = []
+    env = {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
+    backed_up = report_of(pulih(env, "backup", "--json", check=0))
+    env["backups"] = {f"{i['asset_id']}:{i['item']}": i["backup_id"] for i in backed_up["items"]}
+    yield env
+    lab.down()
+
+
+def pulih(env, *args, actor="budi", check=None):
+    result = subprocess.run(
+        ["pulih", *args],
+        capture_output=True,
+        text=True,
+        env={**env["environ"], "PULIH_ACTOR": actor},
+        cwd=PROJECT,
+        timeout=900,
+        check=False,
+    )
+    env["outputs"].append(result.stdout + result.stderr)
+    if check is not None:
+        assert result.returncode == check, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def report_of(result):
+    doc = json.loads(result.stdout)
+    schema = json.loads((PROJECT / "schemas" / "run_report.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    return doc
+
+
+def planned_request(env, items, *, backups, target=None):
+    """A request taken through the SOP up to its plan: filed by ani, received and approved by
+    sri, assessed, backups checked and planned by budi."""
+    args = ["request", "new", "--skpd", "bkpsdm", "--contact", "ani@bkpsdm.go.id", "--reason", "error"]
+    for item in items:
+        args += ["--item", item]
+    if target:
+        args += ["--target", target]
+    rid = json.loads(pulih(env, *args, "--json", actor="ani", check=0).stdout)["id"]
+    pulih(env, "request", "receive", rid, actor="sri", check=0)
+    pulih(env, "request", "approve", rid, actor="sri", check=0)
+    pulih(env, "request", "assess", rid, "--damage", "error", check=0)
+    pulih(env, "request", "check-backups", rid, check=0)
+    plan = [f"--backup={key}={backups[key]}" for key in items]
+    pulih(env, "request", "plan", rid, *plan, check=0)
+    return rid
+
+
+def restore(env, rid, *args, check):
+    return report_of(pulih(env, "restore", "--request", rid, "--json", *args, check=check))
+
+
+def host(env, name):
+    return env["state"].host(name)
+
+
+def pg_print(env, name, database, table="pegawai"):
+    return env["state"].psql(host(env, name), PG_PRINT.format(table), database).strip()
+
+
+def my_print(env, name, database, table="kunjungan"):
+    bq = lambda n: "`" + n.replace("`", "``") + "`"  # noqa: E731
+    return (
+        env["state"]
+        .mariadb(host(env, name), f"CHECKSUM TABLE {bq(database)}.{bq(table)} EXTENDED")
+        .split()[-1]
+    )
+
+
+def tree_print(root):
+    digest = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_symlink():
+            digest.update(b"->" + str(path.readlink()).encode())
+        elif path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def files_root(env, name):
+    return Path(env["state"].root) / "hosts" / name / "srv" / "dokumen"
+
+
+def leftovers(env, name):
+    """Stages and replaced copies a restore left behind, on every engine of a server."""
+    state = env["state"]
+    found = state.psql(host(env, name), "SELECT datname FROM pg_database WHERE datname LIKE 'pulih%'").split()
+    found += state.mariadb(
+        host(env, name), "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'pulih%'"
+    ).split()
+    srv = Path(state.root) / "hosts" / name / "srv"
+    found += [p.name for p in srv.rglob(".pulih-*")]
+    return found
+
+
+def repository(env):
+    return Path(env["state"].host("labrepo").repository_path)
+
+
+def manifest(env, asset, item, backup_id):
+    return json.loads((repository(env) / asset / item / backup_id / "manifest.json").read_text())
+
+
+def add_items(env, asset_id, items):
+    path = env["inventory"] / lab_mod.REGISTER_FILE
+    doc = yaml.safe_load(path.read_text())
+    entry = next(a for a in doc["assets"] if a["asset_id"] == asset_id)
+    entry["data"] += items
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def record(env, rid):
+    return json.loads(pulih(env, "request", "show", rid, "--json", check=0).stdout)
+
+
+# --------------------------------------------------------------------------- in place, undo
+
+
+def test_in_place_restore_of_every_engine_saves_the_damage_first(env):
+    original = {
+        "pg": pg_print(env, "lab1", "app_lab1"),
+        "my": my_print(env, "lab1", "app_lab1"),
+        "files": tree_print(files_root(env, "lab1")),
+    }
+    state, lab1 = env["state"], host(env, "lab1")
+    state.psql(
+        lab1, "DELETE FROM pegawai WHERE id > 60; UPDATE pegawai SET nama = 'salah' WHERE id = 1", "app_lab1"
+    )
+    state.mariadb(lab1, "DELETE FROM app_lab1.kunjungan WHERE id % 3 = 0")
+    tree = files_root(env, "lab1")
+    victim = next(p for p in sorted(tree.rglob("*")) if p.is_file())
+    victim.unlink()
+    (tree / "sampah.tmp").write_text("tidak seharusnya ada\n")
+    damaged = {
+        "pg": pg_print(env, "lab1", "app_lab1"),
+        "my": my_print(env, "lab1", "app_lab1"),
+        "files": tree_print(tree),
+    }
+    assert all(damaged[k] != original[k] for k in original)
+
+    items = ["LAB-001:app-pg", "LAB-001:app-mariadb", "LAB-001:dokumen"]
+    rid = planned_request(env, items, backups=env["backups"])
+    doc = restore(env, rid, check=0)
+
+    assert doc["status"] == "succeeded" and doc["request_id"] == rid and doc["gate"]["allowed"]
+    assert pg_print(env, "lab1", "app_lab1") == original["pg"]
+    assert my_print(env, "lab1", "app_lab1") == original["my"]
+    assert tree_print(tree) == original["files"]
+    assert leftovers(env, "lab1") == [], "a stage or a replaced copy was left behind"
+    assert len(doc["attempts"]) == 1 and doc["attempts"][0]["status"] == "succeeded"
+    pre = {}
+    for item in doc["items"]:
+        assert item["ok"] and item["restore"]["replaced"] is True
+        assert item["backup_id"] == env["backups"][f"LAB-001:{item['item']}"]
+        assert any("after the swap" in check for check in item["verification"]["checks"])
+        pre_id = item["restore"]["pre_restore_backup_id"]
+        saved = manifest(env, "LAB-001", item["item"], pre_id)
+        assert saved["kind"] == "pre_restore" and saved["request_id"] == rid
+        pre[item["item"]] = pre_id
+    env["damaged"], env["original"], env["pre"] = damaged, original, pre
+
+    steps = record(env, rid)["steps"]
+    assert steps[-1]["step"] == "executed" and steps[-1]["note"].startswith("succeeded: attempt 1 of 3")
+    audit = json.loads(pulih(env, "audit", "verify", "--json", check=0).stdout)
+    assert audit["status"] == "intact"
+    html = (Path(env["environ"]["PULIH_STATE_DIR"]) / "runs" / doc["run_id"] / "report.html").read_text()
+    assert pre["app-pg"] in html and "Pre-restore backup" in html
+
+    pulih(env, "request", "confirm", rid, "--note", "data kembali", actor="ani", check=0)
+    pulih(env, "request", "close", rid, actor="sri", check=0)
+    assert record(env, rid)["status"] == "closed"
+    refused = pulih(env, "restore", "--request", rid, check=3)
+    assert "is 'closed'" in refused.stderr
+
+
+def test_the_pre_restore_backup_undoes_the_restore(env):
+    items = ["LAB-001:app-pg", "LAB-001:app-mariadb", "LAB-001:dokumen"]
+    pre = {f"LAB-001:{item}": backup_id for item, backup_id in env["pre"].items()}
+    rid = planned_request(env, items, backups=pre)
+    doc = restore(env, rid, check=0)
+    assert [i["backup_id"] for i in doc["items"]] == [pre[k] for k in items]
+    assert pg_print(env, "lab1", "app_lab1") == env["damaged"]["pg"]
+    assert my_print(env, "lab1", "app_lab1") == env["damaged"]["my"]
+    assert tree_print(files_root(env, "lab1")) == env["damaged"]["files"]
+
+
+# --------------------------------------------------------------------------- alternate targets
+
+
+def test_alternate_target_on_another_host_and_name_leaves_the_source_alone(env):
+    rid = planned_request(
+        env, ["LAB-001:app-pg"], backups=env["backups"], target="alternate:lab2:salinan pegawai"
+    )
+    doc = restore(env, rid, check=0)
+    item = doc["items"][0]
+    assert item["restore"]["target_host"] == "lab2" and item["restore"]["target"] == "salinan pegawai"
+    assert item["restore"]["replaced"] is False and item["restore"]["pre_restore_backup_id"] is None
+    assert pg_print(env, "lab2", "salinan pegawai") == env["original"]["pg"]
+    assert pg_print(env, "lab1", "app_lab1") == env["damaged"]["pg"], "the source was touched"
+
+    again = restore(env, rid, check=4)
+    assert "already exists" in again["items"][0]["error"]
+    assert len(again["attempts"]) == 1, "a refusal is not retried"
+    assert pg_print(env, "lab2", "salinan pegawai") == env["original"]["pg"]
+
+
+def test_alternate_path_for_a_file_tree(env):
+    target = Path(env["state"].root) / "hosts" / "lab2" / "srv" / "pemeriksaan dokumen"
+    rid = planned_request(env, ["LAB-001:dokumen"], backups=env["backups"], target=f"alternate:lab2:{target}")
+    restore(env, rid, check=0)
+    assert tree_print(target) == env["original"]["files"]
+    assert tree_print(files_root(env, "lab1")) == env["damaged"]["files"]
+
+
+# --------------------------------------------------------------------------- refused backups
+
+
+def test_a_corrupt_backup_is_refused_before_anything_is_touched(env):
+    fresh = report_of(
+        pulih(env, "backup", "--limit", "lab1", "--item", "app-mariadb", "--no-verify", "--json", check=0)
+    )
+    backup_id = fresh["items"][0]["backup_id"]
+    artifact = repository(env) / "LAB-001" / "app-mariadb" / backup_id / "database.sql.zst"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    before = my_print(env, "lab1", "app_lab1")
+    rid = planned_request(env, ["LAB-001:app-mariadb"], backups={"LAB-001:app-mariadb": backup_id})
+    doc = restore(env, rid, check=4)
+    assert doc["status"] == "refused"
+    assert "checksum mismatch: database.sql.zst" in doc["items"][0]["error"]
+    assert "nothing was touched" in doc["items"][0]["error"]
+    assert len(doc["attempts"]) == 1
+    assert my_print(env, "lab1", "app_lab1") == before
+    assert leftovers(env, "lab1") == []
+    assert record(env, rid)["steps"][-1]["note"].startswith("failed: attempt 1 of 3")
+
+
+def test_a_foreign_backup_is_refused_before_anything_is_touched(env):
+    """A backup of lab2's database, put among lab1's: its manifest gives it away."""
+    source = repository(env) / "LAB-002" / "app-pg" / env["backups"]["LAB-002:app-pg"]
+    planted = "20260101T000000Z-f00d"
+    shutil.copytree(source, repository(env) / "LAB-001" / "app-pg" / planted)
+    before = pg_print(env, "lab1", "app_lab1")
+    rid = planned_request(env, ["LAB-001:app-pg"], backups={"LAB-001:app-pg": planted})
+    doc = restore(env, rid, check=4)
+    assert "is not a backup of LAB-001:app-pg" in doc["items"][0]["error"]
+    assert pg_print(env, "lab1", "app_lab1") == before
+    shutil.rmtree(repository(env) / "LAB-001" / "app-pg" / planted)
+
+
+# --------------------------------------------------------------------------- tricky names
+
+
+def test_tricky_names_restore_in_place(env):
+    state, lab1 = env["state"], host(env, "lab1")
+    Path("/tmp/pulih-pwned").unlink(missing_ok=True)
+    quoted_db = '"' + TRICKY_DB.replace('"', '""') + '"'
+    quoted_table = '"' + TRICKY_TABLE.replace('"', '""') + '"'
+    state.psql(lab1, f"CREATE DATABASE {quoted_db}")
+    state.psql(
+        lab1,
+        f'CREATE TABLE {quoted_table} (id int, "nama kolom" text); '
+        f"INSERT INTO {quoted_table} SELECT g, 'nilai ' || g FROM generate_series(1, 42) g;",
+        TRICKY_DB,
+    )
+    bq = lambda name: "`" + name.replace("`", "``") + "`"  # noqa: E731
+    db = bq(TRICKY_DB)
+    table = f"{db}.{bq(TRICKY_TABLE)}"
+    state.mariadb(
+        lab1,
+        f"CREATE DATABASE {db}; CREATE TABLE {table} (id INT PRIMARY KEY);"
+        f"INSERT INTO {table} SELECT seq FROM {db}.seq_1_to_17;"
+        f"CREATE VIEW {db}.{bq('lihat ' + TRICKY_TABLE)} AS SELECT id FROM {table};",
+    )
+    tree = Path(state.root) / "hosts" / "lab1" / "srv" / TRICKY_DIR
+    (tree / "sub folder ø").mkdir(parents=True)
+    (tree / "sub folder ø" / "berkas 'a' \"b\" $x.txt").write_text("isi\n")
+    (tree / "tautan").symlink_to("sub folder ø")
+    conn = {"host": lab1.address, "user": lab_mod.DB_USER, "password_var": lab_mod.PASSWORD_VAR}
+    add_items(
+        env,
+        "LAB-001",
+        [
+            {
+                "name": "tricky-pg",
+                "engine": "postgresql",
+                "database": TRICKY_DB,
+                "port": lab1.pg_port,
+                **conn,
+            },
+            {
+                "name": "tricky-my",
+                "engine": "mariadb",
+                "database": TRICKY_DB,
+                "port": lab1.mariadb_port,
+                **conn,
+            },
+            {"name": "tricky-files", "engine": "files", "path": str(tree)},
+        ],
+    )
+    items = ["LAB-001:tricky-pg", "LAB-001:tricky-my", "LAB-001:tricky-files"]
+    made = report_of(
+        pulih(
+            env, "backup", "--limit", "lab1", *[f"--item={i.split(':')[1]}" for i in items], "--json", check=0
+        )
+    )
+    backups = {f"LAB-001:{i['item']}": i["backup_id"] for i in made["items"]}
+    original = (
+        pg_print(env, "lab1", TRICKY_DB, quoted_table),
+        my_print(env, "lab1", TRICKY_DB, TRICKY_TABLE),
+        tree_print(tree),
+    )
+    state.psql(lab1, f"DELETE FROM {quoted_table} WHERE id > 10", TRICKY_DB)
+    state.mariadb(lab1, f"DELETE FROM {bq(TRICKY_DB)}.{bq(TRICKY_TABLE)} WHERE id > 5")
+    (tree / "sub folder ø" / "berkas 'a' \"b\" $x.txt").write_text("rusak\n")
+
+    rid = planned_request(env, items, backups=backups)
+    restore(env, rid, check=0)
+    restored = (
+        pg_print(env, "lab1", TRICKY_DB, quoted_table),
+        my_print(env, "lab1", TRICKY_DB, TRICKY_TABLE),
+        tree_print(tree),
+    )
+    assert restored == original
+    views = state.mariadb(lab1, f"SELECT COUNT(*) FROM {bq(TRICKY_DB)}.{bq('lihat ' + TRICKY_TABLE)}").split()
+    assert views[-1] == "17", "the view was not recreated in the restored schema"
+    assert not Path("/tmp/pulih-pwned").exists(), "a name was run as a command"
+    assert leftovers(env, "lab1") == []
+
+
+# --------------------------------------------------------------------------- destructive
+
+
+def descendants(pid):
+    """Every process started under ``pid`` (ansible-runner starts ansible-playbook in a
+    session of its own, so a process group does not hold them all)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        found += kids
+        frontier += kids
+    return found
+
+
+def test_sigkill_halfway_leaves_the_live_database_and_the_next_attempt_succeeds(env):
+    state, lab1 = env["state"], host(env, "lab1")
+    state.psql(
+        lab1,
+        "CREATE TABLE besar AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS isi "
+        "FROM generate_series(1, 1500000) g; ALTER TABLE besar ADD PRIMARY KEY (id)",
+        "app_lab1",
+    )
+    made = report_of(
+        pulih(env, "backup", "--limit", "lab1", "--item", "app-pg", "--no-verify", "--json", check=0)
+    )
+    backup_id = made["items"][0]["backup_id"]
+    count_sql = "SELECT count(*) || ':' || sum(id) FROM besar"
+    original = state.psql(lab1, count_sql, "app_lab1").strip()
+    state.psql(lab1, "DELETE FROM besar WHERE id % 2 = 0", "app_lab1")
+    damaged = state.psql(lab1, count_sql, "app_lab1").strip()
+    rid = planned_request(env, ["LAB-001:app-pg"], backups={"LAB-001:app-pg": backup_id})
+
+    run = subprocess.Popen(
+        ["pulih", "restore", "--request", rid],
+        env={**env["environ"], "PULIH_ACTOR": "budi"},
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    stage_sql = (
+        "SELECT coalesce(max(pg_database_size(datname)), 0) FROM pg_database "
+        "WHERE datname LIKE 'pulih_restore_%'"
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and int(state.psql(lab1, stage_sql).strip() or 0) < 20 << 20:
+        assert run.poll() is None, "the restore ended before it could be killed"
+        time.sleep(0.1)
+    assert time.monotonic() < deadline, "the stage never filled"
+    victims = [run.pid, *descendants(run.pid)]
+    for pid in victims:  # the controller dies at once, as in a power cut
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    run.wait()
+    time.sleep(3)  # the repository host's side may still be feeding the agent
+    assert state.psql(lab1, count_sql, "app_lab1").strip() == damaged, "the live database changed"
+    assert record(env, rid)["status"] == "planned", "a killed attempt recorded no outcome"
+
+    doc = restore(env, rid, check=0)
+    assert doc["items"][0]["ok"]
+    assert state.psql(lab1, count_sql, "app_lab1").strip() == original
+    deadline = time.monotonic() + 60
+    while leftovers(env, "lab1") and time.monotonic() < deadline:
+        time.sleep(0.5)  # the killed attempt's agent removes its own stage when it notices
+    assert leftovers(env, "lab1") == []
+    with sqlite3.connect(Path(env["environ"]["PULIH_STATE_DIR"]) / "pulih.db") as db:
+        attempts = db.execute(
+            "SELECT count(*) FROM pulih_audit WHERE action = 'restore.attempt' AND request_id = ?", (rid,)
+        ).fetchone()[0]
+    assert attempts == 2, "the killed attempt is on the record as started"
+
+
+def test_a_server_down_fails_the_attempt_and_every_retry_is_recorded(env):
+    state = env["state"]
+    mariadbd = next(p for p in state.procs if p.name == "lab2/mariadb")
+    rid = planned_request(env, ["LAB-002:app-mariadb"], backups=env["backups"])
+    assert lab_mod.stop_pid(mariadbd.pid, "mariadbd")
+    doc = restore(env, rid, "--attempts", "2", check=1)
+    assert doc["status"] == "failed"
+    assert [a["status"] for a in doc["attempts"]] == ["failed", "failed"]
+    assert "cannot connect to MariaDB" in doc["items"][0]["error"]
+    assert doc["items"][0]["restore"]["tries"] == 2
+    executed = [s for s in record(env, rid)["steps"] if s["step"] == "executed"]
+    assert [s["note"].split(":")[0] for s in executed] == ["failed", "failed"]
+    assert "attempt 2 of 2" in executed[-1]["note"]
+    html = (Path(env["environ"]["PULIH_STATE_DIR"]) / "runs" / doc["run_id"] / "report.html").read_text()
+    assert "cannot connect to MariaDB" in html
+
+
+def test_the_database_password_never_leaks(env):
+    password = env["state"].db_password
+    state_dir = Path(env["environ"]["PULIH_STATE_DIR"])
+    leaks = [
+        str(p) for p in state_dir.rglob("*") if p.is_file() and password in p.read_text(errors="replace")
+    ]
+    assert leaks == []
+    assert not any(password in output for output in env["outputs"])
+    assert len(list(state_dir.glob("runs/*/attempt-*/**/job_events/*.json"))) > 100
