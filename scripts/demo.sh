@@ -2,7 +2,10 @@
 # `make demo`: pulih's main job on its embedded default, with no servers of yours.
 #  1. the example data center's asset register: shown, checked against the SOP, read as inventory;
 #  2. a throwaway lab of two servers (real sshd, PostgreSQL and MariaDB on loopback) audited
-#     over SSH against its own register, after one of them drifted from it.
+#     over SSH against its own register, after one of them drifted from it;
+#  3. the whole SOP on lab1's sample data of a fictional agency: a verified backup, damage, a
+#     recovery request filed, received, approved by a second person, assessed, planned,
+#     restored (verified, the damage saved as a pre-restore backup), confirmed and closed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -46,22 +49,42 @@ step "6. ansible-playbook playbooks/register_audit.yml over SSH"
 ansible-playbook -i "$lab_inventory" playbooks/register_audit.yml \
   -e "pulih_register_report_path=$PWD/$reports/register_audit.json"
 
-step "7. A backup of lab1's database, verified by a test restore"
+step "7. Last night's backup of lab1 (PostgreSQL, MariaDB, documents), verified by test restores"
 export PULIH_STATE_DIR=$PWD/$reports/state PULIH_CONFIG=$PWD/$reports/config.yml
 mkdir -p "$PULIH_STATE_DIR"
 cat > "$PULIH_CONFIG" <<'YAML'
 # demo only: PULIH_ACTOR plays the people of the SOP on one machine
 allow_actor_override: true
+restore_retry_seconds: 5
 actors:
   ani: [requester, approver]  # BKPSDM's head: approves others' requests, never her own
   sri: [receiver, approver]   # sub-coordinator, infrastructure and data center
   budi: [operator]            # data-center staff
 YAML
-pulih backup -i "$lab_inventory" --limit lab1 --item app-pg
+pulih backup -i "$lab_inventory" --limit lab1
 
-step "8. The SOP: Ani files a recovery request (Form PPD), Sri receives it"
+counts() {
+  python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 pg "SELECT count(*) FROM pegawai" app_lab1 | tr -d ' \n'
+  printf ' pegawai rows, '
+  python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 mariadb "SELECT COUNT(*) FROM app_lab1.kunjungan" | tr -d ' \n'
+  printf ' kunjungan rows, '
+  find "$docs" -type f | wc -l | tr -d ' \n'
+  echo ' documents'
+}
+docs=$(python -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); print(next(i["path"] for i in d["assets"][0]["data"] if i["engine"] == "files"))' \
+       "$lab_inventory/lab.asset_register.yml")
+echo "lab1 now: $(counts)"
+
+step "8. Damage: an import script deletes employees, visits go missing, a letter is deleted"
+python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 pg "DELETE FROM pegawai WHERE id > 40" app_lab1 >/dev/null
+python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 mariadb "DELETE FROM app_lab1.kunjungan WHERE id % 4 = 0" >/dev/null
+find "$docs" -type f | sort | head -1 | xargs rm -f
+echo "lab1 now: $(counts)"
+
+step "9. The SOP: Ani files a recovery request (Form PPD), Sri receives it"
 as() { PULIH_ACTOR=$1 pulih "${@:2}"; }
-rid=$(as ani request new -i "$lab_inventory" --item LAB-001:app-pg --skpd bkpsdm --contact ani@bkpsdm.go.id \
+rid=$(as ani request new -i "$lab_inventory" --item LAB-001:app-pg --item LAB-001:app-mariadb --item LAB-001:dokumen \
+      --skpd bkpsdm --contact ani@bkpsdm.go.id \
       --reason accidental_deletion --reason-text "data pegawai terhapus oleh impor" --json \
       | python -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 echo "filed $rid"
@@ -71,30 +94,55 @@ rc=0; as ani request approve "$rid" || rc=$?
 [[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
 as sri request approve "$rid" --valid-hours 24
 
-step "9. Budi assesses (Form PD), checks the backups, plans, and asks the gate"
-as budi request assess "$rid" --damage accidental_deletion --note "tabel pegawai kosong"
+step "10. Budi assesses (Form PD), checks the backups, plans, and asks the gate"
+as budi request assess "$rid" --damage accidental_deletion --note "tabel pegawai kosong sebagian"
 as budi request check-backups "$rid" -i "$lab_inventory" --json > "$reports/request.json"
-backup_id=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["backups_found"][-1]["backup_id"])' \
-            "$reports/request.json")
-as budi request plan "$rid" --backup "LAB-001:app-pg=$backup_id" --window "malam ini"
+mapfile -t plan < <(python -c '
+import json, sys
+found = json.load(open(sys.argv[1]))["backups_found"]
+newest = {}
+for b in found:
+    if b["verified"] and b["kind"] != "pre_restore":
+        newest[b["asset_id"] + ":" + b["item"]] = b["backup_id"]
+for key, backup_id in sorted(newest.items()):
+    print(f"--backup={key}={backup_id}")
+' "$reports/request.json")
+as budi request plan "$rid" "${plan[@]}" --window "malam ini"
 as budi restore --request "$rid" --check -i "$lab_inventory"
 echo "and a restore of an item outside the request:"
-rc=0; as budi restore --request "$rid" --item LAB-001:app-mariadb --check -i "$lab_inventory" || rc=$?
+rc=0; as budi restore --request "$rid" --item LAB-002:app-pg --check -i "$lab_inventory" || rc=$?
 [[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
+
+step "11. Budi restores: each item verified in a stage, the damaged data saved, then swapped in"
+as budi restore --request "$rid" -i "$lab_inventory" --json > "$reports/restore.json"
+echo "lab1 now: $(counts)"
+
+step "12. Ani confirms the data is back, Sri closes the request"
+as ani request confirm "$rid" --note "data pegawai sudah kembali"
+as sri request close "$rid"
 as budi request show "$rid"
 as budi request form "$rid" --form ppd --lang id -o "$reports/form-ppd-$rid.html"
 as budi request form "$rid" --form pd --lang id -o "$reports/form-pd-$rid.html"
+restore_run=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$reports/restore.json")
+pulih report show "$restore_run" --format html --lang id > "$reports/restore-$rid.html"
 pulih audit verify
 
 step "Summary"
-python - "$reports/register_audit.json" <<'PY'
+python - "$reports/register_audit.json" "$reports/restore.json" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
 for host, entry in sorted(report["hosts"].items()):
     drift = "; ".join(d["message"] for d in entry["drift"]) or "matches the register"
     print(f"  {host:8} {entry['asset_id']}: {drift}")
+restore = json.load(open(sys.argv[2]))
+print(f"  restore {restore['run_id']}: {restore['status']} in {restore['duration_seconds']:.0f} s, "
+      f"{len(restore['attempts'])} attempt(s)")
+for item in restore["items"]:
+    print(f"    {item['asset_id']}:{item['item']:12} from {item['backup_id']}, verified; "
+          f"damaged state kept as pre-restore backup {item['restore']['pre_restore_backup_id']}")
 PY
 echo
 echo "Reports: $reports/register_check.json, $reports/register_audit.json, run reports in $reports/state/runs/,"
-echo "         forms $reports/form-ppd-$rid.html and $reports/form-pd-$rid.html (Indonesian)"
+echo "         the restore report $reports/restore-$rid.html and the forms $reports/form-ppd-$rid.html"
+echo "         and $reports/form-pd-$rid.html (Indonesian)"
 echo "The lab is stopped on exit, every process by its PID."

@@ -747,8 +747,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--no-databases", action="store_true", help="sshd only, no PostgreSQL/MariaDB")
     down = sub.add_parser("down", help="stop the lab of an inventory folder and remove its files")
     down.add_argument("--inventory-dir", type=Path, default=Path("inventories/lab"))
+    sql = sub.add_parser("sql", help="run SQL on a lab host's own server as its superuser (demo, benches)")
+    sql.add_argument("--inventory-dir", type=Path, default=Path("inventories/lab"))
+    sql.add_argument("host", help="lab1, lab2, ...")
+    sql.add_argument("engine", choices=("pg", "mariadb"))
+    sql.add_argument("statement")
+    sql.add_argument("database", nargs="?", default="postgres", help="PostgreSQL database (default postgres)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "sql":
+            lab_vars = args.inventory_dir / LAB_VARS_FILE
+            if not lab_vars.exists():
+                print(f"pulih.lab: no lab recorded in {args.inventory_dir}", file=sys.stderr)
+                return 1
+            state = LabState.load(Path((yaml.safe_load(lab_vars.read_text()) or {})["pulih_lab_root"]))
+            if args.host not in {h.name for h in state.hosts}:
+                print(f"pulih.lab: no host {args.host} in this lab", file=sys.stderr)
+                return 1
+            host = state.host(args.host)
+            out = (
+                state.psql(host, args.statement, args.database)
+                if args.engine == "pg"
+                else state.mariadb(host, args.statement)
+            )
+            print(out, end="")
+            return 0
         if args.command == "up":
             state = Lab(args.hosts, inventory_dir=args.inventory_dir, databases=not args.no_databases).up()
             print(
