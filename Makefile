@@ -5,7 +5,7 @@ VENV := .venv
 # molecule and ansible-runner look for ansible-playbook on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup lint unit integration molecule test demo lab-up lab-down bench bench-backup clean
+.PHONY: setup lint unit integration molecule test demo lab-up lab-down bench bench-backup bench-restore clean
 
 setup:  ## Debian packages and .venv (only what is missing)
 	bash scripts/setup.sh
@@ -43,6 +43,9 @@ bench: setup  ## lab start-up against the bare tools (~1 min)
 
 bench-backup: setup  ## pulih backup against pg_dump / mariadb-dump, ~750 MiB of data (~5 min)
 	python bench/backup.py
+
+bench-restore: setup  ## pulih restore in place against pg_restore / mariadb, ~750 MiB of data (~5 min)
+	python bench/restore.py
 
 clean: lab-down
 	rm -rf .pytest_cache .mypy_cache .ruff_cache reports

@@ -18,12 +18,9 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.tricky import PWNED, TRICKY_DB, TRICKY_TABLE, make_tricky_data
 
 pytestmark = pytest.mark.lab
-
-TRICKY_DB = "data \"kantor\" 'lama' $(touch /tmp/pulih-pwned) ; Dinkes ü"
-TRICKY_TABLE = "tabel `x` \"y\" 'z' ; ö"
-TRICKY_DIR = "arsip 'surat' \"keluar\" $(touch /tmp/pulih-pwned) & ñ"
 
 
 def schema(name):
@@ -226,58 +223,8 @@ def test_retention_keeps_the_newest_and_check_mode_only_tells(env):
 
 
 def test_tricky_names_are_backed_up_and_verified_without_injection(env):
-    state = env["state"]
-    lab1 = state.host("lab1")
-    Path("/tmp/pulih-pwned").unlink(missing_ok=True)
-    quoted_db = '"' + TRICKY_DB.replace('"', '""') + '"'
-    quoted_table = '"' + TRICKY_TABLE.replace('"', '""') + '"'
-    psql(env, lab1, f"CREATE DATABASE {quoted_db}")
-    psql(
-        env,
-        lab1,
-        f'CREATE TABLE {quoted_table} (id int, "nama kolom" text); '
-        f"INSERT INTO {quoted_table} SELECT g, 'nilai ' || g FROM generate_series(1, 42) g;",
-        TRICKY_DB,
-    )
-    my_db = TRICKY_DB.replace("/", "")
-    my_table = TRICKY_TABLE
-    bq = lambda name: "`" + name.replace("`", "``") + "`"  # noqa: E731
-    mariadb(
-        env,
-        lab1,
-        f"CREATE DATABASE {bq(my_db)}; CREATE TABLE {bq(my_db)}.{bq(my_table)} (id INT); "
-        f"INSERT INTO {bq(my_db)}.{bq(my_table)} SELECT seq FROM {bq(my_db)}.seq_1_to_17;",
-    )
-    tree = Path(state.root) / "hosts" / "lab1" / "srv" / TRICKY_DIR
-    (tree / "sub folder ø").mkdir(parents=True)
-    (tree / "sub folder ø" / "berkas 'a' \"b\" $x.txt").write_text("isi\n")
-    (tree / "laporan-ß.csv").write_bytes(b"a;b\n1;2\n")
-    (tree / "tautan").symlink_to("laporan-ß.csv")
-    add_items(
-        env,
-        "LAB-001",
-        [
-            {
-                "name": "tricky-pg",
-                "engine": "postgresql",
-                "database": TRICKY_DB,
-                "host": lab1.address,
-                "port": lab1.pg_port,
-                "user": lab_mod.DB_USER,
-                "password_var": lab_mod.PASSWORD_VAR,
-            },
-            {
-                "name": "tricky-mariadb",
-                "engine": "mariadb",
-                "database": my_db,
-                "host": lab1.address,
-                "port": lab1.mariadb_port,
-                "user": lab_mod.DB_USER,
-                "password_var": lab_mod.PASSWORD_VAR,
-            },
-            {"name": "tricky-files", "engine": "files", "path": str(tree)},
-        ],
-    )
+    _, items = make_tricky_data(env["state"], env["state"].host("lab1"))
+    add_items(env, "LAB-001", items)
     doc = report_of(
         pulih(
             env,
@@ -312,12 +259,12 @@ def test_tricky_names_are_backed_up_and_verified_without_injection(env):
             / "manifest.json"
         ).read_text()
     )
-    assert my_manifest["row_counts"] == {my_table: 17}
+    assert my_manifest["row_counts"] == {TRICKY_TABLE: 17}, "the view is no table"
     file_list = (
         repository(env) / "LAB-001" / "tricky-files" / counts["tricky-files"]["backup_id"] / "files.jsonl"
     ).read_text(encoding="utf-8")
     assert "berkas 'a' \\\"b\\\" $x.txt" in file_list
-    assert not Path("/tmp/pulih-pwned").exists(), "a name was run as a command"
+    assert not PWNED.exists(), "a name was run as a command"
 
 
 def test_encrypted_backup_needs_the_key_only_to_verify(env, tmp_path):

@@ -22,7 +22,15 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
-from tests.integration.test_backup import TRICKY_DB, TRICKY_DIR, TRICKY_TABLE
+from tests.integration.tricky import (
+    PWNED,
+    TRICKY_DB,
+    TRICKY_TABLE,
+    TRICKY_VIEW,
+    make_tricky_data,
+    my_quote,
+    pg_quote,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -310,52 +318,11 @@ def test_a_foreign_backup_is_refused_before_anything_is_touched(env):
 
 def test_tricky_names_restore_in_place(env):
     state, lab1 = env["state"], host(env, "lab1")
-    Path("/tmp/pulih-pwned").unlink(missing_ok=True)
-    quoted_db = '"' + TRICKY_DB.replace('"', '""') + '"'
-    quoted_table = '"' + TRICKY_TABLE.replace('"', '""') + '"'
-    state.psql(lab1, f"CREATE DATABASE {quoted_db}")
-    state.psql(
-        lab1,
-        f'CREATE TABLE {quoted_table} (id int, "nama kolom" text); '
-        f"INSERT INTO {quoted_table} SELECT g, 'nilai ' || g FROM generate_series(1, 42) g;",
-        TRICKY_DB,
-    )
-    bq = lambda name: "`" + name.replace("`", "``") + "`"  # noqa: E731
-    db = bq(TRICKY_DB)
-    table = f"{db}.{bq(TRICKY_TABLE)}"
-    state.mariadb(
-        lab1,
-        f"CREATE DATABASE {db}; CREATE TABLE {table} (id INT PRIMARY KEY);"
-        f"INSERT INTO {table} SELECT seq FROM {db}.seq_1_to_17;"
-        f"CREATE VIEW {db}.{bq('lihat ' + TRICKY_TABLE)} AS SELECT id FROM {table};",
-    )
-    tree = Path(state.root) / "hosts" / "lab1" / "srv" / TRICKY_DIR
-    (tree / "sub folder ø").mkdir(parents=True)
-    (tree / "sub folder ø" / "berkas 'a' \"b\" $x.txt").write_text("isi\n")
-    (tree / "tautan").symlink_to("sub folder ø")
-    conn = {"host": lab1.address, "user": lab_mod.DB_USER, "password_var": lab_mod.PASSWORD_VAR}
-    add_items(
-        env,
-        "LAB-001",
-        [
-            {
-                "name": "tricky-pg",
-                "engine": "postgresql",
-                "database": TRICKY_DB,
-                "port": lab1.pg_port,
-                **conn,
-            },
-            {
-                "name": "tricky-my",
-                "engine": "mariadb",
-                "database": TRICKY_DB,
-                "port": lab1.mariadb_port,
-                **conn,
-            },
-            {"name": "tricky-files", "engine": "files", "path": str(tree)},
-        ],
-    )
-    items = ["LAB-001:tricky-pg", "LAB-001:tricky-my", "LAB-001:tricky-files"]
+    tree, register_items = make_tricky_data(state, lab1)
+    add_items(env, "LAB-001", register_items)
+    quoted_table = pg_quote(TRICKY_TABLE)
+    bq = my_quote
+    items = ["LAB-001:tricky-pg", "LAB-001:tricky-mariadb", "LAB-001:tricky-files"]
     made = report_of(
         pulih(
             env, "backup", "--limit", "lab1", *[f"--item={i.split(':')[1]}" for i in items], "--json", check=0
@@ -379,9 +346,9 @@ def test_tricky_names_restore_in_place(env):
         tree_print(tree),
     )
     assert restored == original
-    views = state.mariadb(lab1, f"SELECT COUNT(*) FROM {bq(TRICKY_DB)}.{bq('lihat ' + TRICKY_TABLE)}").split()
+    views = state.mariadb(lab1, f"SELECT COUNT(*) FROM {bq(TRICKY_DB)}.{bq(TRICKY_VIEW)}").split()
     assert views[-1] == "17", "the view was not recreated in the restored schema"
-    assert not Path("/tmp/pulih-pwned").exists(), "a name was run as a command"
+    assert not PWNED.exists(), "a name was run as a command"
     assert leftovers(env, "lab1") == []
 
 

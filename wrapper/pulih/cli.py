@@ -273,6 +273,22 @@ LimitOpt = Annotated[
 ItemOpt = Annotated[list[str] | None, typer.Option("--item", help="Only this data item (repeatable).")]
 
 
+def _finish_run(
+    report: reports.RunReport, status: str, code: Exit, message: str | None, *, as_json: bool
+) -> NoReturn:
+    """End a run: its report written (JSON, HTML, the record), errors shown, the exit code."""
+    if message:
+        report.errors.append(message)
+    report.finish(status, int(code))
+    written = report.write()
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+    for line in report.errors:
+        err.print(f"[red]error:[/] {line}", markup=True, soft_wrap=True)
+    err.print(f"{report.kind} {report.status}: report {written} (and report.html)", soft_wrap=True)
+    raise typer.Exit(int(code))
+
+
 def _job(
     kind: str,
     playbook: str,
@@ -291,16 +307,7 @@ def _job(
     today = _today(None)
 
     def finish(status: str, code: Exit, message: str | None = None) -> NoReturn:
-        if message:
-            report.errors.append(message)
-        report.finish(status, int(code))
-        written = report.write()
-        if as_json:
-            print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
-        for line in report.errors:
-            err.print(f"[red]error:[/] {line}", markup=True, soft_wrap=True)
-        err.print(f"{kind} {report.status}: report {written} (and report.html)", soft_wrap=True)
-        raise typer.Exit(int(code))
+        _finish_run(report, status, code, message, as_json=as_json)
 
     try:
         register = reg.load_inventory(path, today)
@@ -950,16 +957,7 @@ def restore(
     )
 
     def finish(status: str, code: Exit, message: str | None = None) -> NoReturn:
-        if message:
-            report.errors.append(message)
-        report.finish(status, int(code))
-        written = report.write()
-        if as_json:
-            print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
-        for line in report.errors:
-            err.print(f"[red]error:[/] {line}", markup=True, soft_wrap=True)
-        err.print(f"restore {report.status}: report {written} (and report.html)", soft_wrap=True)
-        raise typer.Exit(int(code))
+        _finish_run(report, status, code, message, as_json=as_json)
 
     try:
         record = requests.get(request)

@@ -146,7 +146,10 @@ def report_item(item: RestoreItem) -> dict[str, Any]:
         "ok": item.done,
         "backup_id": result.get("backup_id") or item.backup_id or None,
         "bytes": None,
-        "seconds": None,
+        # The data path: stage (restore and verify) and swap (and verify again).
+        "seconds": round(float(result["stage_seconds"]) + float(result["swap_seconds"]), 3)
+        if item.done
+        else None,
         "error": None if item.done else result.get("error", "not attempted"),
         "pruned": [],
         "verification": ({"ok": True, "checks": result.get("checks", [])} if item.done else None),
@@ -155,6 +158,8 @@ def report_item(item: RestoreItem) -> dict[str, Any]:
             "target": result.get("target"),
             "replaced": result.get("replaced"),
             "pre_restore_backup_id": result.get("pre_restore_backup_id"),
+            "pre_restore_seconds": float(result.get("pre_restore_seconds") or 0) if item.done else None,
+            "timings": result.get("timings"),
             "backup_started_at": result.get("backup_started_at"),
             "phase": result.get("phase"),
             "tries": item.tries,
