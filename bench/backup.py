@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from pulih import lab as lab_mod
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -90,6 +92,36 @@ def size_mib(state: lab_mod.LabState, host: lab_mod.LabHost) -> tuple[float, flo
     return int(pg) / 2**20, int(my) / 2**20
 
 
+def bench_data(state: lab_mod.LabState, inventory: Path, pg_mib: int, mariadb_mib: int) -> lab_mod.LabHost:
+    """Build the bench databases on lab1 and register them; returns lab1."""
+    host = state.host("lab1")
+    print(f"building ~{pg_mib} MiB PostgreSQL and ~{mariadb_mib} MiB MariaDB data ...", flush=True)
+    build_postgresql(state, host, pg_mib)
+    build_mariadb(state, host, mariadb_mib)
+    pg_size, my_size = size_mib(state, host)
+    print(f"PostgreSQL database 'bench': {pg_size:.0f} MiB; MariaDB database 'bench': {my_size:.0f} MiB")
+    register_bench_items(inventory, host)
+    return host
+
+
+def register_bench_items(inventory: Path, host: lab_mod.LabHost) -> None:
+    """Put the bench databases in the lab's register as items bench-pg and bench-mariadb."""
+    register = inventory / lab_mod.REGISTER_FILE
+    doc = yaml.safe_load(register.read_text())
+    conn = {"host": host.address, "user": lab_mod.DB_USER, "password_var": lab_mod.PASSWORD_VAR}
+    doc["assets"][0]["data"] += [
+        {"name": "bench-pg", "engine": "postgresql", "database": "bench", "port": host.pg_port, **conn},
+        {
+            "name": "bench-mariadb",
+            "engine": "mariadb",
+            "database": "bench",
+            "port": host.mariadb_port,
+            **conn,
+        },
+    ]
+    register.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
 def pulih_backup(inventory: Path, state_dir: Path, item: str, verify: bool) -> tuple[float, float]:
     env = {**os.environ, "PULIH_STATE_DIR": str(state_dir)}
     started = time.monotonic()
@@ -129,39 +161,7 @@ def main() -> None:
     lab = lab_mod.Lab(1, inventory_dir=inventory)
     state = lab.up()
     try:
-        host = state.host("lab1")
-        print(
-            f"building ~{args.pg_mib} MiB PostgreSQL and ~{args.mariadb_mib} MiB MariaDB data ...", flush=True
-        )
-        build_postgresql(state, host, args.pg_mib)
-        build_mariadb(state, host, args.mariadb_mib)
-        pg_size, my_size = size_mib(state, host)
-        print(f"PostgreSQL database 'bench': {pg_size:.0f} MiB; MariaDB database 'bench': {my_size:.0f} MiB")
-        register = inventory / lab_mod.REGISTER_FILE
-        import yaml
-
-        doc = yaml.safe_load(register.read_text())
-        doc["assets"][0]["data"] += [
-            {
-                "name": "bench-pg",
-                "engine": "postgresql",
-                "database": "bench",
-                "host": host.address,
-                "port": host.pg_port,
-                "user": lab_mod.DB_USER,
-                "password_var": lab_mod.PASSWORD_VAR,
-            },
-            {
-                "name": "bench-mariadb",
-                "engine": "mariadb",
-                "database": "bench",
-                "host": host.address,
-                "port": host.mariadb_port,
-                "user": lab_mod.DB_USER,
-                "password_var": lab_mod.PASSWORD_VAR,
-            },
-        ]
-        register.write_text(yaml.safe_dump(doc, sort_keys=False))
+        host = bench_data(state, inventory, args.pg_mib, args.mariadb_mib)
         pg_env = {
             "PGHOST": host.address,
             "PGPORT": str(host.pg_port),

@@ -31,10 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backup import build_mariadb, build_postgresql, sh, size_mib
+from backup import bench_data, sh
 from pulih import lab as lab_mod
 
 CONFIG = """\
@@ -105,28 +103,7 @@ def main() -> None:
     lab = lab_mod.Lab(1, inventory_dir=inventory)
     state = lab.up()
     try:
-        host = state.host("lab1")
-        print(
-            f"building ~{args.pg_mib} MiB PostgreSQL and ~{args.mariadb_mib} MiB MariaDB data ...", flush=True
-        )
-        build_postgresql(state, host, args.pg_mib)
-        build_mariadb(state, host, args.mariadb_mib)
-        pg_size, my_size = size_mib(state, host)
-        print(f"PostgreSQL database 'bench': {pg_size:.0f} MiB; MariaDB database 'bench': {my_size:.0f} MiB")
-        register = inventory / lab_mod.REGISTER_FILE
-        doc = yaml.safe_load(register.read_text())
-        conn = {"host": host.address, "user": lab_mod.DB_USER, "password_var": lab_mod.PASSWORD_VAR}
-        doc["assets"][0]["data"] += [
-            {"name": "bench-pg", "engine": "postgresql", "database": "bench", "port": host.pg_port, **conn},
-            {
-                "name": "bench-mariadb",
-                "engine": "mariadb",
-                "database": "bench",
-                "port": host.mariadb_port,
-                **conn,
-            },
-        ]
-        register.write_text(yaml.safe_dump(doc, sort_keys=False))
+        host = bench_data(state, inventory, args.pg_mib, args.mariadb_mib)
         env = {
             **os.environ,
             "PULIH_STATE_DIR": str(work / "state"),

@@ -414,6 +414,11 @@ def test_sigkill_halfway_leaves_the_live_database_and_the_next_attempt_succeeds(
     time.sleep(3)  # the repository host's side may still be feeding the agent
     assert state.psql(lab1, count_sql, "app_lab1").strip() == damaged, "the live database changed"
     assert record(env, rid)["status"] == "planned", "a killed attempt recorded no outcome"
+    killed = [
+        json.loads(p.read_text())
+        for p in (Path(env["environ"]["PULIH_STATE_DIR"]) / "runs").glob("*-restore-*/report.json")
+    ]
+    assert [r["request_id"] for r in killed if r["status"] == "running"] == [rid], "the killed run shows"
 
     doc = restore(env, rid, check=0)
     assert doc["items"][0]["ok"]

@@ -985,6 +985,9 @@ def restore(
         finish("error", Exit.BAD_INPUT, str(exc))
 
     total = attempts or config.restore_attempts
+    # On disk and on the record before anything is touched: a run killed outright (SIGKILL, power
+    # cut) stays visible as 'running' in pulih runs list and the audit log.
+    report.write()
     asset_ids = {a.hostname: a.asset_id for a in register.assets}
     for attempt in range(1, total + 1):
         limit, extravars = restoring.attempt_vars(

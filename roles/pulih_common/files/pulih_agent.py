@@ -633,6 +633,19 @@ def names(request):
     return {"stage": prefix + nonce, "prefix": prefix, "old": "pulih_old_%s" % token}
 
 
+def emit_swapped(engine, request, counts, existed, clock):
+    kept = request.get("keep_old") and existed
+    emit(
+        "result",
+        engine=engine,
+        row_counts=counts,
+        live=request["live"],
+        replaced=existed,
+        kept_old=names(request)["old"] if kept else None,
+        timings=clock.marks,
+    )
+
+
 class Stopwatch:
     """Seconds per phase, for the report: where a restore's time goes."""
 
@@ -789,15 +802,7 @@ def swap_postgresql(request):
         clock.mark("count")
     finally:
         admin.close()
-    emit(
-        "result",
-        engine="postgresql",
-        row_counts=counts,
-        live=live,
-        replaced=existed,
-        kept_old=old if existed and request.get("keep_old") else None,
-        timings=clock.marks,
-    )
+    emit_swapped("postgresql", request, counts, existed, clock)
 
 
 def discard_postgresql(request):
@@ -985,15 +990,7 @@ def swap_mariadb(request):
         clock.mark("count")
     finally:
         admin.close()
-    emit(
-        "result",
-        engine="mariadb",
-        row_counts=counts,
-        live=live,
-        replaced=existed,
-        kept_old=old if existed and request.get("keep_old") else None,
-        timings=clock.marks,
-    )
+    emit_swapped("mariadb", request, counts, existed, clock)
 
 
 def discard_mariadb(request):
