@@ -10,6 +10,7 @@ debian_packages=(
   postgresql                          # pg_dump/pg_restore/initdb for the lab and the roles
   mariadb-server mariadb-client mariadb-backup
   zstd age rsync
+  tar acl                             # GNU tar carries file trees (sparse, ACLs, xattrs); setfacl for the tests
   python3-venv
   python3-psycopg2 python3-pymysql    # what community.postgresql/mysql need on a managed host
 )

@@ -6,7 +6,6 @@ a server down, a run killed halfway, tricky names). Destructive tests come last.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.trees import EXCLUDE, excluded, make_rich_tree, tree_state
 from tests.integration.tricky import (
     PWNED,
     TRICKY_DB,
@@ -61,7 +61,12 @@ def env(tmp_path_factory):
     }
     outputs: list[str] = []
     env = {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
+    # lab1's tree holds every kind of entry (hard links, sparse, fifo, symlinks, ACL, xattrs, a
+    # socket) and files its exclude patterns leave out.
+    make_rich_tree(files_root(env, "lab1"))
+    set_item(env, "LAB-001", "dokumen", exclude=EXCLUDE)
     backed_up = report_of(pulih(env, "backup", "--json", check=0))
+    assert all(i["ok"] and i["verification"]["ok"] for i in backed_up["items"]), backed_up["items"]
     env["backups"] = {f"{i['asset_id']}:{i['item']}": i["backup_id"] for i in backed_up["items"]}
     yield env
     lab.down()
@@ -131,14 +136,7 @@ def my_print(env, name, database, table="kunjungan"):
 
 
 def tree_print(root):
-    digest = hashlib.sha256()
-    for path in sorted(Path(root).rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_symlink():
-            digest.update(b"->" + str(path.readlink()).encode())
-        elif path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return tree_state(Path(root))
 
 
 def files_root(env, name):
@@ -173,6 +171,18 @@ def add_items(env, asset_id, items):
     path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
+def set_item(env, asset_id, name, **fields):
+    path = env["inventory"] / lab_mod.REGISTER_FILE
+    doc = yaml.safe_load(path.read_text())
+    entry = next(a for a in doc["assets"] if a["asset_id"] == asset_id)
+    next(i for i in entry["data"] if i["name"] == name).update(fields)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def excluded_part(state):
+    return {path: entry for path, entry in state.items() if excluded(path, EXCLUDE)}
+
+
 def record(env, rid):
     return json.loads(pulih(env, "request", "show", rid, "--json", check=0).stdout)
 
@@ -194,13 +204,22 @@ def test_in_place_restore_of_every_engine_saves_the_damage_first(env):
     tree = files_root(env, "lab1")
     victim = next(p for p in sorted(tree.rglob("*")) if p.is_file())
     victim.unlink()
-    (tree / "sampah.tmp").write_text("tidak seharusnya ada\n")
+    (tree / "sampah.txt").write_text("tidak seharusnya ada\n")
+    (tree / "tautan" / "nama-kedua.txt").unlink()  # a hard link's second name lost
+    (tree / "jarang.img").write_bytes(b"rusak")  # the sparse file overwritten
+    # Written after the backup in excluded places: not pulih's, so a restore must keep them.
+    (tree / "cache" / "sesi-2").write_text("a session since the backup\n")
+    (tree / "baru.tmp").write_text("excluded too\n")
     damaged = {
         "pg": pg_print(env, "lab1", "app_lab1"),
         "my": my_print(env, "lab1", "app_lab1"),
         "files": tree_print(tree),
     }
     assert all(damaged[k] != original[k] for k in original)
+    damaged_inode = (tree / "cache" / "sesi-2").stat().st_ino
+
+    def tree_state_without(state):
+        return {path: entry for path, entry in state.items() if path not in excluded_part(state)}
 
     items = ["LAB-001:app-pg", "LAB-001:app-mariadb", "LAB-001:dokumen"]
     rid = planned_request(env, items, backups=env["backups"])
@@ -209,7 +228,20 @@ def test_in_place_restore_of_every_engine_saves_the_damage_first(env):
     assert doc["status"] == "succeeded" and doc["request_id"] == rid and doc["gate"]["allowed"]
     assert pg_print(env, "lab1", "app_lab1") == original["pg"]
     assert my_print(env, "lab1", "app_lab1") == original["my"]
-    assert tree_print(tree) == original["files"]
+    after = tree_print(tree)
+    # Every excluded path of the live tree is where it was, the same file; the rest is the backup's.
+    assert excluded_part(after) == excluded_part(damaged["files"])
+    assert tree_state(tree, skip=EXCLUDE) == tree_state_without(original["files"])
+    session = tree / "cache" / "sesi-2"
+    assert session.stat().st_ino == damaged_inode, "the excluded file was copied, not kept"
+    assert after["jarang.img"]["sparse"] and after["jarang.img"]["size"] == 64 << 20
+    assert after["tautan/asli.txt"]["links"] == [
+        "nama-ketiga.txt",
+        "tautan/asli.txt",
+        "tautan/nama-kedua.txt",
+    ]
+    assert after["antrian.fifo"]["mode"].startswith("p") and after["ke-luar"]["target"] == "/etc/hostname"
+    assert after["rahasia.txt"]["xattrs"] == original["files"]["rahasia.txt"]["xattrs"]  # the ACL
     assert leftovers(env, "lab1") == [], "a stage or a replaced copy was left behind"
     assert len(doc["attempts"]) == 1 and doc["attempts"][0]["status"] == "succeeded"
     pre = {}
@@ -221,6 +253,16 @@ def test_in_place_restore_of_every_engine_saves_the_damage_first(env):
         saved = manifest(env, "LAB-001", item["item"], pre_id)
         assert saved["kind"] == "pre_restore" and saved["request_id"] == rid
         pre[item["item"]] = pre_id
+    # The pre-restore backup holds the whole tree it replaced, excluded files too.
+    saved = manifest(env, "LAB-001", "dokumen", pre["dokumen"])
+    assert saved["files"]["exclude"] == [] and saved["files"]["skipped"] == [
+        {"path": "aplikasi.sock", "type": "socket"}
+    ]
+    listed = (repository(env) / "LAB-001" / "dokumen" / pre["dokumen"] / "files.jsonl").read_text()
+    for path in ("cache/sesi-1", "cache/sesi-2", "sementara.tmp", "baru.tmp", "sampah.txt"):
+        assert f'"path": "{path}"' in listed
+    backup = manifest(env, "LAB-001", "dokumen", env["backups"]["LAB-001:dokumen"])
+    assert backup["files"]["exclude"] == EXCLUDE and backup["files"]["hardlinks"] == 2
     env["damaged"], env["original"], env["pre"] = damaged, original, pre
 
     steps = record(env, rid)["steps"]
@@ -272,7 +314,12 @@ def test_alternate_path_for_a_file_tree(env):
     target = Path(env["state"].root) / "hosts" / "lab2" / "srv" / "pemeriksaan dokumen"
     rid = planned_request(env, ["LAB-001:dokumen"], backups=env["backups"], target=f"alternate:lab2:{target}")
     restore(env, rid, check=0)
-    assert tree_print(target) == env["original"]["files"]
+    # Elsewhere, the tree is the backup's: no excluded file, no socket (neither is data).
+    expected = {
+        p: e for p, e in env["original"]["files"].items() if p not in excluded_part(env["original"]["files"])
+    }
+    del expected["aplikasi.sock"]
+    assert tree_print(target) == expected
     assert tree_print(files_root(env, "lab1")) == env["damaged"]["files"]
 
 
@@ -350,6 +397,92 @@ def test_tricky_names_restore_in_place(env):
     assert views[-1] == "17", "the view was not recreated in the restored schema"
     assert not PWNED.exists(), "a name was run as a command"
     assert leftovers(env, "lab1") == []
+
+
+# --------------------------------------------------------------------------- interrupted swaps
+
+AGENT = PROJECT / "roles" / "pulih_common" / "files" / "pulih_agent.py"
+SWAP_SCHEMA = """
+    CREATE DATABASE swap_probe; USE swap_probe;
+    CREATE TABLE akun (id INT PRIMARY KEY, saldo INT NOT NULL) ENGINE=InnoDB;
+    CREATE TABLE jejak (id INT AUTO_INCREMENT PRIMARY KEY, akun INT) ENGINE=InnoDB;
+    INSERT INTO akun SELECT seq, seq * 10 FROM seq_1_to_50;
+    CREATE TRIGGER catat AFTER UPDATE ON akun FOR EACH ROW INSERT INTO jejak (akun) VALUES (NEW.id);
+    CREATE VIEW kaya AS SELECT id FROM akun WHERE saldo > 250;
+    CREATE FUNCTION dua_kali(x INT) RETURNS INT DETERMINISTIC RETURN x * 2;
+    CREATE EVENT bersih ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM jejak;
+"""
+
+
+def schema_print(env, name="swap_probe"):
+    """Tables with their checksums, and every trigger, view, routine and event of a schema."""
+    query = f"""
+        SELECT CONCAT('table ', TABLE_NAME) FROM information_schema.TABLES
+          WHERE TABLE_SCHEMA = '{name}' AND TABLE_TYPE = 'BASE TABLE'
+        UNION ALL SELECT CONCAT('trigger ', TRIGGER_NAME, ' ', ACTION_STATEMENT)
+          FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = '{name}'
+        UNION ALL SELECT CONCAT('view ', TABLE_NAME, ' ', VIEW_DEFINITION) FROM information_schema.VIEWS
+          WHERE TABLE_SCHEMA = '{name}'
+        UNION ALL SELECT CONCAT('routine ', ROUTINE_NAME) FROM information_schema.ROUTINES
+          WHERE ROUTINE_SCHEMA = '{name}'
+        UNION ALL SELECT CONCAT('event ', EVENT_NAME) FROM information_schema.EVENTS
+          WHERE EVENT_SCHEMA = '{name}';
+        CHECKSUM TABLE {name}.akun, {name}.jejak EXTENDED;
+    """
+    return sorted(env["state"].mariadb(host(env, "lab1"), query).splitlines())
+
+
+def run_agent(env, request, data=b""):
+    lab1 = host(env, "lab1")
+    conn = {"socket": env["state"].mariadb_socket(lab1), "user": "root"}
+    line = json.dumps(
+        {"engine": "mariadb", "conn": conn, "live": "swap_probe", "token": "swaptest", **request}
+    )
+    return subprocess.run(
+        ["/usr/bin/python3", str(AGENT)], input=line.encode() + b"\n" + data, capture_output=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("point", ["mariadb_swap_before_rename", "mariadb_swap_after_rename"])
+def test_a_mariadb_swap_killed_mid_way_is_undone(env, point):
+    """The agent dies (SIGKILL) exactly between dropping the live triggers and the rename, or
+    between the rename and recreating the objects; the next request for the target (the
+    rescue's discard, or the next attempt's stage) puts the live schema back as it was."""
+    state, lab1 = env["state"], host(env, "lab1")
+    state.mariadb(lab1, "DROP DATABASE IF EXISTS swap_probe;" + SWAP_SCHEMA)
+    dump = subprocess.run(
+        'set -o pipefail; mariadb-dump --no-defaults -u root --socket="$SOCK" --routines --triggers --events '
+        "swap_probe | zstd -q -c",
+        shell=True,
+        executable="/bin/bash",
+        env={**os.environ, "SOCK": state.mariadb_socket(lab1)},
+        capture_output=True,
+        check=True,
+    ).stdout
+    state.mariadb(lab1, "DELETE FROM swap_probe.akun WHERE id > 20; UPDATE swap_probe.akun SET saldo = 0")
+    live = schema_print(env)
+
+    staged = run_agent(env, {"mode": "stage", "nonce": "a1"}, dump)
+    assert staged.returncode == 0, staged.stderr.decode()
+    killed = run_agent(env, {"mode": "swap", "nonce": "a1", "fault": point})
+    assert killed.returncode == -signal.SIGKILL
+    assert schema_print(env) != live, "the kill must land where the live schema is mid-change"
+    journal = state.mariadb(lab1, "SELECT COUNT(*) FROM pulih_old_swaptest.pulih_swap_journal")
+    assert journal.strip() == "1"
+
+    undone = run_agent(env, {"mode": "discard", "nonce": "a1"})
+    assert undone.returncode == 0, undone.stderr.decode()
+    assert schema_print(env) == live
+    assert leftovers(env, "lab1") == []
+
+    # And the next attempt goes through.
+    assert run_agent(env, {"mode": "stage", "nonce": "a2"}, dump).returncode == 0
+    swapped = run_agent(env, {"mode": "swap", "nonce": "a2"})
+    assert swapped.returncode == 0, swapped.stderr.decode()
+    restored = schema_print(env)
+    assert restored != live and any(line.startswith("trigger catat") for line in restored)
+    assert state.mariadb(lab1, "SELECT COUNT(*) FROM swap_probe.akun").strip() == "50"
+    state.mariadb(lab1, "DROP DATABASE swap_probe")
 
 
 # --------------------------------------------------------------------------- destructive

@@ -44,6 +44,11 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Values that reach a command line (ssh, the database clients): never an option ('-...'),
+# never a control character or a space.
+_SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DB_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@$-]{0,62}$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -421,7 +426,21 @@ class _Checker:
             return None
         value = str(value).strip()
         if pattern is not None and not pattern.match(value):
-            self.add(f"'{value}' is not valid: {pattern_hint}", line=line, entry=entry, field=key)
+            self.add(f"'{_shown(value)}' is not valid: {pattern_hint}", line=line, entry=entry, field=key)
+            return None
+        return value
+
+    def address(
+        self, mapping: Mapping[str, Any], key: str, entry: str | None, *, required: bool, field: str
+    ) -> str | None:
+        value = self.text(mapping, key, entry, required=required)
+        if value is not None and not _address_ok(value):
+            self.add(
+                f"'{_shown(value)}' is neither an IP address nor a host name",
+                line=self._line(mapping, key),
+                entry=entry,
+                field=field,
+            )
             return None
         return value
 
@@ -482,6 +501,11 @@ class _Checker:
         return day
 
 
+def _shown(value: str) -> str:
+    """A value as a message may quote it: control characters escaped, one line always."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+
+
 def _kind(value: object) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
@@ -493,10 +517,12 @@ def _kind(value: object) -> str:
 
 
 def _address_ok(value: str) -> bool:
+    """An IPv4 or IPv6 literal, or an RFC 1123 host name (whose last label is not all digits,
+    so that '10.20.1.999' is neither)."""
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        return bool(_HOSTNAME.match(value))
+        return bool(_HOSTNAME.match(value)) and not value.rsplit(".", 1)[-1].isdigit()
     return True
 
 
@@ -591,9 +617,16 @@ def _parse_item(chk: _Checker, raw: Any, entry: str, index: int) -> DataItem | N
         name=name,
         engine=engine,  # type: ignore[arg-type]  # checked against ENGINES above
         database=database,
-        host=chk.text(raw, "host", entry, required=False),
+        host=chk.address(raw, "host", entry, required=False, field=sub("host")),
         port=port,
-        user=chk.text(raw, "user", entry, required=False),
+        user=chk.text(
+            raw,
+            "user",
+            entry,
+            required=False,
+            pattern=_DB_USER,
+            pattern_hint="a database user has letters, digits and '_.@$-', and does not start with '-'",
+        ),
         socket=socket,
         password_var=password_var,
         description=chk.text(raw, "description", entry, required=False),
@@ -626,7 +659,14 @@ def _parse_asset(chk: _Checker, raw: Any, index: int) -> Asset | None:
             pattern=_HOSTNAME,
             pattern_hint="a host name has letters, digits, '-' and '.'",
         ),
-        "ssh_user": chk.text(raw, "ssh_user", entry, required=True),
+        "ssh_user": chk.text(
+            raw,
+            "ssh_user",
+            entry,
+            required=True,
+            pattern=_SSH_USER,
+            pattern_hint="a user name has letters, digits, '_', '.' and '-', and does not start with '-'",
+        ),
         "skpd": chk.text(raw, "skpd", entry, required=True),
         "skpd_name": chk.text(raw, "skpd_name", entry, required=False),
         "os": chk.text(raw, "os", entry, required=True),
@@ -639,16 +679,7 @@ def _parse_asset(chk: _Checker, raw: Any, index: int) -> Asset | None:
         "registered_on": chk.date(raw, "registered_on", entry),
         "last_reviewed": chk.date(raw, "last_reviewed", entry),
     }
-    address = chk.text(raw, "address", entry, required=True)
-    if address is not None and not _address_ok(address):
-        chk.add(
-            f"'{address}' is neither an IP address nor a host name",
-            line=chk._line(raw, "address"),
-            entry=entry,
-            field="address",
-        )
-        address = None
-    values["address"] = address
+    values["address"] = chk.address(raw, "address", entry, required=True, field="address")
 
     registered_on, last_reviewed = values["registered_on"], values["last_reviewed"]
     if registered_on and last_reviewed and last_reviewed < registered_on:

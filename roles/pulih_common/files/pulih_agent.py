@@ -4,7 +4,7 @@ server, started over SSH by the repository host (pulih.core.agent_stream).
 
 Protocol. The first line of standard input is a JSON request (it carries the
 database password and any age identity, which therefore never appear in a process
-list). Then:
+list; the tools get them as in-memory files, see "secrets"). Then:
   mode "dump":   the artifact is written to standard output (compressed, maybe encrypted);
   mode "verify": the artifact follows on standard input; it is restored into scratch
                  space, measured, and the scratch space removed.
@@ -25,9 +25,11 @@ from __future__ import annotations
 import errno
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -58,6 +60,31 @@ def tool_version(argv):
     return text[0] if text else None
 
 
+# --------------------------------------------------------------------------- secrets
+
+# Secrets (a database password, an age identity) reach the tools as in-memory files
+# (memfd), open in this process only: the children read them as /dev/fd/N, and they vanish
+# with the agent however it ends, SIGKILL included. Never a file on disk, never the
+# environment, never a command line.
+_SECRET_FDS = {}
+
+
+def secret_path(content):
+    """A path to an in-memory file holding `content` (mode 0600, as libpq and the MariaDB
+    client want), readable by the children this process starts."""
+    fd = _SECRET_FDS.get(content)
+    if fd is None:
+        fd = os.memfd_create("pulih-secret")
+        os.fchmod(fd, 0o600)
+        os.write(fd, content.encode("utf-8"))
+        _SECRET_FDS[content] = fd
+    return "/dev/fd/%d" % fd
+
+
+def secret_fds():
+    return tuple(_SECRET_FDS.values())
+
+
 # --------------------------------------------------------------------------- pipelines
 
 
@@ -83,7 +110,7 @@ class Pipeline:
 
     def add(self, argv, stdin=None, stdout=subprocess.PIPE, env=None):
         try:
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, env=env)
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, env=env, pass_fds=secret_fds())
         except OSError as exc:
             raise AgentError("cannot run %s: %s" % (argv[0], exc)) from None
         if (
@@ -130,13 +157,13 @@ def add_output_stages(pipe, request, source_stdout):
     return pipe.add(age, stdin=zstd.stdout, stdout=out.fileno())
 
 
-def add_input_stages(pipe, request, identity_file):
+def add_input_stages(pipe, request):
     """age -d when encrypted, then zstd -d, reading our standard input."""
     stdin = sys.stdin.buffer
     if request.get("encrypted"):
-        if not identity_file:
+        if not request.get("identity"):
             raise AgentError("the backup is encrypted and no age identity was given")
-        age = pipe.add(["age", "-d", "-i", identity_file], stdin=stdin)
+        age = pipe.add(["age", "-d", "-i", secret_path(request["identity"])], stdin=stdin)
         return pipe.add(["zstd", "-q", "-d", "-c"], stdin=age.stdout)
     return pipe.add(["zstd", "-q", "-d", "-c"], stdin=stdin)
 
@@ -162,9 +189,13 @@ def copy_stream(src, dst):
 
 def pg_env(conn, database=None):
     env = dict(os.environ)
-    for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER"), ("password", "PGPASSWORD")):
+    env.pop("PGPASSWORD", None)
+    for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER")):
         if conn.get(key) not in (None, ""):
             env[var] = str(conn[key])
+    if conn.get("password"):  # a passfile in memory, for any host, port, database and user
+        escaped = str(conn["password"]).replace("\\", "\\\\").replace(":", "\\:")
+        env["PGPASSFILE"] = secret_path("*:*:*:*:%s\n" % escaped)
     if conn.get("socket"):
         env["PGHOST"] = conn["socket"]
     # A name in PGDATABASE is only a name: "-d" would read "a=b" as a connection string.
@@ -254,6 +285,7 @@ def dump_pg_globals(request):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=pg_env(conn, "postgres"),
+            pass_fds=secret_fds(),
             text=True,
             check=False,
         )
@@ -273,7 +305,7 @@ def dump_pg_globals(request):
     )
 
 
-def verify_postgresql(request, identity_file):
+def verify_postgresql(request):
     conn, scratch = request["conn"], request["scratch_database"]
     from psycopg2 import sql
 
@@ -284,7 +316,7 @@ def verify_postgresql(request, identity_file):
     acur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
     try:
         with Pipeline() as pipe:
-            plain = add_input_stages(pipe, request, identity_file)
+            plain = add_input_stages(pipe, request)
             pipe.add(
                 ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch],
                 stdin=plain.stdout,
@@ -332,10 +364,13 @@ def my_connect(conn, database=None):
         raise AgentError("cannot connect to MariaDB/MySQL: %s" % exc) from None
 
 
-def my_defaults_file(conn, tmpdir):
-    """Client options in a private file, so the password is in no argv and no environment."""
+def my_defaults_file(conn):
+    """Client options in an in-memory file, so the password is in no argv, no environment
+    and no file on disk."""
 
     def quoted(value):
+        if any(ord(char) < 32 for char in str(value)):  # a line break would start another option
+            raise AgentError("a connection setting holds a control character")
         return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     lines = ["[client]"]
@@ -349,11 +384,7 @@ def my_defaults_file(conn, tmpdir):
         lines.append("host=" + quoted(conn.get("host") or "localhost"))
         lines.append("port=%d" % int(conn.get("port") or 3306))
         lines.append("protocol=TCP")
-    path = os.path.join(tmpdir, "client.cnf")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    return path
+    return secret_path("\n".join(lines) + "\n")
 
 
 def my_counts(cur, database):
@@ -382,7 +413,6 @@ def dump_mariadb(request):
     conn, database = request["conn"], request["conn"]["database"]
     db = my_connect(conn)  # before any temporary file: a server that is down leaves nothing behind
     cur = db.cursor()
-    tmpdir = tempfile.mkdtemp(prefix="pulih-")
     locked = False
     try:
         with Pipeline() as pipe:
@@ -397,7 +427,7 @@ def dump_mariadb(request):
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             argv = [
                 "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump",
-                "--defaults-extra-file=" + my_defaults_file(conn, tmpdir),
+                "--defaults-extra-file=" + my_defaults_file(conn),
                 "--single-transaction",
                 "--quick",
                 "--routines",
@@ -423,17 +453,25 @@ def dump_mariadb(request):
                     cur.execute("UNLOCK TABLES")
                     locked = False
             sink.flush()
-            counter = {}
-            thread = threading.Thread(target=lambda: counter.update(my_counts(cur, database)))
+            counter, count_failure = {}, []
+
+            def count():
+                try:
+                    counter.update(my_counts(cur, database))
+                except Exception as exc:  # raised below, in this thread
+                    count_failure.append(exc)
+
+            thread = threading.Thread(target=count)
             thread.start()
             copy_stream(dump.stdout, sink)
             sink.close()
             thread.join()
+            if count_failure:  # a backup without its row counts cannot be verified: fail it
+                raise AgentError("cannot count the rows of %s: %s" % (database, count_failure[0]))
     finally:
         if locked:
             cur.execute("UNLOCK TABLES")
         db.close()
-        shutil.rmtree(tmpdir, ignore_errors=True)
     emit(
         "result",
         engine="mariadb",
@@ -452,21 +490,20 @@ def dump_mariadb(request):
     )
 
 
-def verify_mariadb(request, identity_file):
+def verify_mariadb(request):
     conn, scratch = request["conn"], request["scratch_database"]
     admin = my_connect(conn)
     acur = admin.cursor()
     acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(scratch))
     acur.execute("CREATE DATABASE %s CHARACTER SET utf8mb4" % my_ident(scratch))
-    tmpdir = tempfile.mkdtemp(prefix="pulih-")
     try:
         with Pipeline() as pipe:
-            plain = add_input_stages(pipe, request, identity_file)
+            plain = add_input_stages(pipe, request)
             client = "mariadb" if shutil.which("mariadb") else "mysql"
             pipe.add(
                 [
                     client,
-                    "--defaults-extra-file=" + my_defaults_file(conn, tmpdir),
+                    "--defaults-extra-file=" + my_defaults_file(conn),
                     "--binary-mode",
                     "--database=" + scratch,
                 ],
@@ -477,21 +514,26 @@ def verify_mariadb(request, identity_file):
     finally:
         acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(scratch))
         admin.close()
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- file trees
 
 
-class HashingReader:
-    def __init__(self, handle):
-        self.handle = handle
-        self.digest = hashlib.sha256()
-
-    def read(self, size=-1):
-        data = self.handle.read(size)
-        self.digest.update(data)
-        return data
+# A tree travels as a POSIX (pax) archive written by GNU tar, which carries what Python's
+# tarfile cannot: sparse files (as sparse), POSIX ACLs and extended attributes. pulih walks
+# the tree itself (the exclude patterns keep their meaning, sockets and device nodes are
+# listed as skipped) and hands tar the names; it reads tar's output once, passing it on to
+# zstd and describing every member (the file list) from the archive itself, so that the
+# backup and every listing of a restored tree describe files the same way.
+TAR_ATTRS = ["--format=posix", "--xattrs", "--xattrs-include=*", "--acls"]
+FILE_TYPES = {
+    tarfile.REGTYPE: "file",
+    tarfile.AREGTYPE: "file",
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.FIFOTYPE: "fifo",
+}
 
 
 def excluded(relative, patterns):
@@ -500,110 +542,227 @@ def excluded(relative, patterns):
     )
 
 
+def not_data(path):
+    """Sockets and device nodes: a backup skips them, a restore leaves the live ones in place."""
+    mode = os.lstat(path).st_mode
+    return stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def _walk_error(exc):
+    raise AgentError("cannot read %s: %s" % (exc.filename, exc.strerror))
+
+
+def walk_tree(root, patterns, skipped=None):
+    """The tree's relative names in a stable order (each folder's subfolders, then its other
+    entries, by name), without excluded paths. Sockets and device nodes are not data: they
+    are left out and, when `skipped` is a list, listed there."""
+    for current, dirs, names in os.walk(root, onerror=_walk_error):
+        kept = []
+        for name in sorted(dirs) + sorted(names):
+            full = os.path.join(current, name)
+            relative = os.path.relpath(full, root)
+            if excluded(relative, patterns):
+                continue
+            if not_data(full):
+                if skipped is not None:
+                    kind = "socket" if stat.S_ISSOCK(os.lstat(full).st_mode) else "device"
+                    skipped.append({"path": relative, "type": kind})
+                continue
+            if name in dirs:
+                kept.append(name)
+            yield relative
+        dirs[:] = sorted(kept)
+
+
+def _member_path(name):
+    return name[2:] if name.startswith("./") else name
+
+
+def describe_member(member, tar):
+    """One entry of the file list, from an archive member (its data read from `tar`)."""
+    kind = FILE_TYPES.get(member.type)
+    if kind is None:
+        raise AgentError("archive member %r is a %r, which pulih never stores" % (member.name, member.type))
+    headers = member.pax_headers
+    entry = {"path": _member_path(member.name), "type": kind, "mode": "%04o" % member.mode}
+    entry["owner"] = member.uname or str(member.uid)
+    entry["group"] = member.gname or str(member.gid)
+    if kind != "dir":  # a folder's time changes whenever an entry in it does
+        entry["mtime"] = headers.get("mtime") or str(int(member.mtime))
+    if kind == "file":
+        digest = hashlib.sha256()
+        handle = tar.extractfile(member)
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+        entry.update(size=member.size, sha256=digest.hexdigest(), sparse=member.sparse is not None)
+    elif kind in ("symlink", "hardlink"):
+        entry["target"] = _member_path(member.linkname) if kind == "hardlink" else member.linkname
+    xattrs = {
+        key[len("SCHILY.xattr.") :]: hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+        for key, value in headers.items()
+        if key.startswith("SCHILY.xattr.")
+    }
+    if xattrs:
+        entry["xattrs"] = xattrs
+    for key in ("access", "default"):
+        if headers.get("SCHILY.acl." + key):
+            entry["acl_" + key] = headers["SCHILY.acl." + key]
+    return entry
+
+
+class TeeReader:
+    """Reads a stream and passes every byte read on to `sink` (None: nowhere)."""
+
+    def __init__(self, source, sink):
+        self.source, self.sink = source, sink
+
+    def read(self, size=-1):
+        data = self.source.read(size)
+        if data and self.sink is not None:
+            self.sink.write(data)
+        return data
+
+    def drain(self):
+        while self.read(CHUNK):
+            pass
+
+
+def read_archive(stream, sink=None, check=None, describe=True, emit_each=False):
+    """Read the tar archive on `stream` to its end, passing it on to `sink` unchanged, and
+    describe its members (emitting a "file" event each with `emit_each`). `check(member)`
+    may refuse a member."""
+    tee = TeeReader(io.BufferedReader(stream, CHUNK), sink)
+    entries, summary = [], {"files": 0, "hardlinks": 0, "bytes": 0}
+    with tarfile.open(fileobj=tee, mode="r|") as tar:
+        for member in tar:
+            if check is not None:
+                check(member)
+            if not describe:
+                continue
+            entry = describe_member(member, tar)
+            summary["files"] += entry["type"] == "file"
+            summary["hardlinks"] += entry["type"] == "hardlink"
+            summary["bytes"] += entry.get("size", 0)
+            if emit_each:
+                emit("file", **entry)
+            else:
+                entries.append(entry)
+    tee.drain()
+    return entries, summary
+
+
+def _feed_names(tar_stdin, root, patterns, skipped, failure):
+    try:
+        with tar_stdin:
+            for relative in walk_tree(root, patterns, skipped):
+                tar_stdin.write(b"./" + os.fsencode(relative) + b"\0")
+    except (AgentError, OSError) as exc:
+        failure.append(exc)
+
+
+def archive_tree(pipe, root, patterns, sink=None, emit_each=False):
+    """Run GNU tar on the tree's (not excluded) names and describe what it archives; the
+    archive goes to `sink`. Returns (entries, summary, skipped); entries are emitted instead
+    with `emit_each`."""
+    argv = ["tar", "-C", root, "--create", "--file=-", *TAR_ATTRS, "--sparse", "--no-recursion"]
+    tar = pipe.add([*argv, "--null", "--files-from=-"], stdin=subprocess.PIPE)
+    skipped, failure = [], []
+    feeder = threading.Thread(target=_feed_names, args=(tar.stdin, root, patterns, skipped, failure))
+    feeder.start()
+    try:
+        entries, summary = read_archive(tar.stdout, sink, emit_each=emit_each)
+    finally:
+        feeder.join()
+    if failure:
+        raise AgentError(str(failure[0]))
+    return entries, summary, skipped
+
+
+def list_tree(root, patterns=()):
+    """The file list of a tree on disk, made exactly as a backup makes it."""
+    with Pipeline() as pipe:
+        entries, _, _ = archive_tree(pipe, root, list(patterns))
+    if os.geteuid() != 0:  # only root can give restored files their owners: nothing to compare
+        for entry in entries:
+            entry.pop("owner", None)
+            entry.pop("group", None)
+    return entries
+
+
+def emit_tree(entries, **result):
+    """A listed tree's entries as "file" events, then the result with its counts."""
+    for entry in entries:
+        emit("file", **entry)
+    files = sum(1 for e in entries if e["type"] == "file")
+    hardlinks = sum(1 for e in entries if e["type"] == "hardlink")
+    emit("result", engine="files", files=files, hardlinks=hardlinks, **result)
+
+
 def dump_files(request):
     root = request["path"].rstrip("/") or "/"
     patterns = request.get("exclude") or []
     if not os.path.isdir(root):
         raise AgentError("%s is not a directory" % root)
-    files = size = 0
     with Pipeline() as pipe:
         add_output_stages(pipe, request, subprocess.PIPE)
         sink = pipe.procs[0][1].stdin  # zstd's
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for current, dirs, names in os.walk(root):
-                dirs.sort()
-                for name in sorted(dirs) + sorted(names):
-                    full = os.path.join(current, name)
-                    relative = os.path.relpath(full, root)
-                    if excluded(relative, patterns):
-                        if name in dirs:
-                            dirs.remove(name)
-                        continue
-                    info = tar.gettarinfo(full, arcname=relative)
-                    if info is None:  # sockets and the like
-                        continue
-                    if info.isreg():
-                        with open(full, "rb") as handle:
-                            reader = HashingReader(handle)
-                            tar.addfile(info, reader)
-                        emit(
-                            "file",
-                            path=relative,
-                            type="file",
-                            size=info.size,
-                            sha256=reader.digest.hexdigest(),
-                        )
-                        files += 1
-                        size += info.size
-                    else:
-                        tar.addfile(info)
-                        kind = "dir" if info.isdir() else "symlink" if info.issym() else "other"
-                        emit("file", path=relative, type=kind, target=info.linkname if info.issym() else None)
+        _, summary, skipped = archive_tree(pipe, root, patterns, sink, emit_each=True)
         sink.close()
     emit(
         "result",
         engine="files",
-        files=files,
-        bytes=size,
-        tools={"tar": "python tarfile (POSIX pax)", "zstd": tool_version(["zstd", "--version"])},
+        exclude=patterns,
+        **summary,
+        skipped=skipped,
+        tools={"tar": tool_version(["tar", "--version"]), "zstd": tool_version(["zstd", "--version"])},
     )
 
 
-def safe_members(tar, target):
-    """Refuse members that would land outside the scratch folder."""
-    base = os.path.realpath(target)
-    for member in tar:
-        path = os.path.realpath(os.path.join(base, member.name))
-        if not (path == base or path.startswith(base + os.sep)) or member.isdev():
+class MemberCheck:
+    """Refuses archive members that could reach outside the restore folder or are not data:
+    absolute names, '..', a path through a symlink of the archive, devices. GNU tar refuses
+    the first three itself; this makes a forged archive fail the item before any swap."""
+
+    def __init__(self):
+        self.symlinks = set()
+
+    def __call__(self, member):
+        path = _member_path(member.name)
+        parts = path.split("/")
+        if path.startswith("/") or ".." in parts:
             raise AgentError("archive member %r would land outside the restore folder" % member.name)
+        if member.type not in FILE_TYPES:
+            raise AgentError("archive member %r is a device or another kind pulih never stores" % member.name)
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in self.symlinks:
+                raise AgentError("archive member %r lies behind a symlink of the archive" % member.name)
         if member.islnk():
-            link = os.path.realpath(os.path.join(base, member.linkname))
-            if not link.startswith(base + os.sep):
+            target = _member_path(member.linkname)
+            if target.startswith("/") or ".." in target.split("/"):
                 raise AgentError("hard link %r points outside the restore folder" % member.name)
-        yield member
+        if member.issym():
+            self.symlinks.add(path)
 
 
-def list_tree(root):
-    entries = []
-    for current, dirs, names in os.walk(root):
-        dirs.sort()
-        for name in sorted(dirs) + sorted(names):
-            full = os.path.join(current, name)
-            relative = os.path.relpath(full, root)
-            mode = os.lstat(full).st_mode
-            if stat.S_ISREG(mode):
-                digest = hashlib.sha256()
-                with open(full, "rb") as handle:
-                    for block in iter(lambda: handle.read(CHUNK), b""):
-                        digest.update(block)
-                entries.append(
-                    {
-                        "path": relative,
-                        "type": "file",
-                        "size": os.path.getsize(full),
-                        "sha256": digest.hexdigest(),
-                    }
-                )
-            elif stat.S_ISDIR(mode):
-                entries.append({"path": relative, "type": "dir"})
-            elif stat.S_ISLNK(mode):
-                entries.append({"path": relative, "type": "symlink", "target": os.readlink(full)})
-    return entries
+def extract_tree(request, dest):
+    """Restore the archive on standard input into the empty folder `dest` with GNU tar
+    (owners when root, modes, times, ACLs, xattrs, holes of sparse files), then list it."""
+    argv = ["tar", "-C", dest, "--extract", "--file=-", *TAR_ATTRS, "--preserve-permissions"]
+    argv.append("--same-owner" if os.geteuid() == 0 else "--no-same-owner")
+    with Pipeline() as pipe:
+        plain = add_input_stages(pipe, request)
+        tar = pipe.add(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        with tar.stdin:
+            read_archive(plain.stdout, tar.stdin, MemberCheck(), describe=False)
+    return list_tree(dest)
 
 
-def verify_files(request, identity_file):
+def verify_files(request):
     parent = request.get("scratch_parent") or tempfile.gettempdir()
     scratch = tempfile.mkdtemp(prefix="pulih-verify-", dir=parent)
     try:
-        with Pipeline() as pipe:
-            plain = add_input_stages(pipe, request, identity_file)
-            with tarfile.open(fileobj=plain.stdout, mode="r|") as tar:
-                for member in safe_members(tar, scratch):
-                    tar.extract(member, scratch, set_attrs=True)
-        entries = list_tree(scratch)
-        for entry in entries:
-            emit("file", **entry)
-        emit("result", engine="files", files=sum(1 for e in entries if e["type"] == "file"), scratch=scratch)
+        entries = extract_tree(request, scratch)
+        emit_tree(entries, scratch=scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -682,7 +841,7 @@ def pg_drop(cur, name):
     cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def stage_postgresql(request, identity_file):
+def stage_postgresql(request):
     from psycopg2 import sql
 
     conn, live, stage = request["conn"], request["live"], names(request)["stage"]
@@ -712,7 +871,7 @@ def stage_postgresql(request, identity_file):
     scratch_file = None
     try:
         with Pipeline() as pipe:
-            plain = add_input_stages(pipe, request, identity_file)
+            plain = add_input_stages(pipe, request)
             if jobs > 1:
                 # pg_restore -j needs a file it can seek in: the plain dump goes to scratch first.
                 fd, scratch_file = tempfile.mkstemp(
@@ -824,10 +983,11 @@ def my_schema_charset(cur, name):
     return cur.fetchone()
 
 
-def stage_mariadb(request, identity_file):
+def stage_mariadb(request):
     conn, live, stage = request["conn"], request["live"], names(request)["stage"]
     admin = my_connect(conn)
     acur = admin.cursor()
+    my_recover_swap(acur, request)  # before the leftovers go: it may need the stage it names
     like = my_schema_charset(acur, live)
     refuse_existing(request, like)
     prefix = names(request)["prefix"]
@@ -843,14 +1003,13 @@ def stage_mariadb(request, identity_file):
         % (my_ident(stage), charset, " COLLATE %s" % collation if collation else "")
     )
     clock = Stopwatch()
-    tmpdir = tempfile.mkdtemp(prefix="pulih-")
     try:
         with Pipeline() as pipe:
-            plain = add_input_stages(pipe, request, identity_file)
+            plain = add_input_stages(pipe, request)
             pipe.add(
                 [
                     "mariadb" if shutil.which("mariadb") else "mysql",
-                    "--defaults-extra-file=" + my_defaults_file(conn, tmpdir),
+                    "--defaults-extra-file=" + my_defaults_file(conn),
                     "--binary-mode",
                     "--database=" + stage,
                 ],
@@ -865,7 +1024,6 @@ def stage_mariadb(request, identity_file):
         raise
     finally:
         admin.close()
-        shutil.rmtree(tmpdir, ignore_errors=True)
     emit(
         "result",
         engine="mariadb",
@@ -942,48 +1100,127 @@ def my_base_tables(cur, schema):
     return [row[0] for row in cur.fetchall()]
 
 
+MY_JOURNAL = "pulih_swap_journal"
+
+
+def fault_point(request, name):
+    """Tests only: the agent dies here (SIGKILL) when the request names this point, to prove
+    that an interruption at exactly this place leaves the target as it was."""
+    if request.get("fault") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def my_rename_tables(cur, *moves):
+    """Move tables between schemas in one RENAME TABLE statement: each move is
+    (from_schema, to_schema, tables)."""
+    pairs = [
+        "%s.%s TO %s.%s" % (my_ident(source), my_ident(t), my_ident(dest), my_ident(t))
+        for source, dest, tables in moves
+        for t in tables
+    ]
+    if pairs:
+        cur.execute("RENAME TABLE " + ", ".join(pairs))
+
+
+def my_create_schema(cur, name, charset):
+    cur.execute("CREATE DATABASE %s CHARACTER SET %s COLLATE %s" % (my_ident(name), charset[0], charset[1]))
+
+
+def my_recover_swap(cur, request):
+    """Undo a swap that was interrupted (killed, or failed) before it finished, from the
+    journal it left in the replaced copy's schema: the live schema gets its own tables back,
+    with its triggers, views, routines and events. Returns True when there was one."""
+    old = names(request)["old"]
+    cur.execute(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+        (old, MY_JOURNAL),
+    )
+    if not cur.fetchone()[0]:
+        return False
+    cur.execute("SELECT doc FROM %s.%s" % (my_ident(old), MY_JOURNAL))
+    row = cur.fetchone()
+    if row is None:  # killed between creating the journal and writing it: nothing changed yet
+        cur.execute("DROP DATABASE %s" % my_ident(old))
+        return True
+    doc = json.loads(row[0])
+    live, stage = doc["live"], doc["stage"]
+    in_old = set(my_base_tables(cur, old))
+    in_live = set(my_base_tables(cur, live)) if my_schema_charset(cur, live) else set()
+    # RENAME TABLE is atomic: either every table moved or none did.
+    renamed = (doc["live_tables"] and set(doc["live_tables"]) <= in_old) or (
+        not doc["live_tables"] and doc["stage_tables"] and set(doc["stage_tables"]) <= in_live
+    )
+    if renamed:
+        my_drop_definitions(cur, live, my_definitions(cur, live))
+        if not my_schema_charset(cur, stage):
+            cur.execute("CREATE DATABASE %s" % my_ident(stage))
+        my_rename_tables(
+            cur,
+            (live, stage, [t for t in doc["stage_tables"] if t in in_live]),
+            (old, live, doc["live_tables"]),
+        )
+    if doc["existed"]:
+        present = {(d[0], d[1]) for d in my_definitions(cur, live)}
+        missing = [tuple(d) for d in doc["live_definitions"] if (d[0], d[1]) not in present]
+        my_create_definitions(cur, live, missing)
+    elif my_schema_charset(cur, live) and not my_base_tables(cur, live):
+        cur.execute("DROP DATABASE %s" % my_ident(live))  # the swap made it
+    cur.execute("DROP DATABASE %s" % my_ident(old))
+    return True
+
+
 def swap_mariadb(request):
     """The tables change places in one RENAME TABLE statement (atomic in MariaDB and MySQL).
-    Triggers, views, routines and events cannot move between schemas: the live ones are
-    dropped (the pre-restore backup holds them) and the backup's are recreated."""
+    Triggers cannot move between schemas and views, routines and events stay in theirs: the
+    live triggers are dropped just before the rename, the other live objects just after, and
+    the backup's are recreated. A journal in the replaced copy's schema, written before the
+    first change, lets an interrupted swap be undone (my_recover_swap): by this agent on an
+    error, and by the next request for this target after a kill."""
     conn, live = request["conn"], request["live"]
     stage, old = names(request)["stage"], names(request)["old"]
     clock = Stopwatch()
     admin = my_connect(conn)
     cur = admin.cursor()
     try:
+        my_recover_swap(cur, request)
         charset = my_schema_charset(cur, stage)
         if not charset:
             raise AgentError("the restored copy %s is gone: run the restore again" % stage)
         existed = bool(my_schema_charset(cur, live))
         restored = my_definitions(cur, stage)
-        my_drop_definitions(cur, stage, [d for d in restored if d[0] == "TRIGGER"])
-        moves = []
-        if existed:
-            current = my_definitions(cur, live)
-            my_drop_definitions(cur, live, current)
-            cur.execute("DROP DATABASE IF EXISTS %s" % my_ident(old))
-            cur.execute(
-                "CREATE DATABASE %s CHARACTER SET %s COLLATE %s" % (my_ident(old), charset[0], charset[1])
-            )
-            moves += [
-                "%s.%s TO %s.%s" % (my_ident(live), my_ident(t), my_ident(old), my_ident(t))
-                for t in my_base_tables(cur, live)
-            ]
-        else:
-            cur.execute(
-                "CREATE DATABASE %s CHARACTER SET %s COLLATE %s" % (my_ident(live), charset[0], charset[1])
-            )
-        moves += [
-            "%s.%s TO %s.%s" % (my_ident(stage), my_ident(t), my_ident(live), my_ident(t))
-            for t in my_base_tables(cur, stage)
-        ]
-        if moves:
-            cur.execute("RENAME TABLE " + ", ".join(moves))
-        my_create_definitions(cur, live, restored)
+        current = my_definitions(cur, live) if existed else []
+        live_tables = my_base_tables(cur, live) if existed else []
+        stage_tables = my_base_tables(cur, stage)
+        cur.execute("DROP DATABASE IF EXISTS %s" % my_ident(old))
+        my_create_schema(cur, old, charset)
+        cur.execute("CREATE TABLE %s.%s (doc LONGTEXT NOT NULL)" % (my_ident(old), MY_JOURNAL))
+        journal = {
+            "live": live,
+            "stage": stage,
+            "existed": existed,
+            "live_tables": live_tables,
+            "stage_tables": stage_tables,
+            "live_definitions": current,
+        }
+        cur.execute("INSERT INTO %s.%s VALUES (%%s)" % (my_ident(old), MY_JOURNAL), (json.dumps(journal),))
+        try:
+            my_drop_definitions(cur, stage, [d for d in restored if d[0] == "TRIGGER"])
+            if existed:
+                my_drop_definitions(cur, live, [d for d in current if d[0] == "TRIGGER"])
+            else:
+                my_create_schema(cur, live, charset)
+            fault_point(request, "mariadb_swap_before_rename")
+            my_rename_tables(cur, (live, old, live_tables), (stage, live, stage_tables))
+            fault_point(request, "mariadb_swap_after_rename")
+            my_drop_definitions(cur, live, [d for d in current if d[0] != "TRIGGER"])
+            my_create_definitions(cur, live, restored)
+        except BaseException:
+            my_recover_swap(cur, request)
+            raise
+        cur.execute("DROP TABLE %s.%s" % (my_ident(old), MY_JOURNAL))  # done: nothing to undo
         clock.mark("swap")
         cur.execute("DROP DATABASE %s" % my_ident(stage))
-        if existed and not request.get("keep_old"):
+        if not (existed and request.get("keep_old")):
             cur.execute("DROP DATABASE IF EXISTS %s" % my_ident(old))
         clock.mark("drop_replaced")
         counts = my_counts(cur, live)
@@ -996,7 +1233,9 @@ def swap_mariadb(request):
 def discard_mariadb(request):
     admin = my_connect(request["conn"])
     try:
-        admin.cursor().execute("DROP DATABASE IF EXISTS %s" % my_ident(names(request)["stage"]))
+        cur = admin.cursor()
+        my_recover_swap(cur, request)  # first: a swap interrupted mid-way is undone from its stage
+        cur.execute("DROP DATABASE IF EXISTS %s" % my_ident(names(request)["stage"]))
     finally:
         admin.close()
     emit("result", engine="mariadb", discarded=names(request)["stage"])
@@ -1010,7 +1249,7 @@ def beside(live, name):
     return os.path.join(os.path.dirname(live), name)
 
 
-def stage_files(request, identity_file):
+def stage_files(request):
     live = os.path.normpath(request["live"])
     stage = beside(live, names(request)["stage"])
     refuse_existing(request, os.path.lexists(live))
@@ -1021,11 +1260,7 @@ def stage_files(request, identity_file):
             shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
     os.mkdir(stage, 0o700)
     try:
-        with Pipeline() as pipe:
-            plain = add_input_stages(pipe, request, identity_file)
-            with tarfile.open(fileobj=plain.stdout, mode="r|") as tar:
-                for member in safe_members(tar, stage):
-                    tar.extract(member, stage, set_attrs=True)
+        entries = extract_tree(request, stage)
         if os.path.isdir(live):  # the folder itself keeps the live one's owner and mode
             info = os.stat(live)
             os.chmod(stage, stat.S_IMODE(info.st_mode))
@@ -1033,19 +1268,100 @@ def stage_files(request, identity_file):
                 os.chown(stage, info.st_uid, info.st_gid)
         else:
             os.chmod(stage, 0o755)
-        entries = list_tree(stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    for entry in entries:
-        emit("file", **entry)
-    emit(
-        "result",
-        engine="files",
-        files=sum(1 for e in entries if e["type"] == "file"),
-        stage=stage,
-        live_existed=os.path.lexists(live),
-    )
+    emit_tree(entries, stage=stage, live_existed=os.path.lexists(live))
+
+
+def _link_into(source, dest):
+    """Give `dest` the same inode as `source` (a hard link); a copy where a link cannot be
+    made (another filesystem)."""
+    try:
+        os.link(source, dest, follow_symlinks=False)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+    mode = os.lstat(source).st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(source), dest)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(dest, stat.S_IMODE(mode))
+    elif stat.S_ISREG(mode):
+        shutil.copy2(source, dest)
+    else:
+        return  # a socket or device: not data (a backup skips it too)
+    shutil.copystat(source, dest, follow_symlinks=False)
+
+
+def _link_tree_into(source, dest):
+    """A folder made like `source` at `dest`, everything in it linked (or copied) in."""
+    _make_dir_like(source, dest)
+    for current, dirs, files in os.walk(source, onerror=_walk_error):
+        dirs.sort()
+        there = os.path.join(dest, os.path.relpath(current, source))
+        for name in dirs:
+            _make_dir_like(os.path.join(current, name), os.path.join(there, name))
+        for name in sorted(files):
+            _link_into(os.path.join(current, name), os.path.join(there, name))
+    shutil.copystat(source, dest)
+
+
+def _make_dir_like(source, dest):
+    info = os.lstat(source)
+    os.mkdir(dest, stat.S_IMODE(info.st_mode))
+    os.chmod(dest, stat.S_IMODE(info.st_mode))  # beyond the umask
+    if os.geteuid() == 0:
+        os.lchown(dest, info.st_uid, info.st_gid)
+
+
+def carry_excluded(source_root, dest_root, patterns, replace):
+    """Hard-link every path of `source_root` that a backup leaves out (the exclude patterns
+    match it, or it is a socket or device node), so that is not pulih's to replace, into
+    `dest_root` at the same place. The source is only read: an interrupted carry leaves
+    extra links in a stage and nothing lost. With `replace`, a carried path takes the place
+    of whatever the stage holds there. Folder times touched on the way are put back.
+    Returns the number of paths carried."""
+    carried, touched = 0, {}
+
+    def parent_in_dest(relative):
+        parts = relative.split(os.sep)[:-1]
+        for depth in range(len(parts) + 1):
+            rel = os.sep.join(parts[:depth])
+            target = os.path.join(dest_root, rel) if rel else dest_root
+            if not os.path.lexists(target):
+                _make_dir_like(os.path.join(source_root, rel), target)
+            elif target not in touched:
+                touched[target] = os.lstat(target)
+        return os.path.join(dest_root, *parts) if parts else dest_root
+
+    for current, dirs, files in os.walk(source_root, onerror=_walk_error):
+        descend = []
+        for name in sorted(dirs) + sorted(files):
+            full = os.path.join(current, name)
+            relative = os.path.relpath(full, source_root)
+            if not (excluded(relative, patterns) or not_data(full)):
+                if name in dirs:
+                    descend.append(name)
+                continue
+            dest = os.path.join(parent_in_dest(relative), name)
+            if os.path.lexists(dest):
+                if not replace:
+                    continue
+                if os.path.isdir(dest) and not os.path.islink(dest):
+                    shutil.rmtree(dest)
+                else:
+                    os.unlink(dest)
+            if name in dirs and not os.path.islink(full):
+                _link_tree_into(full, dest)
+            else:
+                _link_into(full, dest)
+            carried += 1
+        dirs[:] = sorted(descend)
+    for folder, info in touched.items():
+        os.utime(folder, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+    return carried
 
 
 def exchange(a, b):
@@ -1068,10 +1384,16 @@ def exchange(a, b):
 def swap_files(request):
     live = os.path.normpath(request["live"])
     stage, old = beside(live, names(request)["stage"]), beside(live, names(request)["old"])
+    patterns = request.get("exclude") or []
     if not os.path.isdir(stage):
         raise AgentError("the restored copy %s is gone: run the restore again" % stage)
     shutil.rmtree(old, ignore_errors=True)
     existed = os.path.lexists(live)
+    carried = 0
+    if existed and os.path.isdir(live):
+        # Excluded paths, sockets and devices are not in the backup: the live ones stay, as
+        # the same files.
+        carried = carry_excluded(live, stage, patterns, replace=True)
     if not existed:
         os.rename(stage, live)
     elif exchange(stage, live):
@@ -1079,17 +1401,16 @@ def swap_files(request):
     else:  # a filesystem without RENAME_EXCHANGE: two renames, the live name missing in between
         os.rename(live, old)
         os.rename(stage, live)
+    if existed and os.path.isdir(old):
+        # What appeared in excluded places between the carry and the swap.
+        carried += carry_excluded(old, live, patterns, replace=False)
     if existed and not request.get("keep_old"):
         shutil.rmtree(old)
-    entries = list_tree(live)
-    for entry in entries:
-        emit("file", **entry)
-    emit(
-        "result",
-        engine="files",
-        files=sum(1 for e in entries if e["type"] == "file"),
+    emit_tree(
+        list_tree(live, patterns),
         live=live,
         replaced=existed,
+        carried_excluded=carried,
         kept_old=old if existed and request.get("keep_old") else None,
     )
 
@@ -1131,13 +1452,13 @@ def probe(request):
     else:
         admin = my_connect(request["conn"])
         try:
+            my_recover_swap(admin.cursor(), request)
             exists = bool(my_schema_charset(admin.cursor(), live))
         finally:
             admin.close()
     emit("result", engine=engine, live=live, exists=exists)
 
 
-# Requests that read the artifact from standard input take the age identity too.
 STAGES = {
     "postgresql": stage_postgresql,
     "mariadb": stage_mariadb,
@@ -1160,7 +1481,6 @@ MODES = {
     "discard": DISCARDS,
     "probe": PROBES,
 }
-WITH_INPUT = ("verify", "stage")
 
 
 def read_request():
@@ -1177,21 +1497,13 @@ def read_request():
 
 def main():
     started = time.time()
-    identity_file = None
     try:
         request = read_request()
         mode, engine = request.get("mode"), request.get("engine")
         table = MODES.get(mode)
         if table is None or engine not in table:
             raise AgentError("unknown request: mode %r, engine %r" % (mode, engine))
-        if request.get("identity"):
-            fd, identity_file = tempfile.mkstemp(prefix="pulih-id-")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(request["identity"])
-        if mode in WITH_INPUT:
-            table[engine](request, identity_file)
-        else:
-            table[engine](request)
+        table[engine](request)
     except AgentError as exc:
         sys.stderr.write("pulih agent: %s\n" % exc)
         return 3
@@ -1199,8 +1511,6 @@ def main():
         sys.stderr.write("pulih agent: %s: %s\n" % (type(exc).__name__, exc))
         return 4
     finally:
-        if identity_file:
-            os.unlink(identity_file)
         emit("timing", seconds=round(time.time() - started, 3))
     return 0
 

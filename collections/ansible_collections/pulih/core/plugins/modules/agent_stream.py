@@ -70,6 +70,13 @@ options:
   expect_files:
     description: A JSON-lines file list the agent's per-file events must match (verification).
     type: path
+  expect_files_ignore:
+    description:
+      - Exclude patterns of the item; paths of I(expect_files) they match are not compared.
+      - A restore in place keeps the live tree's excluded paths where they were.
+    type: list
+    elements: str
+    default: []
   timeout:
     description: Seconds the whole stream may take.
     type: int
@@ -128,6 +135,7 @@ seconds:
 """
 
 import errno
+import fnmatch
 import hashlib
 import json
 import os
@@ -142,6 +150,7 @@ import contextlib
 
 CHUNK = 1 << 20
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
+_SSH_WORD = re.compile(r"^[A-Za-z0-9_:.\[\]][A-Za-z0-9_:.%\[\]-]*$")  # never an option, never a space
 
 
 def _ssh_argv(p):
@@ -169,8 +178,10 @@ def _ssh_argv(p):
         argv += ["-o", "IdentitiesOnly=yes", "-i", p["ssh_identity"]]
     if p["ssh_known_hosts"]:
         argv += ["-o", "UserKnownHostsFile=" + p["ssh_known_hosts"]]
-    # ssh hands the remote command to a shell: only plain paths go there, nothing from data.
-    return [*argv, "%s@%s" % (p["user"], p["address"]), "--", p["python"], p["agent"]]
+    # The user as the value of -l and the address after "--": nothing from the register can
+    # be read as an ssh option ("-oProxyCommand=..."). ssh hands the remote command to a
+    # shell: only plain paths go there, nothing from data.
+    return [*argv, "-l", p["user"], "--", p["address"], p["python"], p["agent"]]
 
 
 class _Hasher(threading.Thread):
@@ -236,13 +247,39 @@ def _compare_counts(expected, actual):
     return diffs
 
 
-def _compare_files(expected_path, actual):
+# What a file list says of an entry besides its type, and how a difference reads. A key is
+# compared when both sides have it (older lists have fewer; an agent that is not root lists no
+# owners, since it could not have restored them).
+_FILE_ATTRIBUTES = (
+    ("size", "size"),
+    ("sha256", "content (SHA-256)"),
+    ("target", "link target"),
+    ("sparse", "sparseness"),
+    ("mode", "mode"),
+    ("owner", "owner"),
+    ("group", "group"),
+    ("mtime", "modification time"),
+    ("xattrs", "extended attributes"),
+    ("acl_access", "ACL"),
+    ("acl_default", "default ACL"),
+)
+_MAX_DIFFERENCES = 25
+
+
+def _excluded(path, patterns):
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(os.path.basename(path), p) for p in patterns)
+
+
+def _compare_files(expected_path, actual, ignore=()):
+    """Differences between a file list (JSON lines) and the entries an agent listed; paths
+    that the patterns in `ignore` match are not compared (excluded paths kept in place)."""
     expected = {}
     with open(expected_path, "rb") as handle:
         for raw in handle:
             if raw.strip():
                 entry = json.loads(raw)
-                expected[entry["path"]] = entry
+                if not _excluded(entry["path"], ignore):
+                    expected[entry["path"]] = entry
     diffs = []
     for path in sorted(set(expected) | set(actual)):
         want, got = expected.get(path), actual.get(path)
@@ -254,11 +291,12 @@ def _compare_files(expected_path, actual):
             diffs.append(
                 "%s: a %s in the file list, a %s restored" % (path, want.get("type"), got.get("type"))
             )
-        elif want.get("type") == "file" and (want.get("size"), want.get("sha256")) != (
-            got.get("size"),
-            got.get("sha256"),
-        ):
-            diffs.append("%s: size or SHA-256 differs from the file list" % path)
+        else:
+            for key, what in _FILE_ATTRIBUTES:
+                if key in want and key in got and want[key] != got[key]:
+                    diffs.append("%s: %s differs from the file list" % (path, what))
+    if len(diffs) > _MAX_DIFFERENCES:
+        diffs[_MAX_DIFFERENCES:] = ["and %d more differences" % (len(diffs) - _MAX_DIFFERENCES)]
     return diffs
 
 
@@ -279,6 +317,7 @@ def main():
             events_dest=dict(type="path"),
             expect_counts=dict(type="dict"),
             expect_files=dict(type="path"),
+            expect_files_ignore=dict(type="list", elements="str", default=[]),
             timeout=dict(type="int", default=86400),
         ),
         mutually_exclusive=[("dest", "src")],
@@ -288,6 +327,9 @@ def main():
     for key in ("agent", "python"):
         if not _SAFE_PATH.match(p[key]):
             module.fail_json(msg="%s must be a plain absolute path, got %r" % (key, p[key]))
+    for key in ("user", "address"):
+        if not _SSH_WORD.match(p[key]):
+            module.fail_json(msg="%s %r is not a user or host name ssh can be given safely" % (key, p[key]))
     if p["dest"] and os.path.exists(p["dest"]):
         module.fail_json(msg="%s already exists: a backup artifact is never overwritten" % p["dest"])
     if p["src"] and not os.path.isfile(p["src"]):
@@ -381,7 +423,7 @@ def main():
         if p["expect_counts"] is not None:
             diffs += _compare_counts(p["expect_counts"], reader.result.get("row_counts") or {})
         if p["expect_files"]:
-            diffs += _compare_files(p["expect_files"], reader.files)
+            diffs += _compare_files(p["expect_files"], reader.files, p["expect_files_ignore"])
         created = []  # complete: keep
         out = dict(
             changed=p["request"].get("mode") != "verify",

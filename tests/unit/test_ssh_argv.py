@@ -1,0 +1,85 @@
+"""The agent's SSH command line: nothing from the register can become an ssh option.
+
+Checked with ssh's own parser (`ssh -G` prints the configuration a command line gives and
+connects nowhere), for the injection the issue found: `ssh_user: "-oProxyCommand=..."`."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+
+import pytest
+
+from tests.conftest import PROJECT
+
+MODULE = PROJECT / "collections/ansible_collections/pulih/core/plugins/modules/agent_stream.py"
+
+
+@pytest.fixture(scope="module")
+def agent_stream():
+    spec = importlib.util.spec_from_file_location("agent_stream", MODULE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ssh_config(argv: list[str]) -> dict[str, str]:
+    """What ssh makes of the command line, without the remote command."""
+    end = argv.index("--") + 2  # the options, "--" and the destination
+    done = subprocess.run(["ssh", "-G", *argv[1:end]], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+
+
+def params(**changes):
+    base = {
+        "address": "127.0.0.5",
+        "port": 2222,
+        "user": "pulih",
+        "ssh_identity": None,
+        "ssh_known_hosts": None,
+        "python": "/usr/bin/python3",
+        "agent": "/var/lib/pulih/pulih_agent.py",
+    }
+    return {**base, **changes}
+
+
+def test_an_option_as_user_runs_nothing(agent_stream, tmp_path):
+    # "user@host" after the options let ssh read this as -oProxyCommand and run it.
+    canary = tmp_path / "pwned"
+    argv = agent_stream._ssh_argv(params(user=f"-oProxyCommand=touch {canary}"))
+    done = subprocess.run(
+        [*argv[: argv.index("--")], "-o", "ConnectTimeout=2", *argv[argv.index("--") :]],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 255
+    assert not list(tmp_path.iterdir()), "ssh ran the register's ProxyCommand"
+
+
+def test_a_plain_user_is_the_login_name(agent_stream):
+    config = ssh_config(agent_stream._ssh_argv(params()))
+    assert (config["user"], config["hostname"], config["port"]) == ("pulih", "127.0.0.5", "2222")
+    assert config.get("proxycommand", "none") == "none"
+
+
+def test_an_option_as_address_is_never_read_as_one(agent_stream, tmp_path):
+    argv = agent_stream._ssh_argv(params(address="-oProxyCommand=touch /tmp/x"))
+    assert argv[argv.index("--") + 1] == "-oProxyCommand=touch /tmp/x"
+    done = subprocess.run(["ssh", "-G", *argv[1 : argv.index("--") + 2]], capture_output=True, text=True)
+    assert "proxycommand touch" not in done.stdout.lower()
+
+
+@pytest.mark.parametrize("word", ["-oProxyCommand=x", "a b", "x;y", "", "pulih\nx"])
+def test_the_module_refuses_what_is_not_a_plain_name(agent_stream, word):
+    assert not agent_stream._SSH_WORD.match(word)
+
+
+@pytest.mark.parametrize(
+    "word", ["pulih", "root", "127.0.0.1", "simpeg-db01.kota.go.id", "fe80::1%eth0", "::1"]
+)
+def test_the_module_accepts_users_and_addresses(agent_stream, word):
+    assert agent_stream._SSH_WORD.match(word)
