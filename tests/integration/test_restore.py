@@ -485,6 +485,86 @@ def test_a_mariadb_swap_killed_mid_way_is_undone(env, point):
     state.mariadb(lab1, "DROP DATABASE swap_probe")
 
 
+# --------------------------------------------------------------------------- secrets
+
+
+def files_holding(env, root, needle):
+    """Files under root that hold needle, other than the lab's own state and vault stand-in."""
+    known = [Path(env["inventory"]), Path(env["state"].root) / lab_mod.STATE_FILE]
+    hits = []
+    for path in Path(root).rglob("*"):
+        if any(path == k or k in path.parents for k in known):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                hits.append(path)
+    return hits
+
+
+def test_secrets_live_only_in_the_agents_memory_and_die_with_it(env, tmp_path):
+    """An encrypted PostgreSQL stage, held open mid-stream: the age identity and the database
+    password are in no file on disk and in no environment, and after a SIGKILL of the agent
+    nothing of either is left anywhere in /tmp."""
+    lab1 = host(env, "lab1")
+    key = tmp_path / "age.key"
+    subprocess.run(["age-keygen", "-o", str(key)], capture_output=True, check=True)
+    identity = key.read_text()
+    secret_key = next(line for line in identity.splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    key.unlink()
+    password = env["state"].db_password
+    conn = {"host": lab1.address, "port": lab1.pg_port, "user": lab_mod.DB_USER, "password": password}
+    request = {
+        "mode": "stage",
+        "engine": "postgresql",
+        "conn": {**conn, "database": "app_lab1"},
+        "live": "app_lab1",
+        "token": "secrettest",
+        "nonce": "s1",
+        "jobs": 1,
+        "encrypted": True,
+        "identity": identity,
+    }
+    agent = subprocess.Popen(
+        ["/usr/bin/python3", str(AGENT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        agent.stdin.write((json.dumps(request) + "\n").encode())
+        agent.stdin.flush()  # and no artifact yet: age, zstd and pg_restore wait for it
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in descendants(agent.pid)}
+            if any(b"pg_restore" in cmd for cmd in children.values()):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("pg_restore never started: " + agent.stderr.read1().decode())
+        for pid, cmdline in children.items():
+            assert secret_key.encode() not in cmdline and password.encode() not in cmdline
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert password.encode() not in environ and b"PGPASSWORD=" not in environ
+        age_argv = next(cmd for cmd in children.values() if cmd.startswith(b"age\0")).split(b"\0")
+        assert age_argv[age_argv.index(b"-i") + 1].startswith(b"/dev/fd/"), "the identity is in no file"
+        assert files_holding(env, "/tmp", secret_key.encode()) == []
+        assert files_holding(env, "/tmp", password.encode()) == []
+    finally:
+        for pid in [agent.pid, *descendants(agent.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        agent.wait()
+    assert files_holding(env, "/tmp", secret_key.encode()) == []
+    assert files_holding(env, "/tmp", password.encode()) == []
+    discarded = subprocess.run(
+        ["/usr/bin/python3", str(AGENT)],
+        input=json.dumps({**request, "mode": "discard"}).encode() + b"\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert discarded.returncode == 0, discarded.stderr.decode()
+
+
 # --------------------------------------------------------------------------- destructive
 
 
