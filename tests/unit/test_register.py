@@ -140,7 +140,7 @@ FAULTS = [
         "password_var: vault_pbb_pg_password\n\n  - asset_id: DC-SRV-2019-007",
         "password: hunter2\n\n  - asset_id: DC-SRV-2019-007",
         "'DC-SRV-2024-006'",
-        "password",
+        "data[0].password",
         "must not hold secrets",
     ),
     (
@@ -205,7 +205,7 @@ FAULTS = [
         "        user: pulih_backup\n",
         '        user: "pulih\\nplugin-dir=/tmp"\n',
         "'DC-SRV-2023-001'",
-        "user",
+        "data[0].user",
         "does not start with '-'",
     ),
     (

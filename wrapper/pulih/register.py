@@ -281,14 +281,50 @@ def _construct_mapping(loader: _RegisterLoader, node: yaml.MappingNode) -> LineD
 _RegisterLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+# A register of 300 servers is some 150 KiB, nested 6 deep: far larger or deeper is not a
+# register, and is refused before it is parsed (a YAML bomb, a 10 MB file, 5000 brackets).
+MAX_REGISTER_BYTES = 4 << 20
+MAX_REGISTER_DEPTH = 16
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where the document nests deeper than MAX_REGISTER_DEPTH (read as a stream of
+    events, which takes no recursion), else None."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_REGISTER_DEPTH:
+                return event.start_mark.line + 1 if event.start_mark is not None else 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
 def _read_yaml(path: Path) -> Any:
     try:
+        size = path.stat().st_size
+        if size > MAX_REGISTER_BYTES:
+            raise RegisterError(
+                [Problem(str(path), f"is {size} bytes; a register is at most {MAX_REGISTER_BYTES} bytes")]
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RegisterError([Problem(str(path), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RegisterError([Problem(str(path), f"cannot be read: {exc}")]) from None
     try:
+        deep = _too_deep(text)
+        if deep is not None:
+            raise RegisterError(
+                [
+                    Problem(
+                        str(path),
+                        f"nests deeper than {MAX_REGISTER_DEPTH} levels; no register does",
+                        line=deep,
+                    )
+                ]
+            )
         return yaml.load(text, Loader=_RegisterLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         problem = exc.problem_mark or exc.context_mark
@@ -363,6 +399,8 @@ _SECRET_FIELDS: Final = ("password", "passwd", "secret", "login_password")
 class _Checker:
     """Collects problems while turning one file's YAML into model objects."""
 
+    within: str = ""  # while checking a data item: its place, data[N]
+
     def __init__(self, file: str, today: dt.date) -> None:
         self.file = file
         self.today = today
@@ -374,6 +412,8 @@ class _Checker:
     def add(
         self, message: str, *, line: int | None, entry: str | None = None, field: str | None = None
     ) -> None:
+        if field and self.within and not field.startswith(self.within + "."):
+            field = f"{self.within}.{field}"  # an item's field is named as data[N].field
         self.problems.append(Problem(self.file, message, line=line, entry=entry, field=field))
 
     @staticmethod
@@ -713,8 +753,13 @@ def _parse_asset(chk: _Checker, raw: Any, index: int) -> Asset | None:
             entry=entry,
             field="data",
         )
+        items_raw = []
     for i, item_raw in enumerate(items_raw or []):
-        item = _parse_item(chk, item_raw, entry, i)
+        chk.within = f"data[{i}]" if isinstance(item_raw, Mapping) else ""
+        try:
+            item = _parse_item(chk, item_raw, entry, i)
+        finally:
+            chk.within = ""
         if item is None:
             continue
         if any(other.name == item.name for other in items):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import re
 from pathlib import Path
 from typing import Any, Final
@@ -128,7 +129,22 @@ def read_csv(path: Path) -> tuple[dict[str, Any], list[reg.Problem]]:
         dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(first_line, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    rows = list(csv.reader(text.splitlines(), dialect))
+    # A quoted cell may span lines: each row is numbered by the line it starts on.
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    rows: list[list[str]] = []
+    starts: list[int] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise reg.RegisterError(
+                [reg.Problem(file, f"is not a readable CSV sheet: {exc}", line=start)]
+            ) from None
+        rows.append(row)
+        starts.append(start)
     columns = [_column(h) for h in rows[0]]
     problems: list[reg.Problem] = []
     known = SERVER_COLUMNS + ITEM_COLUMNS
@@ -140,8 +156,18 @@ def read_csv(path: Path) -> tuple[dict[str, Any], list[reg.Problem]]:
 
     assets: dict[str, reg.LineDict] = {}
     first_row: dict[str, int] = {}
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in zip(starts[1:], rows[1:], strict=True):
         if not any(cell.strip() for cell in row):
+            continue
+        if any(cell.strip() for cell in row[len(columns) :]):
+            problems.append(
+                reg.Problem(
+                    file,
+                    f"has {len(row)} cells, but the first row names {len(columns)} columns "
+                    "(a stray separator, or a cell that needs quotes)",
+                    line=number,
+                )
+            )
             continue
         cells = {c: _clean(c, v) for c, v in zip(columns, row, strict=False) if c in known}
         asset_id = cells.get("asset_id", "")

@@ -13,6 +13,7 @@ import datetime as dt
 import getpass
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,31 @@ class Config:
         return self.actors.get(actor, set())
 
 
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and line feed are text
+
+
+def checked_text(
+    value: str,
+    what: str,
+    *,
+    limit: int,
+    lines: bool = False,
+    pattern: re.Pattern[str] | None = None,
+    hint: str = "",
+) -> str:
+    """Free text for the record, checked once for every store: a length both stores hold, no
+    control characters (a line break only where `lines`), and `pattern` when given."""
+    if len(value) > limit:
+        raise BadRequestInput(f"{what}: {len(value)} characters, at most {limit}")
+    bad = _CONTROL.search(value) or (not lines and ("\n" in value or "\r" in value))
+    if bad:
+        raise BadRequestInput(f"{what}: holds a control character; write plain text")
+    if pattern is not None and value and not pattern.match(value):
+        raise BadRequestInput(f"{what}: '{value}' is not valid: {hint}")
+    return value
+
+
 def config_path() -> Path:
     env = os.environ.get("PULIH_CONFIG")
     if env:
@@ -137,16 +163,26 @@ def load_config(path: Path | None = None) -> Config:
                 f"{path}: actor '{name}': unknown role(s) {', '.join(unknown)} (roles: {', '.join(ROLES)})"
             )
         actors[str(name)] = set(roles)
+
+    def number(key: str, default: float, low: float, high: float) -> float:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise BadRequestInput(
+                f"{path}: field '{key}': {value!r} is not a number from {low:g} to {high:g}"
+            )
+        return value
+
+    store = raw.get("store")
+    if store is not None and not isinstance(store, str):
+        raise BadRequestInput(f"{path}: field 'store': must be a database URL, not {type(store).__name__}")
     config = Config(
         actors=actors,
-        store=raw.get("store"),
-        approval_validity_hours=int(raw.get("approval_validity_hours", 72)),
-        allow_actor_override=bool(raw.get("allow_actor_override", False)),
-        restore_attempts=int(raw.get("restore_attempts", 3)),
-        restore_retry_seconds=float(raw.get("restore_retry_seconds", 30)),
+        store=store,
+        approval_validity_hours=int(number("approval_validity_hours", 72, 1, 720)),
+        allow_actor_override=raw.get("allow_actor_override", False) is True,
+        restore_attempts=int(number("restore_attempts", 3, 1, 20)),
+        restore_retry_seconds=float(number("restore_retry_seconds", 30, 0, 3600)),
     )
-    if config.restore_attempts < 1 or config.restore_retry_seconds < 0:
-        raise BadRequestInput(f"{path}: restore_attempts must be 1 or more, restore_retry_seconds 0 or more")
     for procedure, minutes in (raw.get("standard_minutes") or {}).items():
         if procedure not in config.standard_minutes:
             raise BadRequestInput(f"{path}: standard_minutes: unknown procedure '{procedure}'")
@@ -197,6 +233,7 @@ class Requests:
         note: str,
         check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
+        checked_text(note, "note", limit=2000, lines=True)
         role = self._require_role(actor, step)
         at = self.clock()
         with self.store.transaction() as conn:
@@ -249,6 +286,16 @@ class Requests:
         restore_point: str | None = None,
         target: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        checked_text(
+            skpd,
+            "--skpd",
+            limit=64,
+            pattern=_SLUG,
+            hint="an SKPD code of the register (letters, digits, '._-')",
+        )
+        checked_text(contact, "--contact", limit=256)
+        checked_text(reason_text, "--reason-text", limit=2000, lines=True)
+        checked_text(restore_point or "", "--restore-point", limit=32)
         role = self._require_role(actor, "filed")
         if procedure not in PROCEDURES:
             raise BadRequestInput(f"unknown procedure '{procedure}' (recovery or backup_restore)")
@@ -380,8 +427,18 @@ class Requests:
         )
 
     def plan(
-        self, actor: str, request_id: str, *, backups: dict[str, str], window: str = "", note: str = ""
+        self,
+        actor: str,
+        request_id: str,
+        *,
+        backups: dict[str, str],
+        window: str = "",
+        note: str = "",
+        protected: bool = False,
     ) -> dict[str, Any]:
+        """The plan: a backup per item, and when. `protected`: the backups were checked in the
+        repository and are protected from retention until the request closes."""
+
         def check(request: dict[str, Any]) -> dict[str, Any]:
             scope = {f"{s['asset_id']}:{s['item']}" for s in json.loads(request["scope"])}
             outside = sorted(set(backups) - scope)
@@ -390,7 +447,7 @@ class Requests:
                     f"the plan names {', '.join(outside)}, outside request {request_id}'s scope "
                     f"({', '.join(sorted(scope))}); a request is never stretched"
                 )
-            return {"plan": json.dumps({"backups": backups, "window": window})}
+            return {"plan": json.dumps({"backups": backups, "window": window, "protected": protected})}
 
         return self._step(actor, request_id, "planned", note, check)
 

@@ -112,6 +112,10 @@ class InventoryModule(BaseInventoryPlugin):
         except pulih_register.RegisterError as exc:
             raise AnsibleParserError(str(exc)) from None
 
+        if not register.hosts():
+            self.display.warning(
+                "%s: the register lists no server in operation, so this inventory has no host" % path
+            )
         for asset in register.hosts():
             host = self.inventory.add_host(asset.hostname)
             for group in asset.groups():
