@@ -107,7 +107,7 @@ for b in found:
 for key, backup_id in sorted(newest.items()):
     print(f"--backup={key}={backup_id}")
 ' "$reports/request.json")
-as budi request plan "$rid" "${plan[@]}" --window "malam ini"
+as budi request plan "$rid" "${plan[@]}" --window "malam ini" -i "$lab_inventory"
 as budi restore --request "$rid" --check -i "$lab_inventory"
 echo "and a restore of an item outside the request:"
 rc=0; as budi restore --request "$rid" --item LAB-002:app-pg --check -i "$lab_inventory" || rc=$?
@@ -119,7 +119,7 @@ echo "lab1 now: $(counts)"
 
 step "12. Ani confirms the data is back, Sri closes the request"
 as ani request confirm "$rid" --note "data pegawai sudah kembali"
-as sri request close "$rid"
+as sri request close "$rid" -i "$lab_inventory"
 as budi request show "$rid"
 as budi request form "$rid" --form ppd --lang id -o "$reports/form-ppd-$rid.html"
 as budi request form "$rid" --form pd --lang id -o "$reports/form-pd-$rid.html"

@@ -4,6 +4,7 @@ retention, and the faults the issue names. Destructive tests come last."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -185,6 +186,76 @@ def test_check_mode_changes_nothing(env):
     assert not [p for p in (repository(env) / "LAB-002" / "app-pg").iterdir() if p.name.startswith(".tmp")]
 
 
+def test_verify_in_check_mode_is_skipped_not_verified(env):
+    listing = repository(env) / "LAB-002" / "app-pg" / published(env, "LAB-002", "app-pg")[-1]
+    before = (listing / "verifications.jsonl").read_text()
+    doc = report_of(pulih(env, "verify", "--check", "--limit", "lab2", "--item", "app-pg", "--json", check=0))
+    verification = doc["items"][0]["verification"]
+    assert verification["status"] == "skipped" and verification["ok"] is False
+    assert verification["checks"] == ["checksums"] and "nothing was restored" in verification["error"]
+    assert (listing / "verifications.jsonl").read_text() == before, "check mode wrote a verification"
+
+
+def test_a_verify_host_outside_the_play_is_refused_not_replaced(env):
+    """With --limit leaving the verify host out, the test restore must not quietly run on the
+    source server while the record names the verify host."""
+    run = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            str(env["inventory"]),
+            "playbooks/verify.yml",
+            "--limit",
+            "lab1",
+            "-e",
+            "pulih_verify_host=lab2",
+            "-e",
+            '{"pulih_verify_items": ["app-pg"]}',
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert "pulih_verify_host 'lab2' is not in this play" in run.stdout
+    pg_logs = {name: Path(env["state"].root) / "hosts" / name / "postgresql.log" for name in ("lab1", "lab2")}
+    seen = {name: log.read_text().count("database=pulih_verify_") for name, log in pg_logs.items()}
+    both = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            str(env["inventory"]),
+            "playbooks/verify.yml",
+            "--limit",
+            "lab1,lab2",
+            "-e",
+            "pulih_verify_host=lab2",
+            "-e",
+            '{"pulih_verify_items": ["app-pg"]}',
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert both.returncode == 0, both.stdout[-3000:]
+    line = (
+        repository(env)
+        / "LAB-001"
+        / "app-pg"
+        / published(env, "LAB-001", "app-pg")[-1]
+        / "verifications.jsonl"
+    )
+    last = json.loads(line.read_text().splitlines()[-1])
+    assert last["ok"] and last["verified_on"] == "lab2"
+    now = {name: log.read_text().count("database=pulih_verify_") for name, log in pg_logs.items()}
+    assert now["lab2"] > seen["lab2"], "the test restore did not run on the verify host"
+    assert now["lab1"] == seen["lab1"], "the test restore ran on the source server"
+
+
 def test_retention_keeps_the_newest_and_check_mode_only_tells(env):
     settings = env["inventory"] / "group_vars" / "all" / "retention.yml"
     settings.write_text(
@@ -360,6 +431,7 @@ def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_listed(env):
         ],
     )
     folder = repository(env) / "LAB-001" / "big-pg"
+    runs_before = {r["run_id"] for r in json.loads(pulih(env, "runs", "list", "--json", check=0).stdout)}
     run = subprocess.Popen(
         ["pulih", "backup", "--limit", "lab1", "--item", "big-pg", "--no-verify"],
         env=env["environ"],
@@ -379,6 +451,13 @@ def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_listed(env):
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     assert published(env, "LAB-001", "big-pg") == [], "a half-written backup is listed"
+    # The run is on the record as it was left: running, from its start.
+    runs = json.loads(pulih(env, "runs", "list", "--json", check=0).stdout)
+    new = [r for r in runs if r["run_id"] not in runs_before]
+    assert [(r["kind"], r["status"]) for r in new] == [("backup", "running")]
+    # Nothing of the run keeps writing: the repository side notices its controller is gone,
+    # stops the stream and removes what it had written.
+    assert_stops_writing(folder, removed=True)
     listed = json.loads(pulih(env, "backups", "list", "--item", "big-pg", "--json", check=0).stdout)[
         "backups"
     ]
@@ -386,6 +465,64 @@ def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_listed(env):
     doc = report_of(pulih(env, "backup", "--limit", "lab1", "--item", "big-pg", "--json", check=0))
     assert doc["items"][0]["ok"] and doc["items"][0]["verification"]["ok"]
     assert len(published(env, "LAB-001", "big-pg")) == 1
+
+
+def partial_files(folder):
+    return [p for p in folder.glob(".tmp-*/*") if p.is_file()]
+
+
+def locked(path):
+    """Whether a writer holds the lock agent_stream takes on an artifact it writes."""
+    with path.open("rb") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
+def assert_stops_writing(folder, *, removed, seconds=60):
+    """Within `seconds`, nothing writes into the folder's unfinished backups any more: no
+    artifact locked by a writer, no size changing (and, with `removed`, none left at all)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        before = {p: p.stat().st_size for p in partial_files(folder)}
+        if not before:
+            return
+        time.sleep(2)
+        after = {p: p.stat().st_size for p in partial_files(folder)}
+        if not removed and before == after and not any(locked(p) for p in after):
+            return
+    pytest.fail(f"still written {seconds}s after the controller stopped: {partial_files(folder)}")
+
+
+def test_sigterm_writes_an_interrupted_report_and_nothing_keeps_writing(env):
+    """What systemd, cron or timeout(1) send: to pulih's own process only."""
+    folder = repository(env) / "LAB-001" / "big-pg"
+    before = published(env, "LAB-001", "big-pg")
+    run = subprocess.Popen(
+        ["pulih", "backup", "--limit", "lab1", "--item", "big-pg", "--no-verify", "--json"],
+        env=env["environ"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [
+        p for p in folder.glob(".tmp-*/*.zst") if p.stat().st_size > 1 << 20
+    ]:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    doc = json.loads(stdout)
+    jsonschema.validate(doc, schema("run_report.schema.json"))
+    assert doc["status"] == "interrupted" and any("SIGTERM" in e for e in doc["errors"])
+    assert "Traceback" not in stderr
+    assert_stops_writing(folder, removed=False)
+    assert published(env, "LAB-001", "big-pg") == before
 
 
 def test_ctrl_c_writes_an_interrupted_report_and_lists_nothing(env):

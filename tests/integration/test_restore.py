@@ -53,23 +53,25 @@ def env(tmp_path_factory):
     (base / "config.yml").write_text(CONFIG)
     lab = lab_mod.Lab(2, inventory_dir=inventory)
     state = lab.up()
-    environ = {
-        **os.environ,
-        "PULIH_STATE_DIR": str(base / "state"),
-        "PULIH_INVENTORY": str(inventory),
-        "PULIH_CONFIG": str(base / "config.yml"),
-    }
-    outputs: list[str] = []
-    env = {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
-    # lab1's tree holds every kind of entry (hard links, sparse, fifo, symlinks, ACL, xattrs, a
-    # socket) and files its exclude patterns leave out.
-    make_rich_tree(files_root(env, "lab1"))
-    set_item(env, "LAB-001", "dokumen", exclude=EXCLUDE)
-    backed_up = report_of(pulih(env, "backup", "--json", check=0))
-    assert all(i["ok"] and i["verification"]["ok"] for i in backed_up["items"]), backed_up["items"]
-    env["backups"] = {f"{i['asset_id']}:{i['item']}": i["backup_id"] for i in backed_up["items"]}
-    yield env
-    lab.down()
+    try:
+        environ = {
+            **os.environ,
+            "PULIH_STATE_DIR": str(base / "state"),
+            "PULIH_INVENTORY": str(inventory),
+            "PULIH_CONFIG": str(base / "config.yml"),
+        }
+        outputs: list[str] = []
+        env = {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
+        # lab1's tree holds every kind of entry (hard links, sparse, fifo, symlinks, ACL, xattrs, a
+        # socket) and files its exclude patterns leave out.
+        make_rich_tree(files_root(env, "lab1"))
+        set_item(env, "LAB-001", "dokumen", exclude=EXCLUDE)
+        backed_up = report_of(pulih(env, "backup", "--json", check=0))
+        assert all(i["ok"] and i["verification"]["ok"] for i in backed_up["items"]), backed_up["items"]
+        env["backups"] = {f"{i['asset_id']}:{i['item']}": i["backup_id"] for i in backed_up["items"]}
+        yield env
+    finally:  # also when the setup above failed: no lab left running
+        lab.down()
 
 
 def pulih(env, *args, actor="budi", check=None):
@@ -96,9 +98,10 @@ def report_of(result):
     return doc
 
 
-def planned_request(env, items, *, backups, target=None):
+def planned_request(env, items, *, backups, target=None, plan=True, unverified=None):
     """A request taken through the SOP up to its plan: filed by ani, received and approved by
-    sri, assessed, backups checked and planned by budi."""
+    sri, assessed, backups checked and planned by budi (`plan=False`: all but the plan;
+    `unverified`: the reason to plan backups that were not verified)."""
     args = ["request", "new", "--skpd", "bkpsdm", "--contact", "ani@bkpsdm.go.id", "--reason", "error"]
     for item in items:
         args += ["--item", item]
@@ -109,8 +112,10 @@ def planned_request(env, items, *, backups, target=None):
     pulih(env, "request", "approve", rid, actor="sri", check=0)
     pulih(env, "request", "assess", rid, "--damage", "error", check=0)
     pulih(env, "request", "check-backups", rid, check=0)
-    plan = [f"--backup={key}={backups[key]}" for key in items]
-    pulih(env, "request", "plan", rid, *plan, check=0)
+    if plan:
+        named = [f"--backup={key}={backups[key]}" for key in items]
+        why = ["--unverified", unverified] if unverified else []
+        pulih(env, "request", "plan", rid, *named, *why, check=0)
     return rid
 
 
@@ -273,8 +278,10 @@ def test_in_place_restore_of_every_engine_saves_the_damage_first(env):
     assert pre["app-pg"] in html and "Pre-restore backup" in html
 
     pulih(env, "request", "confirm", rid, "--note", "data kembali", actor="ani", check=0)
+    assert {e["request_id"] for e in protected(env)} == {rid}, "the planned backups are protected"
     pulih(env, "request", "close", rid, actor="sri", check=0)
     assert record(env, rid)["status"] == "closed"
+    assert protected(env) == [], "closing the request lifts the protection"
     refused = pulih(env, "restore", "--request", rid, check=3)
     assert "is 'closed'" in refused.stderr
 
@@ -282,7 +289,8 @@ def test_in_place_restore_of_every_engine_saves_the_damage_first(env):
 def test_the_pre_restore_backup_undoes_the_restore(env):
     items = ["LAB-001:app-pg", "LAB-001:app-mariadb", "LAB-001:dokumen"]
     pre = {f"LAB-001:{item}": backup_id for item, backup_id in env["pre"].items()}
-    rid = planned_request(env, items, backups=pre)
+    # A pre-restore backup is checksummed, not test-restored: planning it says so on the record.
+    rid = planned_request(env, items, backups=pre, unverified="the damaged state, saved by the restore")
     doc = restore(env, rid, check=0)
     assert [i["backup_id"] for i in doc["items"]] == [pre[k] for k in items]
     assert pg_print(env, "lab1", "app_lab1") == env["damaged"]["pg"]
@@ -336,7 +344,13 @@ def test_a_corrupt_backup_is_refused_before_anything_is_touched(env):
     data[len(data) // 2] ^= 0x01
     artifact.write_bytes(bytes(data))
     before = my_print(env, "lab1", "app_lab1")
-    rid = planned_request(env, ["LAB-001:app-mariadb"], backups={"LAB-001:app-mariadb": backup_id})
+    rid = planned_request(
+        env,
+        ["LAB-001:app-mariadb"],
+        backups={"LAB-001:app-mariadb": backup_id},
+        unverified="corrupted on purpose: the restore must refuse it",
+    )
+    assert "planned although not verified: corrupted on purpose" in record(env, rid)["steps"][-1]["note"]
     doc = restore(env, rid, check=4)
     assert doc["status"] == "refused"
     assert "checksum mismatch: database.sql.zst" in doc["items"][0]["error"]
@@ -397,6 +411,98 @@ def test_tricky_names_restore_in_place(env):
     assert views[-1] == "17", "the view was not recreated in the restored schema"
     assert not PWNED.exists(), "a name was run as a command"
     assert leftovers(env, "lab1") == []
+
+
+# --------------------------------------------------------------------------- retention and plans
+
+
+def protected(env):
+    path = repository(env) / ".pulih-protected.json"
+    if not path.exists():
+        return []
+    doc = json.loads(path.read_text())
+    jsonschema.validate(doc, json.loads((PROJECT / "schemas" / "protected.schema.json").read_text()))
+    return doc["backups"]
+
+
+def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_closes(env):
+    item = "LAB-002:app-mariadb"
+    made = [
+        report_of(pulih(env, "backup", "--limit", "lab2", "--item", "app-mariadb", "--json", check=0))[
+            "items"
+        ][0]
+        for _ in range(2)
+    ]
+    older = made[0]["backup_id"]
+    unverified = report_of(
+        pulih(env, "backup", "--limit", "lab2", "--item", "app-mariadb", "--no-verify", "--json", check=0)
+    )["items"][0]["backup_id"]
+
+    # Planning a backup that never verified is refused, unless the operator says why.
+    rid = planned_request(env, [item], backups={item: older}, plan=False)
+    refused = pulih(env, "request", "plan", rid, f"--backup={item}={unverified}", "--json", check=4)
+    assert json.loads(refused.stdout)["status"] == "error" and "not verified" in refused.stdout
+    assert record(env, rid)["status"] != "planned"
+    # (--unverified REASON: see the corrupt backup's test.) The older, verified one is planned.
+    pulih(env, "request", "plan", rid, f"--backup={item}={older}", check=0)
+    assert [e["backup_id"] for e in protected(env) if e["request_id"] == rid] == [older]
+
+    # Retention keeping one backup, run with plain ansible-playbook: the planned one stays.
+    settings = env["inventory"] / "group_vars" / "all" / "retention.yml"
+    settings.write_text(
+        "pulih_backup_retention_keep_last: 1\npulih_backup_retention_keep_daily: 0\n"
+        "pulih_backup_retention_keep_weekly: 0\npulih_backup_retention_keep_monthly: 0\n"
+    )
+    try:
+        playbook = subprocess.run(
+            [
+                "ansible-playbook",
+                "-i",
+                str(env["inventory"]),
+                "playbooks/backup.yml",
+                "--limit",
+                "lab2",
+                "-e",
+                '{"pulih_backup_items": ["app-mariadb"]}',
+            ],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert playbook.returncode == 0, playbook.stdout[-3000:]
+        kept = [
+            b.name
+            for b in (repository(env) / "LAB-002" / "app-mariadb").iterdir()
+            if not b.name.startswith(".")
+        ]
+        assert older in kept, "retention pruned the backup an open request's plan names"
+        # Retention did run: the unverified one went (made[1] stays as the newest verified one).
+        assert unverified not in kept and made[1]["backup_id"] in kept
+    finally:
+        settings.unlink()
+
+    # Lifted when the protection's request closes (through the playbook, as `request close` does).
+    lifted = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            str(env["inventory"]),
+            "playbooks/protect.yml",
+            "-e",
+            f"pulih_protect_request_id={rid}",
+            "-e",
+            "pulih_protect_state=absent",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert lifted.returncode == 0, lifted.stdout[-3000:]
+    assert [e for e in protected(env) if e["request_id"] == rid] == []
 
 
 # --------------------------------------------------------------------------- interrupted swaps
@@ -600,7 +706,12 @@ def test_sigkill_halfway_leaves_the_live_database_and_the_next_attempt_succeeds(
     original = state.psql(lab1, count_sql, "app_lab1").strip()
     state.psql(lab1, "DELETE FROM besar WHERE id % 2 = 0", "app_lab1")
     damaged = state.psql(lab1, count_sql, "app_lab1").strip()
-    rid = planned_request(env, ["LAB-001:app-pg"], backups={"LAB-001:app-pg": backup_id})
+    rid = planned_request(
+        env,
+        ["LAB-001:app-pg"],
+        backups={"LAB-001:app-pg": backup_id},
+        unverified="taken for this test just now",
+    )
 
     run = subprocess.Popen(
         ["pulih", "restore", "--request", rid],

@@ -91,6 +91,9 @@ def planned(env):
                 "DC-SRV-2023-001:simpeg=20261120T020000Z-1a2b",
                 "--window",
                 "malam ini",
+                "--no-query",
+                "--unverified",
+                "no repository in the unit tests: planned by hand",
             ),
         ),
     ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,10 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import exc as sa_exc
+from typer._click.exceptions import UsageError  # typer vendors click; its usage errors are these
 
 from pulih import forms, restoring
 from pulih import register as reg
@@ -103,11 +107,25 @@ def _on_record(report: reports.RunReport, path: Path) -> None:
 reports.RECORDERS.append(_on_record)  # every report of every command goes on the record
 
 
-def fail(message: str, code: Exit, *, as_json: bool = False) -> NoReturn:
-    """Stop with a message a person can act on, and the documented exit code."""
+def shown(text: object) -> str:
+    """Text for a terminal: control characters (ESC, line breaks, ...) escaped, never acted on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z_]+-[0-9a-f]{4}$")
+
+
+def fail(message: str, code: Exit, *, as_json: bool | None = None, exit_now: bool = False) -> NoReturn:
+    """Stop with a message a person can act on (one line), and the documented exit code; under
+    --json (the command's, when `as_json` is not given) also one JSON document on stdout."""
+    if as_json is None:
+        as_json = "--json" in sys.argv[1:]
     if as_json:
         print(json.dumps({"status": "error", "exit_code": int(code), "message": message}))
-    err.print(f"[bold red]pulih:[/] {message}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]pulih:[/] {escape(shown(message))}", markup=True, soft_wrap=True)
+    if exit_now:
+        sys.exit(int(code))
     raise typer.Exit(int(code))
 
 
@@ -142,7 +160,7 @@ def _print_problems(problems: list[reg.Problem]) -> None:
 def register_check(
     inventory: InventoryOpt = None,
     today: TodayOpt = None,
-    max_age_days: Annotated[int, typer.Option(help="Review age that makes an entry overdue.")] = (
+    max_age_days: Annotated[int, typer.Option(min=1, help="Review age that makes an entry overdue.")] = (
         reg.REVIEW_MAX_AGE_DAYS
     ),
     as_json: JsonOpt = False,
@@ -323,6 +341,9 @@ def _job(
             f"(known: {', '.join(sorted(known)) or 'none'})",
         )
 
+    # On disk and on the record before anything runs: a run killed outright (SIGKILL, power
+    # cut) stays visible as 'running' in pulih runs list and the audit log.
+    report.write()
     outcome = _run_with_progress(
         kind,
         playbook,
@@ -338,18 +359,28 @@ def _job(
         finish(
             "interrupted",
             Exit.INTERRUPTED,
-            "interrupted (Ctrl-C): whatever was being written is not listed and is removed by a later run",
+            f"interrupted ({_signal_name(outcome)}): whatever was being written is not listed "
+            "and is removed by a later run",
         )
     if not outcome.hosts:
         finish("error", Exit.BAD_INPUT, f"no registered server in operation matches --limit {limit!r}")
     failed = (
         outcome.status != "succeeded"
         or any(not i["ok"] for i in report.items)
-        or any(i.get("verification") and not i["verification"]["ok"] for i in report.items)
+        or any(i.get("verification") and verification_failed(i["verification"]) for i in report.items)
     )
     if failed:
         finish("failed", Exit.FAILED)
     finish("succeeded", Exit.OK)
+
+
+def verification_failed(record: dict[str, object]) -> bool:
+    """A verification that ran and failed (check mode's 'skipped' is neither)."""
+    return record.get("status", "verified" if record.get("ok") else "failed") == "failed"
+
+
+def _signal_name(outcome: RunOutcome) -> str:
+    return "Ctrl-C" if outcome.signal in (None, "SIGINT") else str(outcome.signal)
 
 
 def _run_with_progress(
@@ -491,6 +522,9 @@ def verify_command(
     identity: Annotated[
         Path | None, typer.Option("--identity", help="age private key file, for encrypted backups.")
     ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Compare the checksums only; restore nothing (status 'skipped').")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify backups by a test restore: the newest of each item, or the ones named."""
@@ -510,7 +544,7 @@ def verify_command(
         limit=limit,
         items=item,
         extravars=extravars,
-        check=False,
+        check=check,
         as_json=as_json,
     )
 
@@ -587,10 +621,16 @@ def report_show(
     run_id: Annotated[str, typer.Argument(help="The run's id (pulih runs list).")],
     fmt: Annotated[str, typer.Option("--format", help="json or html")] = "json",
     lang: Annotated[str, typer.Option("--lang", help="en or id (html)")] = "en",
+    as_json: JsonOpt = False,
 ) -> None:
-    """Print a run's report."""
+    """Print a run's report (JSON, the default and with --json, or HTML)."""
     if fmt not in ("json", "html") or lang not in ("en", "id"):
         fail("--format is json or html, --lang is en or id", Exit.BAD_INPUT)
+    if not RUN_ID.match(run_id):  # an id, never a path
+        fail(
+            f"RUN_ID: {run_id!r} is not a run id (like 20261121T020000Z-backup-1a2b; see pulih runs list)",
+            Exit.BAD_INPUT,
+        )
     try:
         doc = reports.load(run_id)
     except (OSError, ValueError):
@@ -614,6 +654,20 @@ def _store(config: Config) -> Store:
         return Store(url) if url else Store.at_path(reports.state_dir() / "pulih.db")
     except RuntimeError as exc:
         fail(str(exc), Exit.BAD_INPUT)
+    except sa_exc.ArgumentError:
+        where = "PULIH_STORE" if os.environ.get("PULIH_STORE") else "the config's 'store'"
+        fail(
+            f"{where}: {url!r} is not a database URL (sqlite:////path/pulih.db or "
+            "postgresql+psycopg://user@host/db)",
+            Exit.BAD_INPUT,
+        )
+    except sa_exc.OperationalError as exc:
+        fail(
+            f"cannot open the store {url or reports.state_dir() / 'pulih.db'}: "
+            f"{str(exc.orig).strip() or exc} (check that it exists, that you may write it, "
+            "and that its server answers)",
+            Exit.FAILED,
+        )
     except Exception as exc:  # a store that cannot be reached
         fail(
             f"cannot open the store {url or reports.state_dir() / 'pulih.db'}: {type(exc).__name__}: {exc}",
@@ -729,7 +783,10 @@ def request_receive(request_id: RequestId, note: NoteOpt = "", as_json: JsonOpt 
 def request_approve(
     request_id: RequestId,
     valid_hours: Annotated[
-        int | None, typer.Option(help="How long the approval holds (default from config).")
+        int | None,
+        typer.Option(
+            min=1, max=720, help="How long the approval holds, 1 to 720 hours (default from config)."
+        ),
     ] = None,
     note: NoteOpt = "",
     as_json: JsonOpt = False,
@@ -807,18 +864,100 @@ def request_plan(
     request_id: RequestId,
     backup: Annotated[list[str], typer.Option("--backup", help="ASSET_ID:ITEM=BACKUP_ID (repeatable).")],
     window: Annotated[str, typer.Option(help="When the restore will run.")] = "",
+    unverified: Annotated[
+        str | None,
+        typer.Option(
+            "--unverified",
+            metavar="REASON",
+            help="Plan a backup whose verification did not succeed; the reason goes on the record.",
+        ),
+    ] = None,
+    inventory: InventoryOpt = None,
+    query: Annotated[
+        bool,
+        typer.Option(
+            "--query/--no-query",
+            help="Check and protect the backups in the repository (default), or only record the plan "
+            "(then the backups are not protected from retention; needs --unverified REASON).",
+        ),
+    ] = True,
     note: NoteOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Plan the restore: which backup for which item, and when."""
+    """Plan the restore: which backup for which item, and when.
+
+    Each named backup must be in the repository and verified (exit 4 otherwise, unless
+    --unverified REASON); it is then protected from retention until the request closes.
+    """
     requests, actor = _record()
     plan = {}
     for text in backup:
         key, _, value = text.partition("=")
-        if not value:
-            fail(f"--backup {text!r}: write ASSET_ID:ITEM=BACKUP_ID", Exit.BAD_INPUT)
+        asset_id, _, item = key.partition(":")
+        if not (value and asset_id and item):
+            fail(f"--backup {text!r}: write ASSET_ID:ITEM=BACKUP_ID", Exit.BAD_INPUT, as_json=as_json)
         plan[key] = value
-    _act(lambda: requests.plan(actor, request_id, backups=plan, window=window, note=note), as_json)
+    if unverified is not None and not unverified.strip():
+        fail("--unverified needs a reason, which goes on the record", Exit.BAD_INPUT, as_json=as_json)
+    if not query and unverified is None:
+        fail(
+            "--no-query plans without asking the repository whether the backups exist and verified: "
+            "say why with --unverified REASON",
+            Exit.BAD_INPUT,
+            as_json=as_json,
+        )
+    if query:
+        _protect(request_id, plan, inventory, allow_unverified=unverified is not None, as_json=as_json)
+    if unverified is not None:
+        how = "planned without asking the repository" if not query else "planned although not verified"
+        note = f"{note} [{how}: {unverified.strip()}]".strip()
+    _act(
+        lambda: requests.plan(actor, request_id, backups=plan, window=window, note=note, protected=query),
+        as_json,
+    )
+
+
+def _protect(
+    request_id: str,
+    plan: dict[str, str],
+    inventory: Path | None,
+    *,
+    allow_unverified: bool = False,
+    lift: bool = False,
+    as_json: bool,
+    refuse: bool = True,
+) -> str | None:
+    """Check the planned backups in the repository and protect them from retention (or lift
+    the request's protection); exit 4 when one is missing or not verified, 1 when the
+    repository cannot be reached (with `refuse=False`, return that problem instead)."""
+    path = _inventory(inventory)
+    named = []
+    for key, backup_id in plan.items():
+        asset_id, _, item = key.partition(":")
+        named.append({"asset_id": asset_id, "item": item, "backup_id": backup_id})
+    run_dir = reports.state_dir() / "runs" / reports.new_run_id("protect") / "runner"
+    outcome = run_playbook(
+        "protect.yml",
+        inventory=path,
+        run_dir=run_dir,
+        extravars={
+            "pulih_protect_request_id": request_id,
+            "pulih_protect_backups": named,
+            "pulih_protect_allow_unverified": allow_unverified,
+            "pulih_protect_state": "absent" if lift else "present",
+        },
+    )
+    results = outcome.registered.get("protect", [])
+    refused = [r for r in results if r.get("failed") and (r.get("missing") or r.get("unverified"))]
+    if refused:
+        fail(f"refused: {refused[0].get('msg')}", Exit.UNUSABLE, as_json=as_json)
+    if outcome.status != "succeeded" or not results:
+        why = "; ".join(e for h in outcome.hosts.values() for e in h.errors[-2:]) or outcome.status
+        problem = f"cannot reach the repository to change the protection of the planned backups: {why}"
+        if not refuse:
+            return problem
+        fail(problem, Exit.FAILED, as_json=as_json)
+    return None
 
 
 @request_app.command("confirm")
@@ -829,10 +968,24 @@ def request_confirm(request_id: RequestId, note: NoteOpt = "", as_json: JsonOpt 
 
 
 @request_app.command("close")
-def request_close(request_id: RequestId, note: NoteOpt = "", as_json: JsonOpt = False) -> None:
-    """Close a confirmed request."""
+def request_close(
+    request_id: RequestId,
+    inventory: InventoryOpt = None,
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Close a confirmed request; its planned backups are no longer protected from retention."""
     requests, actor = _record()
-    _act(lambda: requests.close(actor, request_id, note), as_json)
+
+    def close_and_lift() -> dict[str, object]:
+        record = requests.close(actor, request_id, note)
+        if (record.get("plan") or {}).get("protected"):
+            problem = _protect(request_id, {}, inventory, lift=True, as_json=as_json, refuse=False)
+            if problem:  # the request is closed all the same; its backups stay protected, the safe side
+                err.print(f"[yellow]warning:[/] {problem}", markup=True, soft_wrap=True)
+        return record
+
+    _act(close_and_lift, as_json)
 
 
 @request_app.command("show")
@@ -937,7 +1090,10 @@ def restore(
         str | None, typer.Option(help="in-place or alternate:HOST[:NAME] (default: approved).")
     ] = None,
     attempts: Annotated[
-        int | None, typer.Option(min=1, help="Attempts before giving up (default: restore_attempts, 3).")
+        int | None,
+        typer.Option(
+            min=1, max=20, help="Attempts before giving up, 1 to 20 (default: restore_attempts, 3)."
+        ),
     ] = None,
     check: Annotated[bool, typer.Option("--check", help="Only ask the gate; change nothing.")] = False,
     inventory: InventoryOpt = None,
@@ -1013,13 +1169,14 @@ def restore(
                 {"attempt": attempt, "status": "interrupted", "run_dir": str(run_dir), "items": {}}
             )
             report.items = [restoring.report_item(i) for i in run_items]
+            stopped_by = _signal_name(outcome)
             requests.executed(
-                actor, request, outcome="interrupted", note=f"attempt {attempt} of {total}, Ctrl-C"
+                actor, request, outcome="interrupted", note=f"attempt {attempt} of {total}, {stopped_by}"
             )
             finish(
                 "interrupted",
                 Exit.INTERRUPTED,
-                "interrupted (Ctrl-C): an item not yet swapped in is as it was; run the restore again",
+                f"interrupted ({stopped_by}): an item not yet swapped in is as it was; run the restore again",
             )
         tried = [i for i in run_items if i.pending]
         restoring.apply_outcome(run_items, outcome)
@@ -1102,18 +1259,25 @@ def audit_verify(as_json: JsonOpt = False) -> None:
 
 
 def main() -> None:
-    """Entry point: no traceback for a person, ever; PULIH_DEBUG=1 shows one."""
+    """Entry point: no traceback for a person, ever; PULIH_DEBUG=1 shows one. Bad options
+    and arguments are one line and exit 2, and under --json also one JSON document."""
+    as_json = "--json" in sys.argv[1:]
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        option = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        fail(option + " ".join(exc.format_message().split()), Exit.BAD_INPUT, as_json=as_json, exit_now=True)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("pulih: interrupted", soft_wrap=True)
         sys.exit(int(Exit.INTERRUPTED))
     except Exception as exc:
         if os.environ.get("PULIH_DEBUG"):
             raise
-        err.print(
-            f"pulih: unexpected error: {type(exc).__name__}: {exc} "
+        fail(
+            f"unexpected error: {type(exc).__name__}: {exc} "
             "(run again with PULIH_DEBUG=1 for details, and report it)",
-            soft_wrap=True,
+            Exit.FAILED,
+            as_json=as_json,
+            exit_now=True,
         )
-        sys.exit(int(Exit.FAILED))
+    sys.exit(int(code or 0))

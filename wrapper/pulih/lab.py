@@ -463,7 +463,8 @@ class Lab:
         host.pg_port = _free_port(host.address)
         options = (
             f"-c listen_addresses={host.address} -p {host.pg_port} -k {state.pg_socket_dir(host)} "
-            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c shared_buffers=64MB"
+            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c shared_buffers=64MB "
+            "-c log_connections=on"  # tests read who connected to which database
         )
         log = base / "postgresql.log"
         log.touch()

@@ -18,8 +18,13 @@ from typing import Any, Literal
 
 import ansible_runner
 
+from pulih import watchdog
+
 RunStatus = Literal["succeeded", "failed", "interrupted", "error"]
 ProgressFn = Callable[[str, str], None]  # (kind, text)
+# The signals that stop a run cleanly, with a final report (SIGKILL cannot be caught: a run
+# killed so stays 'running' in its report from the start).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def project_dir() -> Path:
@@ -45,6 +50,7 @@ class RunOutcome:
     hosts: dict[str, HostOutcome]
     artifacts_dir: str
     registered: dict[str, list[Any]] = field(default_factory=dict)
+    signal: str | None = None  # what interrupted the run: SIGINT (Ctrl-C), SIGTERM, SIGHUP
 
     def facts(self, key: str) -> dict[str, Any]:
         """One published fact of every host that has it."""
@@ -86,11 +92,15 @@ class _Watcher:
                     outcome.facts[key] = facts[key]
             if data.get("task_action") == "pulih.core.backup_list" and isinstance(res.get("backups"), list):
                 self.registered.setdefault("backups", []).extend(res["backups"])
+            if data.get("task_action") == "pulih.core.backup_protect":
+                self.registered.setdefault("protect", []).append({**res, "failed": False})
             if self.progress and "sha256" in res and "size" in res:
                 self.progress("stream", f"{name}: {res['size']} bytes stored in {res.get('seconds', 0)}s")
         elif kind == "runner_on_failed" and name and not data.get("ignore_errors"):
             message = str(res.get("msg", "failed"))
             self.host(name).errors.append(f"{data.get('task', '')}: {message}")
+            if data.get("task_action") == "pulih.core.backup_protect":
+                self.registered.setdefault("protect", []).append({**res, "failed": True})
         elif kind == "runner_on_unreachable" and name:
             self.host(name).status = "unreachable"
             self.host(name).errors.append(str(res.get("msg", "unreachable")))
@@ -111,23 +121,29 @@ def run_playbook(
     check: bool = False,
     progress: ProgressFn | None = None,
 ) -> RunOutcome:
-    """Run ``playbooks/<playbook>``; Ctrl-C stops it cleanly and yields status 'interrupted'."""
+    """Run ``playbooks/<playbook>``; Ctrl-C, SIGTERM (systemd, cron, timeout) and SIGHUP stop it
+    cleanly and yield status 'interrupted', with the signal's name in ``RunOutcome.signal``."""
     project = project_dir()
     watcher = _Watcher(progress)
     cancelled = threading.Event()
+    caught: list[str] = []
 
-    def on_sigint(_signum: int, _frame: object) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
+        caught.append(signal.Signals(signum).name)
         cancelled.set()
 
     previous = (
-        signal.signal(signal.SIGINT, on_sigint)
+        {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
         if threading.current_thread() is threading.main_thread()
-        else None
+        else {}
     )
     cmdline = "--check" if check else None
     run_dir.mkdir(parents=True, exist_ok=True)
     # ansible-playbook lives beside this interpreter when pulih runs from its virtualenv.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    # Every process of the run carries its id; the watchdog kills them if this one dies.
+    run_mark = run_dir.parent.name + "/" + run_dir.name
+    guard = watchdog.start(run_mark)
     try:
         result = ansible_runner.run(
             private_data_dir=str(run_dir),
@@ -142,6 +158,7 @@ def run_playbook(
                 "ANSIBLE_COLLECTIONS_PATH": str(project / "collections"),
                 "ANSIBLE_ROLES_PATH": str(project / "roles"),
                 "ANSIBLE_NOCOLOR": "1",
+                watchdog.MARK: run_mark,
             },
             event_handler=watcher,
             cancel_callback=cancelled.is_set,
@@ -150,8 +167,12 @@ def run_playbook(
             rotate_artifacts=1,
         )
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # The run is over: what it left (a worker, an SSH master) goes too.
+        if guard.stdin is not None:
+            guard.stdin.close()
+        guard.wait()
 
     for name in watcher.stats.get("failures", {}):
         watcher.host(name).status = "failed"
@@ -174,4 +195,5 @@ def run_playbook(
         hosts=watcher.hosts,
         artifacts_dir=str(result.config.artifact_dir),
         registered=watcher.registered,
+        signal=caught[0] if caught else None,
     )

@@ -12,12 +12,19 @@ artifact and the manifest are on disk; anything starting with '.' is not a backu
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import time
 
 MANIFEST = "manifest.json"
 VERIFICATIONS = "verifications.jsonl"
 TMP_PREFIX = ".tmp-"
+# Backups that open requests depend on (schemas/protected.schema.json): retention never
+# prunes them, whoever runs it.
+PROTECTED = ".pulih-protected.json"
+PROTECTED_FORMAT = "pulih.protected/1"
 
 
 def fsync_dir(path):
@@ -82,6 +89,70 @@ def list_backups(repository, asset=None, item=None):
                     }
                 )
     return out
+
+
+def read_protected(repository):
+    """The protected backups of a repository: [{asset_id, item, backup_id, request_id, since}]."""
+    path = os.path.join(repository, PROTECTED)
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as handle:
+        doc = json.load(handle)  # a broken file fails retention loudly rather than pruning
+    if doc.get("format") != PROTECTED_FORMAT or not isinstance(doc.get("backups"), list):
+        raise ValueError("%s is not a %s document" % (path, PROTECTED_FORMAT))
+    return doc["backups"]
+
+
+def write_protected(repository, entries):
+    """Replace the protected list atomically (temporary file, fsync, rename, fsync)."""
+    path = os.path.join(repository, PROTECTED)
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump({"format": PROTECTED_FORMAT, "backups": entries}, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(tmp, path)
+    fsync_dir(repository)
+
+
+def hold_writer_lock(handle):
+    """Mark an artifact being written: its writer holds an exclusive lock on it until it
+    ends, however it ends (the kernel drops the lock with the process)."""
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def being_written(partial_dir):
+    """Whether a live writer holds the lock on any file of a temporary directory."""
+    for name in os.listdir(partial_dir):
+        path = os.path.join(partial_dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
+def last_touched(partial_dir):
+    times = [os.path.getmtime(partial_dir)]
+    for name in os.listdir(partial_dir):
+        with contextlib.suppress(OSError):
+            times.append(os.lstat(os.path.join(partial_dir, name)).st_mtime)
+    return max(times)
+
+
+def stale_partials(repository, asset, item, idle_hours):
+    """Temporary directories of runs that died: no writer holds a lock on them, and nothing
+    in them changed for `idle_hours` (the moments between one run's tasks, when no stream
+    holds a lock, are far shorter)."""
+    cutoff = time.time() - idle_hours * 3600
+    return [d for d in partials(repository, asset, item) if not being_written(d) and last_touched(d) < cutoff]
 
 
 def partials(repository, asset, item):

@@ -145,8 +145,10 @@ import subprocess
 import threading
 import time
 
-from ansible.module_utils.basic import AnsibleModule
 import contextlib
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.pulih.core.plugins.module_utils.repository import hold_writer_lock
 
 CHUNK = 1 << 20
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
@@ -231,6 +233,46 @@ class _Stderr(threading.Thread):
                     self.events_handle.write(data)
                     self.events_digest.update(data)
                     self.events_size += len(data)
+
+
+class _ControllerWatch(threading.Thread):
+    """Stops the stream when the controller that started this module is gone.
+
+    Ansible reads a module's output only when it ends, so nothing else would tell a stream of
+    hours that nobody waits for it any more. Every few seconds this writes a newline to
+    standard output (Ansible skips whitespace before a module's JSON); once the controller
+    and its connection are gone the write fails, and the stream is killed, so that its
+    partial artifacts are removed and nothing of the run keeps writing.
+    """
+
+    def __init__(self, on_gone, every=1.0):
+        super().__init__(daemon=True)
+        self.on_gone, self.every = on_gone, every
+        self.done = threading.Event()
+        self.gone = False
+        self.lock = threading.Lock()  # no newline in the middle of the module's JSON
+
+    def beat(self):
+        """Whether the controller still reads our output (False once it is gone)."""
+        with self.lock:
+            if not self.gone and not self.done.is_set():
+                try:
+                    os.write(1, b"\n")
+                except OSError:
+                    self.gone = True
+                    self.on_gone()
+        return not self.gone
+
+    def run(self):
+        while not self.done.wait(self.every) and self.beat():
+            pass
+
+    def stop(self):
+        """No more beats (the module's JSON follows); False when the controller is gone."""
+        alive = self.beat()
+        with self.lock:
+            self.done.set()
+        return alive
 
 
 def _compare_counts(expected, actual):
@@ -361,17 +403,21 @@ def main():
     created = []
     proc = None
     # A daemon thread, cancelled in finally: a pending timer must never keep the module alive.
-    timer = None
+    timer = watch = None
     try:
         if p["dest"]:
             out_handle = open(p["dest"], "xb")  # noqa: SIM115 - closed in finally, removed on failure
             created.append(p["dest"])
+            hold_writer_lock(out_handle)  # a live write is never taken for a dead run's leftover
         if p["events_dest"]:
             events_handle = open(p["events_dest"], "xb")  # noqa: SIM115 - as above
             created.append(p["events_dest"])
+            hold_writer_lock(events_handle)
         proc = subprocess.Popen(
             _ssh_argv(p), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
+        watch = _ControllerWatch(proc.kill)
+        watch.start()
         reader = _Stderr(proc.stderr, events_handle)
         reader.start()
         timer = threading.Timer(p["timeout"], proc.kill)
@@ -404,6 +450,8 @@ def main():
         code = proc.wait()
         timer.cancel()
         reader.join()
+        if not watch.stop():  # a stream nobody waits for is not kept, complete or not
+            raise OSError(errno.EPIPE, "the controller that started this stream is gone")
         if events_handle is not None:
             events_handle.flush()
             os.fsync(events_handle.fileno())
@@ -455,6 +503,8 @@ def main():
     finally:
         if timer is not None:
             timer.cancel()
+        if watch is not None:
+            watch.stop()
         for handle in (out_handle, events_handle):
             if handle is not None and not handle.closed:
                 with contextlib.suppress(OSError):

@@ -9,8 +9,9 @@ description:
   - Runs on the repository host and reads the repository layout (see the project README);
     only published backups are listed, never a C(.tmp-*) directory of a backup being written
     or interrupted. Each entry carries its manifest and its last verification.
-  - Also lists temporary directories older than I(stale_hours) as C(stale_partials), which the
-    backup role removes.
+  - Also lists the temporary directories of runs that died as C(stale_partials), which the
+    backup role removes - those that no writer holds a lock on (a live stream always does, however
+    long it takes) and in which nothing changed for I(stale_hours).
 version_added: 0.1.0
 author: pulih maintainers
 options:
@@ -25,9 +26,9 @@ options:
     description: Only this data item.
     type: str
   stale_hours:
-    description: Age after which a temporary directory is an interrupted run's leftover.
+    description: Hours an unlocked temporary directory must have been idle to be a dead run's leftover.
     type: float
-    default: 24
+    default: 1
 """
 
 EXAMPLES = r"""
@@ -46,6 +47,13 @@ backups:
   type: list
   elements: dict
   returned: always
+protected:
+  description:
+    - Backups (of I(asset) and I(item) when given) that an open request depends on, from the
+      repository's C(.pulih-protected.json); retention never prunes them.
+  type: list
+  elements: dict
+  returned: always
 stale_partials:
   description: Temporary directories of interrupted runs (with I(asset) and I(item)).
   type: list
@@ -53,11 +61,12 @@ stale_partials:
   returned: always
 """
 
-import os
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.pulih.core.plugins.module_utils.repository import list_backups, partials
+from ansible_collections.pulih.core.plugins.module_utils.repository import (
+    list_backups,
+    read_protected,
+    stale_partials,
+)
 
 
 def main():
@@ -66,17 +75,27 @@ def main():
             repository=dict(type="path", required=True),
             asset=dict(type="str"),
             item=dict(type="str"),
-            stale_hours=dict(type="float", default=24),
+            stale_hours=dict(type="float", default=1),
         ),
         supports_check_mode=True,
     )
     p = module.params
     stale = []
     if p["asset"] and p["item"]:
-        cutoff = time.time() - p["stale_hours"] * 3600
-        stale = [d for d in partials(p["repository"], p["asset"], p["item"]) if os.path.getmtime(d) < cutoff]
+        stale = stale_partials(p["repository"], p["asset"], p["item"], p["stale_hours"])
+    try:
+        protected = [
+            e
+            for e in read_protected(p["repository"])
+            if (not p["asset"] or e["asset_id"] == p["asset"]) and (not p["item"] or e["item"] == p["item"])
+        ]
+    except (OSError, ValueError, KeyError) as exc:  # never prune on a list that cannot be read
+        module.fail_json(msg="cannot read the repository's protected list: %s" % exc)
     module.exit_json(
-        changed=False, backups=list_backups(p["repository"], p["asset"], p["item"]), stale_partials=stale
+        changed=False,
+        backups=list_backups(p["repository"], p["asset"], p["item"]),
+        stale_partials=stale,
+        protected=protected,
     )
 
 
