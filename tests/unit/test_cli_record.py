@@ -202,14 +202,14 @@ def test_the_gate_allows_a_planned_request_and_the_run_is_reported(env):
     assert allowed.returncode == 0, allowed.stderr
     doc = json.loads(allowed.stdout)
     assert doc["gate"]["allowed"] is True and doc["gate"]["actor"] == "eko"
-    assert doc["status"] == "succeeded" and doc["check_mode"] is True
+    assert doc["status"] == "allowed" and doc["check_mode"] is True and doc["kind"] == "restore_check"
     schema = json.loads((PROJECT / "schemas" / "run_report.schema.json").read_text())
     reports = [
         json.loads(p.read_text()) for p in (Path(env["PULIH_STATE_DIR"]) / "runs").glob("*/report.json")
     ]
     for doc in reports:
         jsonschema.validate(doc, schema)
-    assert {d["kind"] for d in reports} == {"restore"}
+    assert {d["kind"] for d in reports} == {"restore_check"}
 
 
 @pytest.mark.parametrize(
@@ -311,8 +311,8 @@ def test_every_run_goes_on_the_record_and_the_audit_log(env):
     with sqlite3.connect(db) as conn:
         kinds = [r[0] for r in conn.execute("SELECT kind FROM pulih_runs ORDER BY rowid")]
         actions = [r[0] for r in conn.execute("SELECT action FROM pulih_audit ORDER BY seq")]
-    assert kinds == ["restore", "register_check"]
-    assert actions[-3:] == ["restore.allowed", "run.restore", "run.register_check"]
+    assert kinds == ["restore_check", "register_check"]
+    assert actions[-3:] == ["restore.allowed", "run.restore_check", "run.register_check"]
     runs = json.loads(pulih(env, "eko", "runs", "list", "--json").stdout)
     check_run = next(r["run_id"] for r in runs if r["kind"] == "register_check")  # ids of one second tie
     html = pulih(env, "eko", "report", "show", check_run, "--format", "html", "--lang", "id").stdout

@@ -29,7 +29,7 @@ from pulih import report as reports
 from pulih.exitcodes import Exit
 from pulih.register_import import import_csv
 from pulih.requests import BadRequestInput, Config, Refused, Requests, current_actor, load_config
-from pulih.runner import RunOutcome, run_playbook
+from pulih.runner import ContentError, RunOutcome, playbook_path, run_playbook
 from pulih.store import Store
 
 app = typer.Typer(
@@ -302,7 +302,25 @@ def _finish_run(
     if as_json:
         print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     for line in report.errors:
-        err.print(f"[red]error:[/] {line}", markup=True, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(shown(line))}", markup=True, soft_wrap=True)
+    for item in report.items:  # each failed item with its reason, one line
+        check = item.get("verification") or {}
+        why = (
+            item.get("error")
+            if not item.get("ok")
+            else check.get("error")
+            if verification_failed(check)
+            else None
+        )
+        if why:
+            where = ":".join(
+                str(part) for part in (item.get("asset_id") or item.get("host"), item["item"]) if part
+            )
+            err.print(
+                f"[red]failed:[/] {escape(shown(where))}: {escape(shown(' '.join(str(why).split())))}",
+                markup=True,
+                soft_wrap=True,
+            )
     err.print(f"{report.kind} {report.status}: report {written} (and report.html)", soft_wrap=True)
     raise typer.Exit(int(code))
 
@@ -328,7 +346,10 @@ def _job(
         _finish_run(report, status, code, message, as_json=as_json)
 
     try:
+        playbook_path(playbook)
         register = reg.load_inventory(path, today)
+    except ContentError as exc:
+        finish("error", Exit.BAD_INPUT, str(exc))
     except reg.RegisterError as exc:
         finish("error", Exit.BAD_INPUT, "the register is invalid: " + "; ".join(str(p) for p in exc.problems))
     known = {i.name for a in register.hosts() for i in a.data}
@@ -377,6 +398,11 @@ def _job(
 def verification_failed(record: dict[str, object]) -> bool:
     """A verification that ran and failed (check mode's 'skipped' is neither)."""
     return record.get("status", "verified" if record.get("ok") else "failed") == "failed"
+
+
+def _why(outcome: RunOutcome) -> str:
+    """What went wrong in a run, from its hosts' last errors, else its status."""
+    return "; ".join(e for h in outcome.hosts.values() for e in h.errors[-2:]) or outcome.status
 
 
 def _signal_name(outcome: RunOutcome) -> str:
@@ -843,7 +869,7 @@ def request_check_backups(
         run_dir = reports.state_dir() / "runs" / reports.new_run_id("list") / "runner"
         outcome = run_playbook("backups_list.yml", inventory=path, run_dir=run_dir)
         if outcome.status != "succeeded":
-            fail(f"cannot read the repository: {outcome.status}", Exit.FAILED, as_json=as_json)
+            fail(f"cannot read the repository: {_why(outcome)}", Exit.FAILED, as_json=as_json)
         wanted = {(s["asset_id"], s["item"]) for s in record["scope"]}
         found = [
             {
@@ -952,8 +978,9 @@ def _protect(
     if refused:
         fail(f"refused: {refused[0].get('msg')}", Exit.UNUSABLE, as_json=as_json)
     if outcome.status != "succeeded" or not results:
-        why = "; ".join(e for h in outcome.hosts.values() for e in h.errors[-2:]) or outcome.status
-        problem = f"cannot reach the repository to change the protection of the planned backups: {why}"
+        problem = (
+            f"cannot reach the repository to change the protection of the planned backups: {_why(outcome)}"
+        )
         if not refuse:
             return problem
         fail(problem, Exit.FAILED, as_json=as_json)
@@ -1108,8 +1135,12 @@ def restore(
     """
     config = _config()
     requests, actor = Requests(_store(config), config), current_actor(config)
+    # A check asks the gate and changes nothing: on the record it is a check, never a restore.
     report = reports.RunReport(
-        kind="restore", command=["pulih", *sys.argv[1:]], check_mode=check, request_id=request
+        kind="restore_check" if check else "restore",
+        command=["pulih", *sys.argv[1:]],
+        check_mode=check,
+        request_id=request,
     )
 
     def finish(status: str, code: Exit, message: str | None = None) -> NoReturn:
@@ -1127,14 +1158,17 @@ def restore(
         report.items = [{"host": "", "item": f"{s['asset_id']}:{s['item']}", "ok": True} for s in scope]
         if not as_json:
             err.print(f"allowed: {actor} may restore {request} ({len(scope)} item(s))", soft_wrap=True)
-        finish("succeeded", Exit.OK)
+        finish("allowed", Exit.OK)
 
     path = _inventory(inventory)
     report.inventory = str(path)
     try:
+        playbook_path("restore.yml")
         register = reg.load_inventory(path, _today(None))
         plan = (record.get("plan") or {}).get("backups") or {}
         run_items = restoring.items_for(scope, register, planned=plan, named=backup or [])
+    except ContentError as exc:
+        finish("error", Exit.BAD_INPUT, str(exc))
     except reg.RegisterError as exc:
         finish("error", Exit.BAD_INPUT, "the register is invalid: " + "; ".join(str(p) for p in exc.problems))
     except restoring.RestoreInputError as exc:
@@ -1264,6 +1298,8 @@ def main() -> None:
     as_json = "--json" in sys.argv[1:]
     try:
         code = app(standalone_mode=False)
+    except ContentError as exc:
+        fail(str(exc), Exit.BAD_INPUT, as_json=as_json, exit_now=True)
     except UsageError as exc:
         option = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
         fail(option + " ".join(exc.format_message().split()), Exit.BAD_INPUT, as_json=as_json, exit_now=True)

@@ -27,12 +27,27 @@ ProgressFn = Callable[[str, str], None]  # (kind, text)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class ContentError(Exception):
+    """The Ansible content pulih runs is not where it is looked for."""
+
+
 def project_dir() -> Path:
     """The pulih checkout holding playbooks/, roles/ and collections/."""
     env = os.environ.get("PULIH_HOME")
     if env:
         return Path(env).resolve()
     return Path(__file__).resolve().parents[2]
+
+
+def playbook_path(playbook: str) -> Path:
+    path = project_dir() / "playbooks" / playbook
+    if not path.is_file():
+        origin = "PULIH_HOME" if os.environ.get("PULIH_HOME") else "the pulih installation"
+        raise ContentError(
+            f"{origin} ({project_dir()}) holds no playbooks/{playbook}: point PULIH_HOME at the pulih "
+            "project (the folder with playbooks/, roles/ and collections/), or unset it"
+        )
+    return path
 
 
 @dataclass
@@ -63,6 +78,19 @@ _PUBLISHED = (
     "pulih_register_drift",
     "pulih_restore_results",
 )
+
+
+def _failure(res: dict[str, Any]) -> str:
+    """A failed task's message, one line; for a module that never ran ("MODULE FAILURE",
+    "Module result deserialization failed": no Python on the server, say) the real cause
+    from its own output."""
+    message = " ".join(str(res.get("msg", "failed")).split())
+    if "MODULE FAILURE" in message or "deserialization failed" in message:
+        output = str(res.get("module_stderr") or "") + "\n" + str(res.get("module_stdout") or "")
+        cause = [line.strip() for line in output.splitlines() if line.strip()]
+        if cause:
+            message = f"{message}: {cause[-1]}"
+    return message
 
 
 class _Watcher:
@@ -97,7 +125,7 @@ class _Watcher:
             if self.progress and "sha256" in res and "size" in res:
                 self.progress("stream", f"{name}: {res['size']} bytes stored in {res.get('seconds', 0)}s")
         elif kind == "runner_on_failed" and name and not data.get("ignore_errors"):
-            message = str(res.get("msg", "failed"))
+            message = _failure(res)
             self.host(name).errors.append(f"{data.get('task', '')}: {message}")
             if data.get("task_action") == "pulih.core.backup_protect":
                 self.registered.setdefault("protect", []).append({**res, "failed": True})
@@ -124,6 +152,7 @@ def run_playbook(
     """Run ``playbooks/<playbook>``; Ctrl-C, SIGTERM (systemd, cron, timeout) and SIGHUP stop it
     cleanly and yield status 'interrupted', with the signal's name in ``RunOutcome.signal``."""
     project = project_dir()
+    playbook_path(playbook)
     watcher = _Watcher(progress)
     cancelled = threading.Event()
     caught: list[str] = []
