@@ -580,9 +580,13 @@ def test_a_database_server_down_fails_that_item_only(env):
     state = env["state"]
     mariadbd = next(p for p in state.procs if p.name == "lab2/mariadb")
     assert lab_mod.stop_pid(mariadbd.pid, "mariadbd")
-    doc = report_of(pulih(env, "backup", "--json", "--limit", "lab2", check=1))
+    run = pulih(env, "backup", "--json", "--limit", "lab2", check=1)
+    doc = report_of(run)
     results = {i["item"]: i for i in doc["items"]}
     assert results["app-mariadb"]["ok"] is False
+    # The terminal says which item failed and why, in one line, not only where the report is.
+    failed = [line for line in run.stderr.splitlines() if line.startswith("failed: LAB-002:app-mariadb: ")]
+    assert len(failed) == 1 and "cannot connect to MariaDB" in failed[0] and "\r" not in failed[0]
     assert "cannot connect to MariaDB" in results["app-mariadb"]["error"]
     assert results["app-pg"]["ok"] and results["dokumen"]["ok"]
     assert results["app-pg"]["verification"]["ok"]

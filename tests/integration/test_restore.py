@@ -426,16 +426,36 @@ def protected(env):
 
 
 def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_closes(env):
-    item = "LAB-002:app-mariadb"
+    # An item of its own: retention keeping one backup must not prune the other tests' backups.
+    lab2 = host(env, "lab2")
+    env["state"].mariadb(
+        lab2,
+        "CREATE DATABASE retensi; CREATE TABLE retensi.t (id INT PRIMARY KEY); "
+        "INSERT INTO retensi.t VALUES (1)",
+    )
+    add_items(
+        env,
+        "LAB-002",
+        [
+            {
+                "name": "retensi",
+                "engine": "mariadb",
+                "database": "retensi",
+                "host": lab2.address,
+                "port": lab2.mariadb_port,
+                "user": lab_mod.DB_USER,
+                "password_var": lab_mod.PASSWORD_VAR,
+            }
+        ],
+    )
+    item = "LAB-002:retensi"
     made = [
-        report_of(pulih(env, "backup", "--limit", "lab2", "--item", "app-mariadb", "--json", check=0))[
-            "items"
-        ][0]
+        report_of(pulih(env, "backup", "--limit", "lab2", "--item", "retensi", "--json", check=0))["items"][0]
         for _ in range(2)
     ]
     older = made[0]["backup_id"]
     unverified = report_of(
-        pulih(env, "backup", "--limit", "lab2", "--item", "app-mariadb", "--no-verify", "--json", check=0)
+        pulih(env, "backup", "--limit", "lab2", "--item", "retensi", "--no-verify", "--json", check=0)
     )["items"][0]["backup_id"]
 
     # Planning a backup that never verified is refused, unless the operator says why.
@@ -463,7 +483,7 @@ def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_
                 "--limit",
                 "lab2",
                 "-e",
-                '{"pulih_backup_items": ["app-mariadb"]}',
+                '{"pulih_backup_items": ["retensi"]}',
             ],
             cwd=PROJECT,
             capture_output=True,
@@ -473,9 +493,7 @@ def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_
         )
         assert playbook.returncode == 0, playbook.stdout[-3000:]
         kept = [
-            b.name
-            for b in (repository(env) / "LAB-002" / "app-mariadb").iterdir()
-            if not b.name.startswith(".")
+            b.name for b in (repository(env) / "LAB-002" / "retensi").iterdir() if not b.name.startswith(".")
         ]
         assert older in kept, "retention pruned the backup an open request's plan names"
         # Retention did run: the unverified one went (made[1] stays as the newest verified one).

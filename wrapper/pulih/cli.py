@@ -487,7 +487,7 @@ def _fill_report(
                         "asset_id": asset.asset_id if asset else None,
                         "item": result["item"],
                         "engine": None,
-                        "ok": bool(result["ok"]),
+                        "ok": not verification_failed(result),  # check mode's 'skipped' is no failure
                         "backup_id": result["backup_id"],
                         "bytes": None,
                         "seconds": result.get("seconds"),
