@@ -19,6 +19,7 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.plain import ansible_playbook
 from tests.integration.tricky import PWNED, TRICKY_DB, TRICKY_TABLE, make_tricky_data
 
 pytestmark = pytest.mark.lab
@@ -199,47 +200,29 @@ def test_verify_in_check_mode_is_skipped_not_verified(env):
 def test_a_verify_host_outside_the_play_is_refused_not_replaced(env):
     """With --limit leaving the verify host out, the test restore must not quietly run on the
     source server while the record names the verify host."""
-    run = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            str(env["inventory"]),
-            "playbooks/verify.yml",
-            "--limit",
-            "lab1",
-            "-e",
-            "pulih_verify_host=lab2",
-            "-e",
-            '{"pulih_verify_items": ["app-pg"]}',
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    run = ansible_playbook(
+        env["inventory"],
+        "verify.yml",
+        "--limit",
+        "lab1",
+        "-e",
+        "pulih_verify_host=lab2",
+        "-e",
+        '{"pulih_verify_items": ["app-pg"]}',
     )
     assert run.returncode != 0
     assert "pulih_verify_host 'lab2' is not in this play" in run.stdout
     pg_logs = {name: Path(env["state"].root) / "hosts" / name / "postgresql.log" for name in ("lab1", "lab2")}
     seen = {name: log.read_text().count("database=pulih_verify_") for name, log in pg_logs.items()}
-    both = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            str(env["inventory"]),
-            "playbooks/verify.yml",
-            "--limit",
-            "lab1,lab2",
-            "-e",
-            "pulih_verify_host=lab2",
-            "-e",
-            '{"pulih_verify_items": ["app-pg"]}',
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    both = ansible_playbook(
+        env["inventory"],
+        "verify.yml",
+        "--limit",
+        "lab1,lab2",
+        "-e",
+        "pulih_verify_host=lab2",
+        "-e",
+        '{"pulih_verify_items": ["app-pg"]}',
     )
     assert both.returncode == 0, both.stdout[-3000:]
     line = (
@@ -496,11 +479,9 @@ def assert_stops_writing(folder, *, removed, seconds=60):
     pytest.fail(f"still written {seconds}s after the controller stopped: {partial_files(folder)}")
 
 
-def test_sigterm_writes_an_interrupted_report_and_nothing_keeps_writing(env):
-    """What systemd, cron or timeout(1) send: to pulih's own process only."""
-    folder = repository(env) / "LAB-001" / "big-pg"
-    before = published(env, "LAB-001", "big-pg")
-    run = subprocess.Popen(
+def start_big_backup(env):
+    """`pulih backup --json` of the 1.5-million-row item, in a session of its own."""
+    return subprocess.Popen(
         ["pulih", "backup", "--limit", "lab1", "--item", "big-pg", "--no-verify", "--json"],
         env=env["environ"],
         cwd=PROJECT,
@@ -509,6 +490,13 @@ def test_sigterm_writes_an_interrupted_report_and_nothing_keeps_writing(env):
         text=True,
         start_new_session=True,
     )
+
+
+def test_sigterm_writes_an_interrupted_report_and_nothing_keeps_writing(env):
+    """What systemd, cron or timeout(1) send: to pulih's own process only."""
+    folder = repository(env) / "LAB-001" / "big-pg"
+    before = published(env, "LAB-001", "big-pg")
+    run = start_big_backup(env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not [
         p for p in folder.glob(".tmp-*/*.zst") if p.stat().st_size > 1 << 20
@@ -529,15 +517,7 @@ def test_ctrl_c_writes_an_interrupted_report_and_lists_nothing(env):
     folder = repository(env) / "LAB-001" / "big-pg"
     before = published(env, "LAB-001", "big-pg")
     started = {p.name for p in folder.glob(".tmp-*")}
-    run = subprocess.Popen(
-        ["pulih", "backup", "--limit", "lab1", "--item", "big-pg", "--no-verify", "--json"],
-        env=env["environ"],
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    run = start_big_backup(env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not ({p.name for p in folder.glob(".tmp-*")} - started):
         time.sleep(0.02)

@@ -21,6 +21,7 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.plain import ansible_playbook
 from tests.integration.trees import EXCLUDE, excluded, make_rich_tree, tree_state
 from tests.integration.tricky import (
     PWNED,
@@ -474,22 +475,8 @@ def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_
         "pulih_backup_retention_keep_weekly: 0\npulih_backup_retention_keep_monthly: 0\n"
     )
     try:
-        playbook = subprocess.run(
-            [
-                "ansible-playbook",
-                "-i",
-                str(env["inventory"]),
-                "playbooks/backup.yml",
-                "--limit",
-                "lab2",
-                "-e",
-                '{"pulih_backup_items": ["retensi"]}',
-            ],
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+        playbook = ansible_playbook(
+            env["inventory"], "backup.yml", "--limit", "lab2", "-e", '{"pulih_backup_items": ["retensi"]}'
         )
         assert playbook.returncode == 0, playbook.stdout[-3000:]
         kept = [
@@ -502,22 +489,13 @@ def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_
         settings.unlink()
 
     # Lifted when the protection's request closes (through the playbook, as `request close` does).
-    lifted = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            str(env["inventory"]),
-            "playbooks/protect.yml",
-            "-e",
-            f"pulih_protect_request_id={rid}",
-            "-e",
-            "pulih_protect_state=absent",
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    lifted = ansible_playbook(
+        env["inventory"],
+        "protect.yml",
+        "-e",
+        f"pulih_protect_request_id={rid}",
+        "-e",
+        "pulih_protect_state=absent",
     )
     assert lifted.returncode == 0, lifted.stdout[-3000:]
     assert [e for e in protected(env) if e["request_id"] == rid] == []
