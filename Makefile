@@ -5,7 +5,7 @@ VENV := .venv
 # molecule and ansible-runner look for ansible-playbook on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup lint unit integration molecule test demo lab-up lab-down bench bench-backup bench-restore clean
+.PHONY: setup lint unit integration molecule test demo lab-up lab-down bench bench-backup bench-restore bench-files clean
 
 setup:  ## Debian packages and .venv (only what is missing)
 	bash scripts/setup.sh
@@ -46,6 +46,9 @@ bench-backup: setup  ## pulih backup against pg_dump / mariadb-dump, ~750 MiB of
 
 bench-restore: setup  ## pulih restore in place against pg_restore / mariadb, ~750 MiB of data (~5 min)
 	python bench/restore.py
+
+bench-files: setup  ## the agent's file-tree backup against plain tar | zstd, ~650 MiB tree (~1 min)
+	python bench/files.py
 
 clean: lab-down
 	rm -rf .pytest_cache .mypy_cache .ruff_cache reports
