@@ -6,6 +6,7 @@ connects nowhere), for the injection the issue found: `ssh_user: "-oProxyCommand
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 
 import pytest
@@ -16,7 +17,7 @@ MODULE = PROJECT / "collections/ansible_collections/pulih/core/plugins/modules/a
 
 
 @pytest.fixture(scope="module")
-def agent_stream():
+def agent_stream(ansible_plugins):  # the loader makes ansible_collections.pulih importable
     spec = importlib.util.spec_from_file_location("agent_stream", MODULE)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -83,3 +84,25 @@ def test_the_module_refuses_what_is_not_a_plain_name(agent_stream, word):
 )
 def test_the_module_accepts_users_and_addresses(agent_stream, word):
     assert agent_stream._SSH_WORD.match(word)
+
+
+def test_the_post_swap_comparison_skips_excluded_paths_and_what_lies_in_excluded_folders(
+    agent_stream, tmp_path
+):
+    """After an undo from a pre-restore backup (which holds everything), the live tree's
+    excluded paths are the live ones: not compared, nor anything inside an excluded folder."""
+    listed = tmp_path / "files.jsonl"
+    entries = [
+        {"path": "a.txt", "type": "file", "size": 1, "sha256": "x"},
+        {"path": "cache", "type": "dir"},
+        {"path": "cache/s1", "type": "file", "size": 1, "sha256": "y"},
+        {"path": "b.tmp", "type": "file", "size": 1, "sha256": "z"},
+    ]
+    listed.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    live = {"a.txt": entries[0]}
+    assert agent_stream._compare_files(str(listed), live, ["cache", "*.tmp"]) == []
+    assert agent_stream._compare_files(str(listed), live, []) == [
+        "b.tmp: in the file list, not restored",
+        "cache: in the file list, not restored",
+        "cache/s1: in the file list, not restored",
+    ]

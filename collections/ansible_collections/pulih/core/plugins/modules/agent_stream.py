@@ -309,7 +309,14 @@ _MAX_DIFFERENCES = 25
 
 
 def _excluded(path, patterns):
-    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(os.path.basename(path), p) for p in patterns)
+    """Whether the agent's walk leaves `path` out: a pattern matches it or a folder above it
+    (the walk never enters an excluded folder)."""
+    parts = path.split("/")
+    for depth in range(1, len(parts) + 1):
+        here = "/".join(parts[:depth])
+        if any(fnmatch.fnmatch(here, p) or fnmatch.fnmatch(parts[depth - 1], p) for p in patterns):
+            return True
+    return False
 
 
 def _compare_files(expected_path, actual, ignore=()):
