@@ -107,12 +107,7 @@ def _on_record(report: reports.RunReport, path: Path) -> None:
 reports.RECORDERS.append(_on_record)  # every report of every command goes on the record
 
 
-def shown(text: object) -> str:
-    """Text for a terminal: control characters (ESC, line breaks, ...) escaped, never acted on."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+shown = reg.shown
 RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z_]+-[0-9a-f]{4}$")
 
 

@@ -47,7 +47,7 @@ _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Values that reach a command line (ssh, the database clients): never an option ('-...'),
 # never a control character or a space.
 _SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DB_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@$-]{0,62}$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -466,7 +466,7 @@ class _Checker:
             return None
         value = str(value).strip()
         if pattern is not None and not pattern.match(value):
-            self.add(f"'{_shown(value)}' is not valid: {pattern_hint}", line=line, entry=entry, field=key)
+            self.add(f"'{shown(value)}' is not valid: {pattern_hint}", line=line, entry=entry, field=key)
             return None
         return value
 
@@ -476,7 +476,7 @@ class _Checker:
         value = self.text(mapping, key, entry, required=required)
         if value is not None and not _address_ok(value):
             self.add(
-                f"'{_shown(value)}' is neither an IP address nor a host name",
+                f"'{shown(value)}' is neither an IP address nor a host name",
                 line=self._line(mapping, key),
                 entry=entry,
                 field=field,
@@ -541,9 +541,10 @@ class _Checker:
         return day
 
 
-def _shown(value: str) -> str:
-    """A value as a message may quote it: control characters escaped, one line always."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+def shown(value: object) -> str:
+    """Text as a message or a terminal may show it: control characters (ESC, line breaks, ...)
+    escaped, never acted on; one line always."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 def _kind(value: object) -> str:
