@@ -20,14 +20,11 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.client import pulih, report_of, schema
 from tests.integration.plain import ansible_playbook
 from tests.integration.tricky import PWNED, TRICKY_DB, TRICKY_TABLE, make_tricky_data
 
 pytestmark = pytest.mark.lab
-
-
-def schema(name):
-    return json.loads((PROJECT / "schemas" / name).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +37,6 @@ def env(tmp_path_factory):
     outputs: list[str] = []
     yield {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
     lab.down()
-
-
-def pulih(env, *args, check=None):
-    result = subprocess.run(
-        ["pulih", *args],
-        capture_output=True,
-        text=True,
-        env=env["environ"],
-        cwd=PROJECT,
-        timeout=600,
-        check=False,
-    )
-    env["outputs"].append(result.stdout + result.stderr)
-    if check is not None:
-        assert result.returncode == check, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def report_of(result):
-    doc = json.loads(result.stdout)
-    jsonschema.validate(doc, schema("run_report.schema.json"))
-    return doc
 
 
 def repository(env):
@@ -124,6 +99,56 @@ def test_backups_list(env):
     listed = json.loads(result.stdout)["backups"]
     assert {b["item"] for b in listed} == {"app-pg", "app-mariadb", "dokumen"}
     assert all(b["verified"] for b in listed)
+
+
+def test_preflight_refuses_before_anything_streams(env):
+    """A server without the agent's Python, and a repository without room for the item's
+    last backup plus the margin: each fails the item with what to fix, streams nothing,
+    leaves no partial file and keeps every earlier backup."""
+    folder = repository(env) / "LAB-001" / "app-pg"
+    if not published(env, "LAB-001", "app-pg"):  # the room is measured on the last backup
+        pulih(env, "backup", "--limit", "lab1", "--item", "app-pg", "--no-verify", check=0)
+    before = published(env, "LAB-001", "app-pg")
+    address = env["state"].host("lab1").address
+    settings = env["inventory"] / "group_vars" / "all" / "preflight.yml"
+    cases = {
+        "pulih_common_python: /usr/bin/python3-missing\n": (
+            f"there is no Python at /usr/bin/python3-missing on {address}: install python3"
+        ),
+        "pulih_common_space_margin_percent: 1000000000000\n": "not enough room in the repository: ",
+    }
+    try:
+        for text, expected in cases.items():
+            settings.write_text(text)
+            run = pulih(
+                env, "backup", "--limit", "lab1", "--item", "app-pg", "--no-verify", "--json", check=1
+            )
+            (item,) = report_of(run)["items"]
+            assert item["ok"] is False and expected in item["error"], item["error"]
+            if "margin" in text:
+                assert " GiB free at " in item["error"] and "nothing was streamed" in item["error"]
+            assert any(
+                line.startswith("failed: LAB-001:app-pg: ") and expected in line
+                for line in run.stderr.splitlines()
+            )
+            assert published(env, "LAB-001", "app-pg") == before
+            assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")], "no partial file"
+    finally:
+        settings.unlink(missing_ok=True)
+    # No Python for Ansible's own modules on the server: the cause, not "MODULE FAILURE".
+    host_vars = env["inventory"] / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    try:
+        (host_vars / "lab1.yml").write_text("ansible_python_interpreter: /usr/bin/python3-missing\n")
+        run = pulih(env, "backup", "--limit", "lab1", "--item", "app-pg", "--no-verify", "--json", check=1)
+        doc = report_of(run)
+        cause = "The module interpreter '/usr/bin/python3-missing' was not found"
+        assert any(cause in line for line in doc["errors"] + doc["hosts"][0]["errors"]), doc
+        assert f"error: lab1: failed: Agent | Directory: {cause}" in run.stderr
+        assert "MODULE FAILURE" not in run.stderr and "deserialization" not in run.stderr
+        assert published(env, "LAB-001", "app-pg") == before
+    finally:
+        shutil.rmtree(host_vars)
 
 
 def test_restore_by_hand_with_plain_tools(env, tmp_path):

@@ -21,6 +21,7 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.client import pulih, report_of
 from tests.integration.plain import ansible_playbook
 from tests.integration.trees import EXCLUDE, excluded, make_rich_tree, tree_state
 from tests.integration.tricky import (
@@ -60,6 +61,7 @@ def env(tmp_path_factory):
             "PULIH_STATE_DIR": str(base / "state"),
             "PULIH_INVENTORY": str(inventory),
             "PULIH_CONFIG": str(base / "config.yml"),
+            "PULIH_ACTOR": "budi",  # the operator, unless a step names another actor
         }
         outputs: list[str] = []
         env = {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
@@ -73,30 +75,6 @@ def env(tmp_path_factory):
         yield env
     finally:  # also when the setup above failed: no lab left running
         lab.down()
-
-
-def pulih(env, *args, actor="budi", check=None):
-    result = subprocess.run(
-        ["pulih", *args],
-        capture_output=True,
-        text=True,
-        env={**env["environ"], "PULIH_ACTOR": actor},
-        cwd=PROJECT,
-        timeout=900,
-        check=False,
-    )
-    env["outputs"].append(result.stdout + result.stderr)
-    if check is not None:
-        assert result.returncode == check, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def report_of(result):
-    doc = json.loads(result.stdout)
-    schema = json.loads((PROJECT / "schemas" / "run_report.schema.json").read_text())
-    jsonschema.validate(doc, schema)
-    return doc
 
 
 def planned_request(env, items, *, backups, target=None, plan=True, unverified=None):
@@ -360,6 +338,36 @@ def test_a_corrupt_backup_is_refused_before_anything_is_touched(env):
     assert my_print(env, "lab1", "app_lab1") == before
     assert leftovers(env, "lab1") == []
     assert record(env, rid)["steps"][-1]["note"].startswith("failed: attempt 1 of 3")
+
+
+def test_a_target_without_room_for_the_stage_is_refused_before_anything_is_touched(env):
+    """The backup records the database's size; the target server must have room for it
+    (plus the margin) where the stage goes, or the restore is refused, with what to free,
+    before any stage exists."""
+    fresh = report_of(
+        pulih(env, "backup", "--limit", "lab1", "--item", "app-mariadb", "--no-verify", "--json", check=0)
+    )
+    backup_id = fresh["items"][0]["backup_id"]
+    assert manifest(env, "LAB-001", "app-mariadb", backup_id)["source_bytes"] > 0
+    rid = planned_request(
+        env,
+        ["LAB-001:app-mariadb"],
+        backups={"LAB-001:app-mariadb": backup_id},
+        unverified="the room check refuses it before verification matters",
+    )
+    before = my_print(env, "lab1", "app_lab1")
+    settings = env["inventory"] / "group_vars" / "all" / "room.yml"
+    settings.write_text("pulih_common_space_margin_percent: 1000000000000\n")
+    try:
+        doc = restore(env, rid, check=4)
+    finally:
+        settings.unlink()
+    assert doc["status"] == "refused"
+    error = doc["items"][0]["error"]
+    assert "not enough room for the restore's stage: " in error and "nothing was touched" in error
+    assert len(doc["attempts"]) == 1
+    assert my_print(env, "lab1", "app_lab1") == before
+    assert leftovers(env, "lab1") == []
 
 
 def test_a_foreign_backup_is_refused_before_anything_is_touched(env):
@@ -769,6 +777,28 @@ def test_a_server_down_fails_the_attempt_and_every_retry_is_recorded(env):
     assert "attempt 2 of 2" in executed[-1]["note"]
     html = (Path(env["environ"]["PULIH_STATE_DIR"]) / "runs" / doc["run_id"] / "report.html").read_text()
     assert "cannot connect to MariaDB" in html
+
+
+def test_a_partial_alternate_target_run_names_the_real_cause(env):
+    """Two items to another host whose MariaDB is down (the test above stopped it): the
+    PostgreSQL item is restored there, the MariaDB item fails, and the report and the
+    terminal say where and why, not only that not everything was restored."""
+    mariadbd = next(p for p in env["state"].procs if p.name == "lab2/mariadb")
+    lab_mod.stop_pid(mariadbd.pid, "mariadbd")  # down already when the test above ran
+    items = ["LAB-001:app-pg", "LAB-001:app-mariadb"]
+    rid = planned_request(env, items, backups=env["backups"], target="alternate:lab2")
+    run = pulih(env, "restore", "--request", rid, "--attempts", "1", "--json", check=1)
+    doc = report_of(run)
+    results = {i["item"]: i for i in doc["items"]}
+    assert results["app-pg"]["ok"] and results["app-pg"]["restore"]["target_host"] == "lab2"
+    assert pg_print(env, "lab2", "app_lab1") == env["original"]["pg"]
+    cause = results["app-mariadb"]["error"]
+    assert cause.startswith("on the alternate target lab2: ") and "cannot connect to MariaDB" in cause
+    assert "1 of 2 item(s) restored after 1 attempt(s)" in run.stderr
+    assert any(
+        line.startswith("failed: LAB-001:app-mariadb: on the alternate target lab2: ")
+        for line in run.stderr.splitlines()
+    )
 
 
 def test_the_database_password_never_leaks(env):

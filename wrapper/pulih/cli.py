@@ -685,7 +685,7 @@ def _store(config: Config) -> Store:
     except sa_exc.OperationalError as exc:
         fail(
             f"cannot open the store {url or reports.state_dir() / 'pulih.db'}: "
-            f"{str(exc.orig).strip() or exc} (check that it exists, that you may write it, "
+            f"{' '.join(str(exc.orig).split()) or exc} (check that it exists, that you may write it, "
             "and that its server answers)",
             Exit.FAILED,
         )
@@ -1255,7 +1255,13 @@ def restore(
             Exit.UNUSABLE,
             "a backup was refused before anything was touched; name another with --backup",
         )
-    finish("failed", Exit.FAILED, f"not every item was restored after {len(report.attempts)} attempt(s)")
+    restored = sum(1 for i in run_items if i.done)
+    finish(
+        "failed",
+        Exit.FAILED,
+        f"{restored} of {len(run_items)} item(s) restored after {len(report.attempts)} attempt(s); "
+        "each failed item is named below with its cause",
+    )
 
 
 @audit_app.command("verify")

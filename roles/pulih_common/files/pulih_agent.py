@@ -252,9 +252,12 @@ def dump_postgresql(request):
     db.set_session(isolation_level="REPEATABLE READ", readonly=True)
     cur = db.cursor()
     # The snapshot pg_dump will share: the row counts below see exactly what it dumps.
-    cur.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
-    snapshot, server_version = cur.fetchone()
+    cur.execute(
+        "SELECT pg_export_snapshot(), current_setting('server_version'), pg_database_size(current_database())"
+    )
+    snapshot, server_version, source_bytes = cur.fetchone()
     try:
+        require_pg_dump_for(server_version)
         with Pipeline() as pipe:
             dump = pipe.add(["pg_dump", "-Fc", "-Z0", "--snapshot=" + snapshot], env=pg_env(conn))
             add_output_stages(pipe, request, dump.stdout)
@@ -266,6 +269,7 @@ def dump_postgresql(request):
         "result",
         engine="postgresql",
         server_version=server_version,
+        source_bytes=source_bytes,
         row_counts=counts,
         consistency="row counts taken in the transaction whose snapshot pg_dump used (--snapshot)",
         tools={
@@ -312,6 +316,10 @@ def verify_postgresql(request):
     admin = pg_connect(conn, "postgres")
     admin.autocommit = True
     acur = admin.cursor()
+    require_pg_restore_for(request.get("dumped_with"))
+    require_room(
+        "test restore", [(database_directory(acur, "SHOW data_directory"), request.get("room_bytes"))]
+    )
     acur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
     acur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
     try:
@@ -418,6 +426,12 @@ def dump_mariadb(request):
         with Pipeline() as pipe:
             cur.execute("SELECT VERSION()")
             server_version = cur.fetchone()[0]
+            cur.execute(
+                "SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
+                " WHERE table_schema = %s",
+                (database,),
+            )
+            source_bytes = int(cur.fetchone()[0])
             cur.execute("SET SESSION lock_wait_timeout = %s", (int(request.get("lock_wait_timeout", 30)),))
             # Writes stop from here until both snapshots exist (ours for the counts and
             # mariadb-dump's): a moment, the same lock mariadb-dump --master-data takes.
@@ -476,6 +490,7 @@ def dump_mariadb(request):
         "result",
         engine="mariadb",
         server_version=server_version,
+        source_bytes=source_bytes,
         row_counts=counter,
         consistency=(
             "FLUSH TABLES WITH READ LOCK held only until pulih's counting transaction and "
@@ -494,6 +509,7 @@ def verify_mariadb(request):
     conn, scratch = request["conn"], request["scratch_database"]
     admin = my_connect(conn)
     acur = admin.cursor()
+    require_room("test restore", [(database_directory(acur, "SELECT @@datadir"), request.get("room_bytes"))])
     acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(scratch))
     acur.execute("CREATE DATABASE %s CHARACTER SET utf8mb4" % my_ident(scratch))
     try:
@@ -712,6 +728,7 @@ def dump_files(request):
         "result",
         engine="files",
         exclude=patterns,
+        source_bytes=summary["bytes"],
         **summary,
         skipped=skipped,
         tools={"tar": tool_version(["tar", "--version"]), "zstd": tool_version(["zstd", "--version"])},
@@ -759,6 +776,7 @@ def extract_tree(request, dest):
 
 def verify_files(request):
     parent = request.get("scratch_parent") or tempfile.gettempdir()
+    require_room("test restore", [(parent, request.get("room_bytes"))])
     scratch = tempfile.mkdtemp(prefix="pulih-verify-", dir=parent)
     try:
         entries = extract_tree(request, scratch)
@@ -841,6 +859,19 @@ def pg_drop(cur, name):
     cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def pg_restore_jobs(request):
+    # One more than cores: while one job waits on its index build another loads (measured
+    # 10% faster than as many jobs as cores on 2 cores); more than 8 rarely finds work.
+    return int(request.get("jobs") or 0) or min((os.cpu_count() or 1) + 1, 8)
+
+
+def pg_stage_room(acur, request):
+    room = [(database_directory(acur, "SHOW data_directory"), request.get("room_bytes"))]
+    if pg_restore_jobs(request) > 1:  # the plain dump waits in scratch space for pg_restore -j
+        room.append((request.get("scratch_parent") or tempfile.gettempdir(), request.get("room_bytes")))
+    return room
+
+
 def stage_postgresql(request):
     from psycopg2 import sql
 
@@ -850,20 +881,20 @@ def stage_postgresql(request):
     acur = admin.cursor()
     like = pg_database_info(acur, live)
     refuse_existing(request, like)
+    require_pg_restore_for(request.get("dumped_with"))
     acur.execute(
         "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (names(request)["prefix"],)
     )
     for (leftover,) in acur.fetchall():  # of interrupted attempts
         pg_drop(acur, leftover)
+    jobs = pg_restore_jobs(request)
+    require_room("restore's stage", pg_stage_room(acur, request))
     create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(stage))
     if like:  # the live database's owner, encoding and locale
         create = sql.SQL("{} OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
             create, sql.Identifier(like[0]), sql.Literal(like[1]), sql.Literal(like[2]), sql.Literal(like[3])
         )
     acur.execute(create)
-    # One job more than cores: while one job waits on its index build another loads (measured
-    # 10% faster than as many jobs as cores on 2 cores); more than 8 rarely finds work.
-    jobs = int(request.get("jobs") or 0) or min((os.cpu_count() or 1) + 1, 8)
     clock = Stopwatch()
     argv = ["pg_restore", "--exit-on-error", "-d", stage]
     if not request.get("keep_owners", True):
@@ -983,6 +1014,10 @@ def my_schema_charset(cur, name):
     return cur.fetchone()
 
 
+def my_stage_room(acur, request):
+    return [(database_directory(acur, "SELECT @@datadir"), request.get("room_bytes"))]
+
+
 def stage_mariadb(request):
     conn, live, stage = request["conn"], request["live"], names(request)["stage"]
     admin = my_connect(conn)
@@ -997,6 +1032,7 @@ def stage_mariadb(request):
     )
     for (leftover,) in acur.fetchall():  # of interrupted attempts
         acur.execute("DROP DATABASE IF EXISTS %s" % my_ident(leftover))
+    require_room("restore's stage", my_stage_room(acur, request))
     charset, collation = like or ("utf8mb4", None)
     acur.execute(
         "CREATE DATABASE %s CHARACTER SET %s%s"
@@ -1249,6 +1285,10 @@ def beside(live, name):
     return os.path.join(os.path.dirname(live), name)
 
 
+def files_stage_room(request):
+    return [(os.path.dirname(os.path.normpath(request["live"])), request.get("room_bytes"))]
+
+
 def stage_files(request):
     live = os.path.normpath(request["live"])
     stage = beside(live, names(request)["stage"])
@@ -1258,6 +1298,7 @@ def stage_files(request):
     for leftover in os.listdir(parent):  # of interrupted attempts
         if leftover.startswith(names(request)["prefix"]):
             shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
+    require_room("restore's stage", files_stage_room(request))
     os.mkdir(stage, 0o700)
     try:
         entries = extract_tree(request, stage)
@@ -1421,6 +1462,180 @@ def discard_files(request):
     emit("result", engine="files", discarded=stage)
 
 
+# --------------------------------------------------------------------------- preflight
+#
+# Before a dump, a verification or a stage reads or writes a byte, the agent checks that
+# this server has what the request needs, and says all that is missing at once (a person
+# installs it in one go), with the Debian package that brings it.
+
+OLDEST_PYTHON = (3, 9)
+PACKAGES = {
+    "zstd": "zstd",
+    "age": "age",
+    "pg_dump": "postgresql-client",
+    "pg_dumpall": "postgresql-client",
+    "pg_restore": "postgresql-client",
+    "mariadb-dump": "mariadb-client",
+    "mariadb": "mariadb-client",
+    "tar": "tar",
+    "psycopg2": "python3-psycopg2",
+    "pymysql": "python3-pymysql",
+}
+# (mode, engine) -> commands (alternatives joined by "|") and Python modules it runs.
+NEEDS = {
+    ("dump", "postgresql"): (["pg_dump"], ["psycopg2"]),
+    ("dump", "pg_globals"): (["pg_dumpall"], []),
+    ("dump", "mariadb"): (["mariadb-dump|mysqldump"], ["pymysql"]),
+    ("dump", "files"): (["tar"], []),
+    ("verify", "postgresql"): (["pg_restore"], ["psycopg2"]),
+    ("verify", "mariadb"): (["mariadb|mysql"], ["pymysql"]),
+    ("verify", "files"): (["tar"], []),
+}
+for _key in list(NEEDS):
+    if _key[1] != "pg_globals":
+        NEEDS[("stage", _key[1])] = NEEDS[("verify", _key[1])]
+for _key in [k for k in NEEDS if k[1] == "mariadb"]:
+    NEEDS[(_key[0], "mysql")] = NEEDS[_key]
+
+
+def missing_tools(mode, engine, request):
+    """What of the request's commands and Python modules this server lacks."""
+    commands, modules = NEEDS.get((mode, engine), ([], []))
+    commands = ["zstd", *commands]
+    if request.get("recipients") if mode == "dump" else request.get("encrypted"):
+        commands.append("age")
+    missing = []
+    for command in commands:
+        choices = command.split("|")
+        if not any(shutil.which(choice) for choice in choices):
+            missing.append(choices[0])
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def tools_problem(mode, engine, request):
+    """What this server lacks to run the request, in one sentence; None when nothing."""
+    if sys.version_info < OLDEST_PYTHON:
+        return "this server's Python is %d.%d; the agent needs %d.%d or later (set pulih_common_python)" % (
+            sys.version_info[:2] + OLDEST_PYTHON
+        )
+    missing = missing_tools(mode, engine, request)
+    if not missing:
+        return None
+    packages = sorted({PACKAGES.get(name, name) for name in missing})
+    return (
+        "missing on this server: %s (Debian packages: %s; or put the commands on pulih_common_tool_path)"
+        % (
+            ", ".join(missing),
+            " ".join(packages),
+        )
+    )
+
+
+def require_tools(mode, engine, request):
+    problem = tools_problem(mode, engine, request)
+    if problem:
+        raise AgentError(problem)
+
+
+def major_version(text):
+    """The major version in a tool's or server's version line ("pg_dump (PostgreSQL) 15.8",
+    "15.8 (Debian 15.8-0+deb12u1)", "9.6.24"): 15, 15, 9."""
+    for word in (text or "").replace("(", " ").split():
+        head = word.split(".")[0]
+        if head.isdigit():
+            return int(head)
+    return None
+
+
+def require_pg_dump_for(server_version):
+    """pg_dump refuses a server newer than itself; say so before a dump starts."""
+    tool = tool_version(["pg_dump", "--version"])
+    have, need = major_version(tool), major_version(server_version)
+    if have is not None and need is not None and have < need:
+        raise AgentError(
+            "this server's pg_dump is %s but the PostgreSQL server is %s: install postgresql-client-%d "
+            "(pg_dump must be at least the server's major version)" % (have, server_version, need)
+        )
+
+
+def pg_restore_problem(dumped_with):
+    """pg_restore cannot read an archive written by a newer pg_dump."""
+    tool = tool_version(["pg_restore", "--version"])
+    have, need = major_version(tool), major_version(dumped_with)
+    if have is not None and need is not None and have < need:
+        return (
+            "this server's pg_restore is %s but the backup was written by %s: "
+            "install postgresql-client-%d or later here" % (have, dumped_with, need)
+        )
+    return None
+
+
+def require_pg_restore_for(dumped_with):
+    problem = pg_restore_problem(dumped_with)
+    if problem:
+        raise AgentError(problem)
+
+
+def free_bytes(path):
+    """Bytes an unprivileged writer may still use on the filesystem holding `path` (or its
+    nearest existing parent)."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    info = os.statvfs(path or "/")
+    return info.f_bavail * info.f_frsize
+
+
+def gib(count):
+    return (
+        "%.1f GiB" % (count / float(1 << 30)) if count >= 1 << 27 else "%.1f MiB" % (count / float(1 << 20))
+    )
+
+
+def room_problem(where, needs):
+    """Whether a filesystem cannot hold what goes there. `needs` is a list of (path, bytes);
+    paths on one filesystem add up. A path that is not absolute (a database whose server
+    runs elsewhere) is not checked here."""
+    by_device = {}
+    for path, need in needs:
+        if not need or not path or not os.path.isabs(path):
+            continue
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        entry = by_device.setdefault(os.stat(path).st_dev, [path, 0])
+        entry[1] += int(need)
+    for path, need in by_device.values():
+        have = free_bytes(path)
+        if have < need:
+            return (
+                "not enough room for the %s: %s free at %s, it needs about %s (the backup's size at "
+                "dump time plus pulih_common_space_margin_percent); free space there first"
+                % (where, gib(have), path, gib(need))
+            )
+    return None
+
+
+def require_room(where, needs):
+    problem = room_problem(where, needs)
+    if problem:
+        raise AgentError(problem + ", nothing was touched")
+
+
+def database_directory(cur, query):
+    """The server's data directory when this agent can see it (the server runs here)."""
+    try:
+        cur.execute(query)
+        row = cur.fetchone()
+    except Exception:  # a backup account that may not read it: the room is not checked
+        return None
+    path = row[0] if row else None
+    return path if path and os.path.isdir(path) else None
+
+
 # --------------------------------------------------------------------------- main
 
 DUMPS = {
@@ -1439,14 +1654,23 @@ VERIFIES = {
 
 
 def probe(request):
-    """Whether the restore's target exists (an alternate target must not)."""
+    """Before a restore touches anything: whether its target exists (an alternate target
+    must not), and what would stop its stage here (missing tools, too little room)."""
     engine, live = request["engine"], request["live"]
+    problems = [tools_problem("stage", engine, request)]
+    if engine == "postgresql" and not problems[0]:
+        problems.append(pg_restore_problem(request.get("dumped_with")))
+    if problems[0]:  # without its client library the database cannot even be asked
+        emit("result", engine=engine, live=live, exists=None, problems=problems[:1])
+        return
     if engine == "files":
         exists = os.path.lexists(live)
+        room = files_stage_room(request)
     elif engine == "postgresql":
         admin = pg_connect(request["conn"], "postgres")
         try:
             exists = bool(pg_database_info(admin.cursor(), live))
+            room = pg_stage_room(admin.cursor(), request)
         finally:
             admin.close()
     else:
@@ -1454,9 +1678,11 @@ def probe(request):
         try:
             my_recover_swap(admin.cursor(), request)
             exists = bool(my_schema_charset(admin.cursor(), live))
+            room = my_stage_room(admin.cursor(), request)
         finally:
             admin.close()
-    emit("result", engine=engine, live=live, exists=exists)
+    problems.append(room_problem("restore's stage", room))
+    emit("result", engine=engine, live=live, exists=exists, problems=[p for p in problems if p])
 
 
 STAGES = {
@@ -1500,9 +1726,14 @@ def main():
     try:
         request = read_request()
         mode, engine = request.get("mode"), request.get("engine")
+        tool_path = [str(folder) for folder in request.get("tool_path") or [] if os.path.isabs(str(folder))]
+        if tool_path:  # the operator's folders first: a pg_dump of the server's major version
+            os.environ["PATH"] = os.pathsep.join([*tool_path, os.environ.get("PATH", os.defpath)])
         table = MODES.get(mode)
         if table is None or engine not in table:
             raise AgentError("unknown request: mode %r, engine %r" % (mode, engine))
+        if mode in ("dump", "verify", "stage"):
+            require_tools(mode, engine, request)
         table[engine](request)
     except AgentError as exc:
         sys.stderr.write("pulih agent: %s\n" % exc)

@@ -43,6 +43,20 @@ options:
     description: Python interpreter on the data server.
     type: str
     default: /usr/bin/python3
+  tool_path:
+    description:
+      - Folders on the data server searched before its C(PATH) for the tools the agent runs
+        (C(pg_dump) of another major version, a C(zstd) under C(/opt)).
+    type: list
+    elements: str
+    default: []
+  need_free_bytes:
+    description:
+      - With I(dest), the free space the repository's filesystem must have before the stream
+        starts (the item's last backup plus a margin); the task fails before anything streams
+        when it has less.
+    type: int
+    default: 0
   request:
     description: The agent's request (mode, engine, connection without its password, ...).
     type: dict
@@ -153,6 +167,12 @@ from ansible_collections.pulih.core.plugins.module_utils.repository import hold_
 CHUNK = 1 << 20
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
 _SSH_WORD = re.compile(r"^[A-Za-z0-9_:.\[\]][A-Za-z0-9_:.%\[\]-]*$")  # never an option, never a space
+
+
+def _size(count):
+    return (
+        "%.1f GiB" % (count / float(1 << 30)) if count >= 1 << 27 else "%.1f MiB" % (count / float(1 << 20))
+    )
 
 
 def _ssh_argv(p):
@@ -359,6 +379,8 @@ def main():
             ssh_known_hosts=dict(type="path"),
             agent=dict(type="str", default="/var/lib/pulih/pulih_agent.py"),
             python=dict(type="str", default="/usr/bin/python3"),
+            tool_path=dict(type="list", elements="str", default=[]),
+            need_free_bytes=dict(type="int", default=0),
             request=dict(type="dict", required=True),
             secret=dict(type="dict", default={}, no_log=True),
             dest=dict(type="path"),
@@ -376,6 +398,9 @@ def main():
     for key in ("agent", "python"):
         if not _SAFE_PATH.match(p[key]):
             module.fail_json(msg="%s must be a plain absolute path, got %r" % (key, p[key]))
+    for folder in p["tool_path"]:
+        if not _SAFE_PATH.match(folder):
+            module.fail_json(msg="tool_path entries must be plain absolute paths, got %r" % folder)
     for key in ("user", "address"):
         if not _SSH_WORD.match(p[key]):
             module.fail_json(msg="%s %r is not a user or host name ssh can be given safely" % (key, p[key]))
@@ -383,6 +408,20 @@ def main():
         module.fail_json(msg="%s already exists: a backup artifact is never overwritten" % p["dest"])
     if p["src"] and not os.path.isfile(p["src"]):
         module.fail_json(msg="%s does not exist on the repository host" % p["src"])
+    if p["dest"] and p["need_free_bytes"] > 0:
+        folder = os.path.dirname(p["dest"])
+        while not os.path.isdir(folder):  # in check mode the backup's folder was not made
+            folder = os.path.dirname(folder)
+        info = os.statvfs(folder)
+        have = info.f_bavail * info.f_frsize
+        if have < p["need_free_bytes"]:
+            module.fail_json(
+                msg="not enough room in the repository: %s free at %s, and this item's last backup "
+                "plus the margin (pulih_common_space_margin_percent) needs %s; free space or add disk, "
+                "nothing was streamed" % (_size(have), folder, _size(p["need_free_bytes"])),
+                differences=[],
+                matches=False,
+            )
     what = (
         "store %s" % p["dest"]
         if p["dest"]
@@ -400,6 +439,8 @@ def main():
         )
 
     request = json.loads(json.dumps(p["request"]))
+    if p["tool_path"]:
+        request["tool_path"] = p["tool_path"]
     if p["secret"].get("password") is not None:
         request.setdefault("conn", {})["password"] = p["secret"]["password"]
     if p["secret"].get("identity"):
@@ -467,6 +508,13 @@ def main():
             why = "; ".join(reader.messages[-6:]) or "no message"
             if code == 255:
                 why = "SSH to %s@%s:%s failed: %s" % (p["user"], p["address"], p["port"], why)
+            elif code == 127:  # the remote shell found no such program
+                why = (
+                    "there is no Python at %s on %s: install python3 (3.9 or later) or set "
+                    "pulih_common_python (%s)" % (p["python"], p["address"], why)
+                )
+            elif code == 2 and "can't open file" in why:
+                why = "the agent is not installed at %s on %s (%s)" % (p["agent"], p["address"], why)
             module.fail_json(
                 msg="the agent on %s failed (exit %s): %s" % (p["address"], code, why),
                 rc=code,

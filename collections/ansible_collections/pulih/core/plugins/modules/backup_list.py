@@ -91,9 +91,15 @@ def main():
         ]
     except (OSError, ValueError, KeyError) as exc:  # never prune on a list that cannot be read
         module.fail_json(msg="cannot read the repository's protected list: %s" % exc)
+    backups = list_backups(p["repository"], p["asset"], p["item"])
+    readable = [b for b in backups if b["readable"]]
     module.exit_json(
         changed=False,
-        backups=list_backups(p["repository"], p["asset"], p["item"]),
+        backups=backups,
+        # What the next backup of the item is expected to need in the repository.
+        last_bytes=sum(a.get("size") or 0 for a in readable[-1]["manifest"].get("artifacts") or [])
+        if p["asset"] and p["item"] and readable
+        else 0,
         stale_partials=stale,
         protected=protected,
     )
