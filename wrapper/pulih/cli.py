@@ -378,6 +378,8 @@ def _job(
             f"interrupted ({_signal_name(outcome)}): whatever was being written is not listed "
             "and is removed by a later run",
         )
+    if not outcome.hosts and outcome.message:
+        finish("error", Exit.FAILED, f"ansible-playbook stopped before any server: {outcome.message}")
     if not outcome.hosts:
         finish("error", Exit.BAD_INPUT, f"no registered server in operation matches --limit {limit!r}")
     failed = (
@@ -397,7 +399,11 @@ def verification_failed(record: dict[str, object]) -> bool:
 
 def _why(outcome: RunOutcome) -> str:
     """What went wrong in a run, from its hosts' last errors, else its status."""
-    return "; ".join(e for h in outcome.hosts.values() for e in h.errors[-2:]) or outcome.status
+    return (
+        "; ".join(e for h in outcome.hosts.values() for e in h.errors[-2:])
+        or outcome.message
+        or outcome.status
+    )
 
 
 def _signal_name(outcome: RunOutcome) -> str:
@@ -591,8 +597,7 @@ def backups_list(
     run_dir = reports.state_dir() / "runs" / reports.new_run_id("list") / "runner"
     outcome = run_playbook("backups_list.yml", inventory=path, run_dir=run_dir, extravars=extravars)
     if outcome.status != "succeeded":
-        errors = "; ".join(e for h in outcome.hosts.values() for e in h.errors) or outcome.status
-        fail(f"cannot read the repository: {errors}", Exit.FAILED, as_json=as_json)
+        fail(f"cannot read the repository: {_why(outcome)}", Exit.FAILED, as_json=as_json)
     backups = outcome.registered.get("backups", [])
     if as_json:
         print(json.dumps({"status": "ok", "backups": backups}, indent=2, ensure_ascii=False))

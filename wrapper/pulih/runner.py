@@ -66,6 +66,9 @@ class RunOutcome:
     artifacts_dir: str
     registered: dict[str, list[Any]] = field(default_factory=dict)
     signal: str | None = None  # what interrupted the run: SIGINT (Ctrl-C), SIGTERM, SIGHUP
+    # ansible-playbook's own error when it stopped before any host ran (a vault password file
+    # that cannot be read, a playbook that does not parse).
+    message: str | None = None
 
     def facts(self, key: str) -> dict[str, Any]:
         """One published fact of every host that has it."""
@@ -225,4 +228,20 @@ def run_playbook(
         artifacts_dir=str(result.config.artifact_dir),
         registered=watcher.registered,
         signal=caught[0] if caught else None,
+        message=_ansible_error(run_dir) if status != "succeeded" else None,
     )
+
+
+def _ansible_error(run_dir: Path) -> str | None:
+    """The last "[ERROR]: ..." (or "ERROR! ...") line ansible-playbook printed, one line."""
+    stdout = run_dir / "artifacts" / "runner" / "stdout"
+    try:
+        lines = stdout.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [
+        line.split(":", 1)[1].strip() if line.startswith("[ERROR]") else line[len("ERROR!") :].strip()
+        for line in lines
+        if line.startswith(("[ERROR]:", "ERROR!"))
+    ]
+    return " ".join(found[-1].split()) if found else None
