@@ -12,6 +12,7 @@ debian_packages=(
   zstd age rsync
   tar acl                             # GNU tar carries file trees (sparse, ACLs, xattrs); setfacl for the tests
   python3-venv
+  curl                                # the service tests speak HTTP over its socket as other OS users
   python3-psycopg2 python3-pymysql    # what community.postgresql/mysql need on a managed host
 )
 
@@ -29,14 +30,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python=${PYTHON:-python3}
+# Debian's Python by default: the service's account (pulih) and the staff who use its socket
+# must be able to run it, which a Python under /root (pyenv) does not allow.
+python=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
 stamp=.venv/.pulih-setup
 want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
 if [[ -x .venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
   exit 0
 fi
 echo "setup: creating .venv with $($python --version)"
-"$python" -m venv .venv
+"$python" -m venv --clear .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
 echo "$want" > "$stamp"

@@ -11,4 +11,5 @@ class Exit(IntEnum):
     BAD_INPUT = 2  # the input (register, arguments, files) is not usable
     REFUSED = 3  # refused by the approval gate
     UNUSABLE = 4  # the backup was refused before anything was touched: corrupt, foreign or none found
+    UNAVAILABLE = 5  # the service cannot be reached
     INTERRUPTED = 130  # Ctrl-C

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 GENESIS = "0" * 64
 
 metadata = sa.MetaData()
@@ -94,6 +94,33 @@ audit_table = sa.Table(
 )
 
 
+accounts_table = sa.Table(  # added in schema version 3: who may act, held by the service
+    "pulih_accounts",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(256)),
+    sa.Column("unix_user", sa.String(64)),
+    sa.Column("unix_uid", sa.Integer, unique=True),  # the kernel's answer on the socket
+    sa.Column("roles", sa.Text, nullable=False),  # JSON list
+    sa.Column("skpds", sa.Text, nullable=False),  # JSON list
+    sa.Column("password_hash", sa.Text),  # argon2id
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+tokens_table = sa.Table(  # added in schema version 3
+    "pulih_tokens",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("account", sa.String(64), sa.ForeignKey("pulih_accounts.name"), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # SHA-256 of the secret
+    sa.Column("scopes", sa.Text, nullable=False),  # JSON list
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.String(32), nullable=False),
+    sa.Column("revoked_at", sa.String(32)),
+    sa.Column("last_used_at", sa.String(32)),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Version 1: every table, runs without exit_code."""
     tables = [meta_table, requests_table, steps_table, audit_table]
@@ -116,7 +143,13 @@ def _v2(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE pulih_runs ADD COLUMN exit_code INTEGER"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    """Version 3: accounts and API tokens (pulih serve)."""
+    accounts_table.create(conn, checkfirst=True)
+    tokens_table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 
 
 def now() -> dt.datetime:

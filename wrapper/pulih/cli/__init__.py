@@ -1,7 +1,8 @@
 """The `pulih` command.
 
 Exit codes (every command): 0 done, 1 the run or check failed or found something,
-2 bad input, 3 refused by the approval gate. `--json` prints one JSON document on
+2 bad input, 3 refused by the approval gate, 4 a backup refused, 5 the service cannot be
+reached, 130 interrupted. `--json` prints one JSON document on
 standard output for scripts; messages for people go to standard error.
 """
 
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import exc as sa_exc
@@ -26,6 +26,8 @@ from typer._click.exceptions import UsageError  # typer vendors click; its usage
 from pulih import forms, restoring
 from pulih import register as reg
 from pulih import report as reports
+from pulih.cli import service as service_commands
+from pulih.cli.common import JsonOpt, err, fail, out, shown
 from pulih.exitcodes import Exit
 from pulih.register_import import import_csv
 from pulih.requests import BadRequestInput, Config, Refused, Requests, current_actor, load_config
@@ -52,10 +54,8 @@ request_app = typer.Typer(help="Requests, step by step as the SOPs run them.", n
 app.add_typer(request_app, name="request")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+service_commands.register(app)  # serve, whoami, admin
 
-# A table read through a pipe is not cut at 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
 
 InventoryOpt = Annotated[
     Path | None,
@@ -67,7 +67,6 @@ InventoryOpt = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 TodayOpt = Annotated[
     str | None,
     typer.Option(
@@ -107,21 +106,7 @@ def _on_record(report: reports.RunReport, path: Path) -> None:
 reports.RECORDERS.append(_on_record)  # every report of every command goes on the record
 
 
-shown = reg.shown
 RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z_]+-[0-9a-f]{4}$")
-
-
-def fail(message: str, code: Exit, *, as_json: bool | None = None, exit_now: bool = False) -> NoReturn:
-    """Stop with a message a person can act on (one line), and the documented exit code; under
-    --json (the command's, when `as_json` is not given) also one JSON document on stdout."""
-    if as_json is None:
-        as_json = "--json" in sys.argv[1:]
-    if as_json:
-        print(json.dumps({"status": "error", "exit_code": int(code), "message": message}))
-    err.print(f"[bold red]pulih:[/] {escape(shown(message))}", markup=True, soft_wrap=True)
-    if exit_now:
-        sys.exit(int(code))
-    raise typer.Exit(int(code))
 
 
 def _today(option: str | None) -> dt.date:

@@ -1,0 +1,349 @@
+"""pulih serve, tried as its users would: real OS users on its Unix socket (the kernel says
+who they are), real tokens over HTTP. Every attempt to be someone else, or to do more than
+one's roles and token allow, is refused with a clear message and exit 3, and changes
+nothing. Needs root (it creates OS users and the service's account)."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pulih.store import Store, tokens_table
+from tests.conftest import PROJECT
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates OS users and runs the service's account")
+
+PULIH = str(Path(sys.executable).parent / "pulih")
+USERS = {"pt-ani": True, "pt-sri": True, "pt-noacct": True, "pt-stranger": False}  # in group pulih?
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(what: str, ready, deadline: float = 60) -> None:
+    """Retry until ready() holds or the deadline passes (a busy machine starts slowly)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError):
+            if ready():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not ready after {deadline}s")
+
+
+def _connects(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+    return True
+
+
+def _listens(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+@pytest.fixture(scope="module")
+def service():
+    created = []
+    subprocess.run([PULIH, "--help"], capture_output=True, check=True)
+    state = Path(tempfile.mkdtemp(prefix="pulih-svc-", dir="/tmp"))
+    state.rmdir()  # --init makes it
+    procs: list[subprocess.Popen] = []
+    try:
+        run = subprocess.run(
+            [
+                PULIH,
+                "serve",
+                "--init",
+                "--state",
+                str(state),
+                "--admin",
+                "root",
+                "--register",
+                str(PROJECT / "inventories" / "example"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        for user, in_group in USERS.items():
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                groups = ["--groups", "pulih"] if in_group else []
+                subprocess.run(
+                    ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", *groups, user], check=True
+                )
+                created.append(user)
+        port = _free_port()
+        for listen in ([], ["--listen", f"127.0.0.1:{port}"]):
+            procs.append(
+                subprocess.Popen(
+                    [PULIH, "serve", "--state", str(state), *listen],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    cwd="/",
+                )
+            )
+        _wait("the service's socket", lambda: _connects(state / "pulih.sock"))
+        _wait("the service's HTTP port", lambda: _listens(port))
+        env = {"state": state, "socket": f"unix:{state / 'pulih.sock'}", "http": f"http://127.0.0.1:{port}"}
+        admin(
+            env,
+            "admin",
+            "user",
+            "add",
+            "ani",
+            "--role",
+            "requester",
+            "--skpd",
+            "bkpsdm",
+            "--unix-user",
+            "pt-ani",
+            check=0,
+        )
+        admin(
+            env,
+            "admin",
+            "user",
+            "add",
+            "sri",
+            "--role",
+            "receiver",
+            "--role",
+            "approver",
+            "--unix-user",
+            "pt-sri",
+            check=0,
+        )
+        yield env
+    finally:
+        for proc in procs:  # by PID, never by name
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for user in created:
+            subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def pulih_as(
+    env,
+    user: str | None,
+    *args: str,
+    server: str = "socket",
+    token: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    check: int | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as OS user `user` (None: root), through runuser, with a clean
+    environment plus `extra_env` (what a user could set to pass for someone else)."""
+    environ = {"PATH": "/usr/bin:/bin", "PULIH_SERVER": env[server], "LANG": "C.UTF-8", **(extra_env or {})}
+    if token:
+        environ["PULIH_TOKEN"] = token
+    prefix = ["runuser", "-u", user, "--"] if user else []
+    run = subprocess.run(
+        [*prefix, "env", "-i", *(f"{k}={v}" for k, v in environ.items()), PULIH, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        check=False,
+    )
+    assert "Traceback" not in run.stderr, run.stderr
+    if check is not None:
+        assert run.returncode == check, run.stdout + run.stderr
+    return run
+
+
+def admin(env, *args: str, check: int | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
+    return pulih_as(env, None, *args, check=check, **kwargs)
+
+
+def whoami(env, user: str | None, **kwargs) -> dict:
+    return json.loads(pulih_as(env, user, "whoami", "--json", check=0, **kwargs).stdout)
+
+
+def audit_actions(env) -> list[str]:
+    store = Store(f"sqlite:///{env['state'] / 'pulih.db'}", upgrade=False)
+    try:
+        return [entry["action"] for entry in store.audit_entries()]
+    finally:
+        store.engine.dispose()
+
+
+SPOOFS = [
+    {"USER": "sri", "LOGNAME": "sri"},
+    {"PULIH_ACTOR": "sri"},
+    {"USER": "root", "LOGNAME": "root", "PULIH_ACTOR": "root", "SUDO_USER": "root"},
+]
+
+
+@pytest.mark.parametrize("claims", SPOOFS, ids=["USER", "PULIH_ACTOR", "root"])
+def test_the_kernel_says_who_calls_not_the_environment(service, claims):
+    me = whoami(service, "pt-ani", extra_env=claims)
+    assert (me["name"], me["via"], me["roles"]) == ("ani", "socket", ["requester"])
+
+
+def test_a_client_side_config_naming_roles_changes_nothing(service, tmp_path):
+    config = Path(tempfile.mkdtemp(prefix="pulih-cfg-", dir="/tmp")) / "config.yml"
+    config.write_text("allow_actor_override: true\nactors:\n  ani: [admin, approver]\n")
+    config.parent.chmod(0o755)
+    config.chmod(0o644)
+    try:
+        claims = {"PULIH_CONFIG": str(config), "XDG_CONFIG_HOME": str(config.parent), "PULIH_ACTOR": "ani"}
+        assert whoami(service, "pt-ani", extra_env=claims)["roles"] == ["requester"]
+        run = pulih_as(service, "pt-ani", "admin", "user", "list", extra_env=claims, check=3)
+        assert "ani is not admin (roles: requester)" in run.stderr
+    finally:
+        shutil.rmtree(config.parent)
+
+
+def test_an_os_user_without_an_account_is_refused_and_audited(service):
+    run = pulih_as(service, "pt-noacct", "whoami", "--json", check=3)
+    assert "OS user pt-noacct has no pulih account: ask an admin" in json.loads(run.stdout)["message"]
+    assert audit_actions(service)[-1] == "auth_failed"
+
+
+def test_an_os_user_outside_the_services_group_cannot_reach_it(service):
+    run = pulih_as(service, "pt-stranger", "whoami", check=5)
+    assert "cannot reach pulih serve" in run.stderr and "Permission denied" in run.stderr
+
+
+def test_roles_are_the_services_and_only_an_admin_changes_them(service):
+    run = pulih_as(
+        service,
+        "pt-ani",
+        "admin",
+        "user",
+        "add",
+        "eve",
+        "--role",
+        "admin",
+        "--unix-user",
+        "pt-noacct",
+        check=3,
+    )
+    assert "ani is not admin" in run.stderr
+    users = json.loads(admin(service, "admin", "user", "list", "--json", check=0).stdout)["users"]
+    assert "eve" not in {u["name"] for u in users}, "nothing changed"
+    assert {u["name"]: u["roles"] for u in users}["ani"] == ["requester"]
+
+
+def test_the_last_admin_cannot_be_disabled(service):
+    run = admin(service, "admin", "user", "disable", "root", check=3)
+    assert "root is the last admin: add another admin first" in run.stderr
+    assert whoami(service, None)["disabled"] is False
+
+
+def test_tokens_act_as_their_account_within_their_scopes(service):
+    token = admin(
+        service, "admin", "token", "create", "ani", "--scope", "read", "--expires-in", "1h", check=0
+    ).stdout.strip()
+    assert token.startswith("pulih_")
+    # Over HTTP a token is the only way in, and it acts as ani, whoever holds it.
+    me = whoami(service, None, server="http", token=token, extra_env={"USER": "root", "PULIH_ACTOR": "root"})
+    assert (me["name"], me["via"], me["scopes"]) == ("ani", "token", ["read"])
+    # On the socket, root presenting ani's token is ani with the token's scopes.
+    assert whoami(service, None, token=token)["name"] == "ani"
+    run = pulih_as(service, None, "admin", "user", "list", server="http", token=token, check=3)
+    assert "this token may read; 'admin' needs a token with that scope" in run.stderr
+
+
+def test_no_token_over_http_is_refused(service):
+    run = pulih_as(service, None, "whoami", "--json", server="http", check=3)
+    assert "log in with a token (PULIH_TOKEN)" in json.loads(run.stdout)["message"]
+
+
+def test_a_revoked_an_expired_and_a_forged_token_are_refused(service):
+    created = json.loads(
+        admin(service, "admin", "token", "create", "sri", "--scope", "approve", "--json", check=0).stdout
+    )
+    admin(service, "admin", "token", "revoke", created["id"], check=0)
+    run = pulih_as(service, None, "whoami", server="http", token=created["token"], check=3)
+    assert f"token {created['id']} was revoked at " in run.stderr
+    expiring = json.loads(
+        admin(
+            service,
+            "admin",
+            "token",
+            "create",
+            "sri",
+            "--scope",
+            "read",
+            "--expires-in",
+            "1m",
+            "--json",
+            check=0,
+        ).stdout
+    )
+    # A minute is long for a test: the token's expiry is moved into the past in the store.
+    store = Store(f"sqlite:///{service['state'] / 'pulih.db'}", upgrade=False)
+    with store.transaction() as conn:
+        conn.execute(
+            sa.update(tokens_table)
+            .where(tokens_table.c.id == expiring["id"])
+            .values(expires_at="2026-01-01T00:00:00Z")
+        )
+    store.engine.dispose()
+    run = pulih_as(service, None, "whoami", server="http", token=expiring["token"], check=3)
+    assert f"token {expiring['id']} expired at 2026-01-01T00:00:00Z" in run.stderr
+    forged = expiring["token"][:-4] + "AAAA"
+    run = pulih_as(service, None, "whoami", server="http", token=forged, check=3)
+    assert "the token is not one this service issued" in run.stderr
+    assert audit_actions(service)[-5:] == [
+        "token_revoked",
+        "auth_failed",
+        "token_created",
+        "auth_failed",
+        "auth_failed",
+    ]
+
+
+def test_a_service_that_cannot_be_reached_is_one_line_and_exit_5(service):
+    run = pulih_as({**service, "socket": "unix:/nonexistent/pulih.sock"}, None, "whoami", "--json", check=5)
+    doc = json.loads(run.stdout)
+    assert (
+        doc["exit_code"] == 5 and "cannot reach pulih serve at unix:/nonexistent/pulih.sock" in doc["message"]
+    )
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_the_store_and_the_key_are_the_services_alone(service):
+    pulih_user = pwd.getpwnam("pulih")
+    for path, mode in (
+        (service["state"] / "pulih.db", 0o600),
+        (service["state"] / "ssh" / "id_ed25519", 0o600),
+    ):
+        info = path.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (pulih_user.pw_uid, mode), path
+    sock = (service["state"] / "pulih.sock").stat()
+    assert stat.S_IMODE(sock.st_mode) == 0o660 and sock.st_gid == grp.getgrnam("pulih").gr_gid
+    admin(service, "serve", "--state", str(service["state"]), "--check", check=0)
+    (service["state"] / "pulih.db").chmod(0o644)
+    try:
+        run = admin(service, "serve", "--state", str(service["state"]), "--check", check=1)
+        assert "pulih.db has mode 0644; it must be at most 0600" in run.stderr
+    finally:
+        (service["state"] / "pulih.db").chmod(0o600)

@@ -1,0 +1,246 @@
+"""`pulih serve`, `pulih whoami` and `pulih admin ...`: parse, call the service, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pulih.cli.common import JsonOpt, err, fail, out, shown
+from pulih.client import ServiceError, call
+from pulih.exitcodes import Exit
+
+admin_app = typer.Typer(
+    help="Accounts, roles and tokens (admins only, through the service).", no_args_is_help=True
+)
+user_app = typer.Typer(help="Accounts: who may act, in which roles and SKPDs.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for scripts and other machines.", no_args_is_help=True)
+admin_app.add_typer(user_app, name="user")
+admin_app.add_typer(token_app, name="token")
+
+StateOpt = Annotated[Path, typer.Option("--state", help="The service's state folder.")]
+
+
+def _refused(exc: ServiceError, as_json: bool) -> NoReturn:
+    fail(exc.message, exc.code, as_json=as_json)
+
+
+def _call(method: str, path: str, body: dict[str, Any] | None, as_json: bool) -> Any:
+    try:
+        return call(method, path, body)
+    except ServiceError as exc:
+        _refused(exc, as_json)
+
+
+def _print(doc: Any, as_json: bool, line: str) -> None:
+    if as_json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        err.print(escape(shown(line)), soft_wrap=True)
+
+
+def serve(
+    state: StateOpt,
+    init: Annotated[bool, typer.Option("--init", help="Make the state folder (once, as root).")] = False,
+    admin: Annotated[
+        str | None, typer.Option(help="With --init: the OS user who becomes the first admin.")
+    ] = None,
+    register: Annotated[
+        Path | None, typer.Option(help="With --init: the asset register the service uses.")
+    ] = None,
+    content: Annotated[
+        Path | None,
+        typer.Option(help="With --init: the project folder (playbooks/, roles/); default $PULIH_HOME."),
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="With --init: a PostgreSQL URL instead of DIR/pulih.db.")
+    ] = None,
+    demo_actors: Annotated[
+        bool, typer.Option("--demo-actors", help="With --init: a demo store (marked demo everywhere).")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Check the state folder, store, keys and modes.")
+    ] = False,
+    listen: Annotated[
+        str | None, typer.Option(help="unix:PATH (default DIR/pulih.sock) or HOST:PORT (tokens only).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The service that alone owns the record and runs the playbooks."""
+    from pulih.runner import project_dir
+    from pulih.service import state as states
+
+    try:
+        if init:
+            if not admin:
+                fail("--init needs --admin OSUSER (the first admin)", Exit.BAD_INPUT)
+            made = states.init(
+                state,
+                admin=admin,
+                register=register,
+                content=content or project_dir(),
+                store_url=store,
+                demo=demo_actors,
+            )
+            _print(
+                {"state": str(made.root), "admin": admin},
+                as_json,
+                f"state folder {made.root} made; admin: {admin}",
+            )
+            return
+        loaded = states.load(state)
+        if check:
+            from pulih.service.server import drop_to_owner
+
+            drop_to_owner(loaded.root)  # as the service sees its files; root leaves none of its own
+            problems = states.check(loaded)
+            if as_json:
+                print(json.dumps({"state": str(state), "problems": problems}, indent=2))
+            for problem in problems:
+                err.print(f"[red]problem:[/] {escape(shown(problem))}", markup=True, soft_wrap=True)
+            if problems:
+                raise typer.Exit(int(Exit.FAILED))
+            if not as_json:
+                err.print(f"{state}: config, store, key and file modes are in order", soft_wrap=True)
+            return
+        from pulih.service.server import serve as run_server
+
+        run_server(loaded, listen)
+    except states.StateError as exc:
+        fail(str(exc), Exit.BAD_INPUT, as_json=as_json)
+
+
+def whoami(as_json: JsonOpt = False) -> None:
+    """Who the service sees: the account, its roles, SKPDs and scopes, and how it knows."""
+    doc = _call("GET", "/whoami", None, as_json)
+    via = "the kernel (socket)" if doc["via"] == "socket" else f"token {doc['token']}"
+    _print(
+        doc,
+        as_json,
+        f"{doc['name']} ({', '.join(doc['roles'])}; SKPD {', '.join(doc['skpds']) or '-'}), known by {via}"
+        + ("; DEMO store" if doc.get("demo") else ""),
+    )
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    role: Annotated[
+        list[str], typer.Option("--role", help="requester, receiver, approver, operator, auditor, admin")
+    ],
+    unix_user: Annotated[
+        str | None, typer.Option(help="The OS user who is this account on the socket.")
+    ] = None,
+    email: Annotated[str | None, typer.Option()] = None,
+    skpd: Annotated[list[str] | None, typer.Option("--skpd", help="SKPD code (repeatable).")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read a password (web login).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add an account."""
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    body = {"name": name, "roles": role, "skpds": skpd or [], "email": email, "unix_user": unix_user}
+    doc = _call("POST", "/admin/users", {**body, "password": password}, as_json)
+    _print(doc, as_json, f"account {doc['name']} added: {', '.join(doc['roles'])}")
+
+
+@user_app.command("list")
+def user_list(as_json: JsonOpt = False) -> None:
+    """Every account."""
+    doc = _call("GET", "/admin/users", None, as_json)
+    if as_json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    table = Table("name", "roles", "SKPD", "OS user", "state")
+    for user in doc["users"]:
+        table.add_row(
+            user["name"],
+            ", ".join(user["roles"]),
+            ", ".join(user["skpds"]),
+            user["unix_user"] or "",
+            "disabled" if user["disabled"] else "enabled",
+        )
+    out.print(table)
+
+
+@user_app.command("show")
+def user_show(name: str, as_json: JsonOpt = False) -> None:
+    """One account."""
+    doc = _call("GET", f"/admin/users/{name}", None, as_json)
+    _print(doc, as_json, json.dumps(doc, ensure_ascii=False))
+
+
+@user_app.command("disable")
+def user_disable(name: str, as_json: JsonOpt = False) -> None:
+    """Disable an account (never the last admin)."""
+    doc = _call("POST", f"/admin/users/{name}/disable", None, as_json)
+    _print(doc, as_json, f"account {name} disabled")
+
+
+@user_app.command("enable")
+def user_enable(name: str, as_json: JsonOpt = False) -> None:
+    """Enable an account again."""
+    doc = _call("POST", f"/admin/users/{name}/enable", None, as_json)
+    _print(doc, as_json, f"account {name} enabled")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="The account the token acts as.")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="read, backup, request, approve, restore, admin")
+    ],
+    expires_in: Annotated[str, typer.Option(help="30m, 12h, 90d (at most 366d).")] = "90d",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a token; it is printed once, on standard output."""
+    doc = _call(
+        "POST", "/admin/tokens", {"account": name, "scopes": scope, "expires_in": expires_in}, as_json
+    )
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(doc["token"])
+    err.print(
+        f"token {doc['id']} for {name} ({', '.join(doc['scopes'])}), expires {doc['expires_at']}",
+        soft_wrap=True,
+    )
+
+
+@token_app.command("list")
+def token_list(as_json: JsonOpt = False) -> None:
+    """Every token (never its secret)."""
+    doc = _call("GET", "/admin/tokens", None, as_json)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    table = Table("id", "account", "scopes", "expires", "revoked", "last used")
+    for token in doc["tokens"]:
+        table.add_row(
+            token["id"],
+            token["account"],
+            ", ".join(token["scopes"]),
+            token["expires_at"],
+            token["revoked_at"] or "",
+            token["last_used_at"] or "",
+        )
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, as_json: JsonOpt = False) -> None:
+    """Revoke a token: it is refused from now on."""
+    doc = _call("POST", f"/admin/tokens/{token_id}/revoke", None, as_json)
+    _print(doc, as_json, f"token {token_id} revoked")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("whoami")(whoami)
+    app.add_typer(admin_app, name="admin")

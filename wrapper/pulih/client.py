@@ -1,0 +1,81 @@
+"""The CLI's side of pulih serve: one HTTP call at a time, over the local socket (the kernel
+tells the service who is calling) or over HTTP(S) with a token.
+
+    PULIH_SERVER   unix:/path/to/pulih.sock (default unix:/var/lib/pulih/pulih.sock) or http(s)://HOST:PORT
+    PULIH_TOKEN    an API token; sent as 'Authorization: Bearer ...' (it acts as its own account)
+
+Nothing here names the caller: the service decides who that is."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pulih.exitcodes import Exit
+
+DEFAULT_SERVER = "unix:/var/lib/pulih/pulih.sock"
+
+
+@dataclass
+class ServiceError(Exception):
+    """A refusal of the service (its envelope) or a service that cannot be reached."""
+
+    code: Exit
+    message_id: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def server() -> str:
+    return os.environ.get("PULIH_SERVER") or DEFAULT_SERVER
+
+
+def _client(timeout: float) -> httpx.Client:
+    where = server()
+    headers = {"Accept": "application/json"}
+    token = os.environ.get("PULIH_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token.strip()}"
+    if where.startswith("unix:"):
+        transport = httpx.HTTPTransport(uds=where[len("unix:") :])
+        return httpx.Client(transport=transport, base_url="http://pulih", headers=headers, timeout=timeout)
+    if where.startswith(("http://", "https://")):
+        return httpx.Client(base_url=where.rstrip("/"), headers=headers, timeout=timeout)
+    raise ServiceError(
+        Exit.BAD_INPUT, "client.server", f"PULIH_SERVER {where!r}: write unix:PATH or http(s)://HOST:PORT"
+    )
+
+
+def call(method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 60) -> Any:
+    """The service's JSON answer, or ServiceError with its code, id and message."""
+    try:
+        with _client(timeout) as client:
+            response = client.request(method, f"/v1{path}", json=body)
+    except (httpx.TransportError, OSError) as exc:
+        raise ServiceError(
+            Exit.UNAVAILABLE,
+            "client.unavailable",
+            f"cannot reach pulih serve at {server()}: {' '.join(str(exc).split()) or type(exc).__name__} "
+            "(is the service running, and may you use its socket? PULIH_SERVER names another)",
+        ) from None
+    try:
+        doc = response.json()
+    except ValueError:
+        raise ServiceError(
+            Exit.FAILED, "client.not_json", f"{server()} answered {response.status_code} without JSON"
+        ) from None
+    if response.is_success:
+        return doc
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        raise ServiceError(
+            Exit.FAILED, "client.unexpected", f"{server()} answered {response.status_code}: {doc}"
+        )
+    code = error.get("code")
+    return_code = Exit(code) if code in {int(e) for e in Exit} else Exit.FAILED
+    raise ServiceError(return_code, str(error.get("id")), str(error.get("message")))

@@ -1,0 +1,342 @@
+"""Accounts, roles, SKPDs and API tokens: who may act, held in the store and changed only by
+an admin through the service. Every change goes on the audit log.
+
+Passwords are hashed with argon2id (argon2-cffi). Tokens are 32 random bytes shown once; the
+store keeps their SHA-256 (a token has the entropy a password lacks, so a fast hash is
+enough and a stolen store gives no token back)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import pwd
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.engine import Connection
+
+from pulih.store import Store, accounts_table, iso, now, parse_iso, tokens_table
+
+ROLES = ("requester", "receiver", "approver", "operator", "auditor", "admin")
+# What a token may be used for; an account on the socket may do all its roles allow.
+SCOPES = ("read", "backup", "request", "approve", "restore", "admin")
+TOKEN_PREFIX = "pulih_"  # noqa: S105 - a prefix, no secret
+_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+_SKPD = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_EMAIL = re.compile(r"^[^@\s]{1,128}@[^@\s]{1,127}$")
+_HASHER = PasswordHasher()
+
+
+class AccountError(Exception):
+    """A refusal with a message id: bad input (`kind` 'input'), a missing account
+    ('not_found'), or a rule of the record ('refused')."""
+
+    def __init__(self, kind: str, message_id: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message_id = message_id
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    roles: tuple[str, ...]
+    skpds: tuple[str, ...] = ()
+    email: str | None = None
+    unix_user: str | None = None
+    unix_uid: int | None = None
+    disabled: bool = False
+    created_at: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "roles": list(self.roles),
+            "skpds": list(self.skpds),
+            "email": self.email,
+            "unix_user": self.unix_user,
+            "disabled": self.disabled,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: the account, how it was proved, and what it may use."""
+
+    account: Account
+    via: str  # "socket" (kernel peer credentials) or "token"
+    scopes: tuple[str, ...] = field(default=SCOPES)
+    token_id: str | None = None
+
+
+def _account(row: Any) -> Account:
+    return Account(
+        name=row.name,
+        roles=tuple(json.loads(row.roles)),
+        skpds=tuple(json.loads(row.skpds)),
+        email=row.email,
+        unix_user=row.unix_user,
+        unix_uid=row.unix_uid,
+        disabled=bool(row.disabled),
+        created_at=row.created_at,
+    )
+
+
+def _checked_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise AccountError(
+            "input", "account.name", f"account name {name!r}: lower-case letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def _checked_roles(roles: list[str]) -> list[str]:
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise AccountError(
+            "input", "account.roles", f"roles {unknown or roles}: give one or more of {', '.join(ROLES)}"
+        )
+    return sorted(set(roles), key=ROLES.index)
+
+
+def _checked_skpds(skpds: list[str]) -> list[str]:
+    for code in skpds:
+        if not _SKPD.match(code):
+            raise AccountError("input", "account.skpd", f"SKPD {code!r}: a lower-case code such as 'bkpsdm'")
+    return sorted(set(skpds))
+
+
+def unix_uid(user: str) -> int:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise AccountError(
+            "input", "account.unix_user", f"there is no OS user {user!r} on this machine"
+        ) from None
+
+
+class Accounts:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # ---------------------------------------------------------------- accounts
+
+    def get(self, name: str, conn: Connection | None = None) -> Account:
+        query = sa.select(accounts_table).where(accounts_table.c.name == name)
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.store.engine.connect() as own:
+                row = own.execute(query).first()
+        if row is None:
+            raise AccountError("not_found", "account.unknown", f"there is no account {name!r}")
+        return _account(row)
+
+    def all(self) -> list[Account]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(accounts_table).order_by(accounts_table.c.name)).all()
+        return [_account(r) for r in rows]
+
+    def count(self) -> int:
+        with self.store.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(accounts_table)).scalar() or 0)
+
+    def by_uid(self, uid: int) -> Account | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(sa.select(accounts_table).where(accounts_table.c.unix_uid == uid)).first()
+        return _account(row) if row else None
+
+    def add(
+        self,
+        by: str,
+        name: str,
+        *,
+        roles: list[str],
+        skpds: list[str] | None = None,
+        email: str | None = None,
+        unix_user: str | None = None,
+        password: str | None = None,
+    ) -> Account:
+        _checked_name(name)
+        values = {
+            "name": name,
+            "roles": json.dumps(_checked_roles(roles)),
+            "skpds": json.dumps(_checked_skpds(skpds or [])),
+            "email": email,
+            "unix_user": unix_user,
+            "unix_uid": unix_uid(unix_user) if unix_user else None,
+            "password_hash": _HASHER.hash(password) if password else None,
+            "disabled": False,
+            "created_at": iso(now()),
+        }
+        if email is not None and not _EMAIL.match(email):
+            raise AccountError("input", "account.email", f"e-mail {email!r} is not an address")
+        if password is not None and len(password) < 12:
+            raise AccountError("input", "account.password", "a password has at least 12 characters")
+        with self.store.transaction() as conn:
+            if conn.execute(sa.select(accounts_table.c.name).where(accounts_table.c.name == name)).first():
+                raise AccountError("refused", "account.exists", f"account {name!r} exists already")
+            if (
+                values["unix_uid"] is not None
+                and conn.execute(
+                    sa.select(accounts_table.c.name).where(accounts_table.c.unix_uid == values["unix_uid"])
+                ).first()
+            ):
+                raise AccountError(
+                    "refused",
+                    "account.unix_user_taken",
+                    f"OS user {unix_user!r} already belongs to an account",
+                )
+            conn.execute(sa.insert(accounts_table).values(**values))
+            account = self.get(name, conn)
+            self.store.append_audit(
+                conn, actor=by, action="account_added", request_id=None, payload=account.as_dict()
+            )
+        return account
+
+    def set_disabled(self, by: str, name: str, disabled: bool) -> Account:
+        with self.store.transaction() as conn:
+            account = self.get(name, conn)
+            if disabled and "admin" in account.roles and not account.disabled:
+                admins = [
+                    a
+                    for a in (_account(r) for r in conn.execute(sa.select(accounts_table)).all())
+                    if "admin" in a.roles and not a.disabled
+                ]
+                if len(admins) <= 1:
+                    raise AccountError(
+                        "refused", "account.last_admin", f"{name} is the last admin: add another admin first"
+                    )
+            conn.execute(
+                sa.update(accounts_table).where(accounts_table.c.name == name).values(disabled=disabled)
+            )
+            self.store.append_audit(
+                conn,
+                actor=by,
+                action="account_disabled" if disabled else "account_enabled",
+                request_id=None,
+                payload={"name": name},
+            )
+            return self.get(name, conn)
+
+    def check_password(self, name: str, password: str) -> Account | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(sa.select(accounts_table).where(accounts_table.c.name == name)).first()
+        if row is None or not row.password_hash:
+            _HASHER.hash(password)  # as slow as a real check: the timing names no account
+            return None
+        try:
+            _HASHER.verify(row.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        account = _account(row)
+        return None if account.disabled else account
+
+    # ---------------------------------------------------------------- tokens
+
+    def create_token(
+        self, by: str, name: str, *, scopes: list[str], expires_in: dt.timedelta
+    ) -> tuple[str, dict[str, Any]]:
+        """A new token for account `name`; returns the secret (shown once) and its record."""
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown or not scopes:
+            raise AccountError(
+                "input",
+                "token.scopes",
+                f"scopes {unknown or scopes}: give one or more of {', '.join(SCOPES)}",
+            )
+        if not dt.timedelta(minutes=1) <= expires_in <= dt.timedelta(days=366):
+            raise AccountError("input", "token.expires_in", "a token expires within 1 minute to 366 days")
+        token_id = secrets.token_hex(6)
+        secret = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+        created = now()
+        record = {
+            "id": token_id,
+            "account": name,
+            "scopes": sorted(set(scopes), key=SCOPES.index),
+            "created_at": iso(created),
+            "expires_at": iso(created + expires_in),
+            "revoked_at": None,
+        }
+        with self.store.transaction() as conn:
+            self.get(name, conn)
+            conn.execute(
+                sa.insert(tokens_table).values(
+                    **{**record, "scopes": json.dumps(record["scopes"])},
+                    digest=hashlib.sha256(secret.encode()).hexdigest(),
+                )
+            )
+            self.store.append_audit(conn, actor=by, action="token_created", request_id=None, payload=record)
+        return secret, record
+
+    def tokens(self) -> list[dict[str, Any]]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(tokens_table).order_by(tokens_table.c.created_at)).all()
+        return [
+            {
+                "id": r.id,
+                "account": r.account,
+                "scopes": json.loads(r.scopes),
+                "created_at": r.created_at,
+                "expires_at": r.expires_at,
+                "revoked_at": r.revoked_at,
+                "last_used_at": r.last_used_at,
+            }
+            for r in rows
+        ]
+
+    def revoke_token(self, by: str, token_id: str) -> None:
+        with self.store.transaction() as conn:
+            done = conn.execute(
+                sa.update(tokens_table)
+                .where(tokens_table.c.id == token_id, tokens_table.c.revoked_at.is_(None))
+                .values(revoked_at=iso(now()))
+            )
+            if done.rowcount != 1:
+                raise AccountError("not_found", "token.unknown", f"there is no unrevoked token {token_id!r}")
+            self.store.append_audit(
+                conn, actor=by, action="token_revoked", request_id=None, payload={"id": token_id}
+            )
+
+    def by_token(self, secret: str) -> Caller:
+        """The caller a token proves, or AccountError('refused') saying why not; every refusal
+        goes on the audit log."""
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        with self.store.transaction() as conn:
+            row = conn.execute(sa.select(tokens_table).where(tokens_table.c.digest == digest)).first()
+            account = self.get(row.account, conn) if row is not None else None
+            why = _token_refusal(row, account)
+            if why is None and row is not None:
+                conn.execute(
+                    sa.update(tokens_table).where(tokens_table.c.id == row.id).values(last_used_at=iso(now()))
+                )
+            else:
+                self.store.append_audit(
+                    conn,
+                    actor=account.name if account else "-",
+                    action="auth_failed",
+                    request_id=None,
+                    payload={"via": "token", "token": row.id if row else None, "why": why and why[0]},
+                )
+        if why is not None or row is None or account is None:
+            raise AccountError("refused", *(why or ("token.unknown", "unknown token")))
+        return Caller(account=account, via="token", scopes=tuple(json.loads(row.scopes)), token_id=row.id)
+
+
+def _token_refusal(row: Any, account: Account | None) -> tuple[str, str] | None:
+    if row is None or account is None:
+        return "token.unknown", "the token is not one this service issued"
+    if row.revoked_at:
+        return "token.revoked", f"token {row.id} was revoked at {row.revoked_at}"
+    if parse_iso(row.expires_at) <= now():
+        return "token.expired", f"token {row.id} expired at {row.expires_at}"
+    if account.disabled:
+        return "account.disabled", f"account {account.name} is disabled"
+    return None

@@ -1,0 +1,237 @@
+"""pulih serve's HTTP API (FastAPI): identities, accounts and tokens.
+
+Every caller is authenticated: on the Unix socket by the uid the kernel reports (an account
+whose OS user it is), anywhere by an API token (``Authorization: Bearer pulih_...``). A token
+on the socket acts as its own account and scopes. Nothing the caller sends names who they
+are. Every refusal has one envelope::
+
+    {"error": {"code": EXIT_CODE, "id": "token.expired", "message": "...", "details": {}}}
+
+where ``code`` is the exit code the CLI gives it (2 bad input, 3 refused)."""
+
+import datetime as dt
+import pwd
+import re
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from pulih.exitcodes import Exit
+from pulih.service.accounts import SCOPES, AccountError, Accounts, Caller
+from pulih.service.peer import EXTENSION, Peer
+from pulih.store import Store
+
+API = "/v1"
+_DURATION = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: Exit, message_id: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message_id, self.details = status, code, message_id, details
+
+
+def _from_account_error(exc: AccountError) -> ApiError:
+    status, code = {"input": (400, Exit.BAD_INPUT), "not_found": (404, Exit.BAD_INPUT)}.get(
+        exc.kind, (403, Exit.REFUSED)
+    )
+    return ApiError(status, code, exc.message_id, str(exc))
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """'30m', '12h', '90d'."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ApiError(400, Exit.BAD_INPUT, "duration", f"{text!r} is not a duration such as 30m, 12h or 90d")
+    count, unit = int(match.group(1)), match.group(2)
+    return {"m": dt.timedelta(minutes=count), "h": dt.timedelta(hours=count), "d": dt.timedelta(days=count)}[
+        unit
+    ]
+
+
+class NewAccount(BaseModel):
+    name: str = Field(max_length=64)
+    roles: list[str] = Field(max_length=6)
+    skpds: list[str] = Field(default_factory=list, max_length=64)
+    email: str | None = Field(default=None, max_length=256)
+    unix_user: str | None = Field(default=None, max_length=64)
+    password: str | None = Field(default=None, max_length=1024)
+
+
+class NewToken(BaseModel):
+    account: str = Field(max_length=64)
+    scopes: list[str] = Field(max_length=len(SCOPES))
+    expires_in: str = Field(default="90d", max_length=8)
+
+
+def create_app(store: Store, *, demo: bool = False) -> FastAPI:
+    accounts = Accounts(store)
+    app = FastAPI(
+        title="pulih",
+        version="1",
+        description="Backups, verified restores and the approval record around them.",
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status,
+            content={
+                "error": {
+                    "code": int(exc.code),
+                    "id": exc.message_id,
+                    "message": str(exc),
+                    "details": exc.details,
+                }
+            },
+        )
+
+    @app.exception_handler(AccountError)
+    async def account_error(request: Request, exc: AccountError) -> JSONResponse:
+        return await api_error(request, _from_account_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return JSONResponse(
+            status_code=400,
+            content={
+                "error": {
+                    "code": int(Exit.BAD_INPUT),
+                    "id": "request.invalid",
+                    "message": "; ".join(problems),
+                    "details": {},
+                }
+            },
+        )
+
+    def caller(request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        if header:
+            scheme, _, secret = header.partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise ApiError(
+                    401, Exit.REFUSED, "auth.header", "send a token as 'Authorization: Bearer pulih_...'"
+                )
+            return accounts.by_token(secret.strip())
+        peer: Peer | None = (request.scope.get("extensions") or {}).get(EXTENSION)
+        if peer is None:
+            raise ApiError(
+                401,
+                Exit.REFUSED,
+                "auth.missing",
+                "log in with a token (PULIH_TOKEN): this is no local socket",
+            )
+        account = accounts.by_uid(peer.uid)
+        if account is None or account.disabled:
+            try:
+                user = pwd.getpwuid(peer.uid).pw_name
+            except KeyError:
+                user = f"uid {peer.uid}"
+            with store.transaction() as conn:
+                store.append_audit(
+                    conn,
+                    actor=account.name if account else "-",
+                    action="auth_failed",
+                    request_id=None,
+                    payload={
+                        "via": "socket",
+                        "uid": peer.uid,
+                        "why": "disabled" if account else "no account",
+                    },
+                )
+            why = "is disabled" if account else "has no pulih account"
+            raise ApiError(403, Exit.REFUSED, "auth.no_account", f"OS user {user} {why}: ask an admin")
+        return Caller(account=account, via="socket")
+
+    Authenticated = Annotated[Caller, Depends(caller)]
+
+    def require(who: Caller, *, role: str, scope: str) -> None:
+        if scope not in who.scopes:
+            raise ApiError(
+                403,
+                Exit.REFUSED,
+                "auth.scope",
+                f"this token may {', '.join(who.scopes)}; {scope!r} needs a token with that scope",
+            )
+        if role not in who.account.roles:
+            raise ApiError(
+                403,
+                Exit.REFUSED,
+                "auth.role",
+                f"{who.account.name} is not {role} (roles: {', '.join(who.account.roles)})",
+            )
+
+    @app.get(f"{API}/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "demo": demo}
+
+    @app.get(f"{API}/whoami")
+    def whoami(who: Authenticated) -> dict[str, Any]:
+        return {
+            **who.account.as_dict(),
+            "via": who.via,
+            "scopes": list(who.scopes),
+            "token": who.token_id,
+            "demo": demo,
+        }
+
+    # ---------------------------------------------------------------- admin
+
+    @app.get(f"{API}/admin/users")
+    def users(who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return {"users": [a.as_dict() for a in accounts.all()]}
+
+    @app.get(f"{API}/admin/users/{{name}}")
+    def user(name: str, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return accounts.get(name).as_dict()
+
+    @app.post(f"{API}/admin/users", status_code=201)
+    def add_user(body: NewAccount, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        account = accounts.add(
+            who.account.name,
+            body.name,
+            roles=body.roles,
+            skpds=body.skpds,
+            email=body.email,
+            unix_user=body.unix_user,
+            password=body.password,
+        )
+        return account.as_dict()
+
+    @app.post(f"{API}/admin/users/{{name}}/disable")
+    def disable(name: str, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return accounts.set_disabled(who.account.name, name, True).as_dict()
+
+    @app.post(f"{API}/admin/users/{{name}}/enable")
+    def enable(name: str, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return accounts.set_disabled(who.account.name, name, False).as_dict()
+
+    @app.post(f"{API}/admin/tokens", status_code=201)
+    def create_token(body: NewToken, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        secret, record = accounts.create_token(
+            who.account.name, body.account, scopes=body.scopes, expires_in=parse_duration(body.expires_in)
+        )
+        return {**record, "token": secret}
+
+    @app.get(f"{API}/admin/tokens")
+    def tokens(who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return {"tokens": accounts.tokens()}
+
+    @app.post(f"{API}/admin/tokens/{{token_id}}/revoke")
+    def revoke(token_id: str, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        accounts.revoke_token(who.account.name, token_id)
+        return {"id": token_id, "revoked": True}
+
+    return app

@@ -1,0 +1,80 @@
+"""Run pulih serve: drop to the state folder's owner, open the store, listen.
+
+On a Unix socket (the default, ``DIR/pulih.sock``) the socket is made here, mode 0660 with
+the state folder's group, so only the service's group reaches it, and every connection
+carries the kernel's word on who is calling. On HOST:PORT, callers prove themselves with a
+token."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from pathlib import Path
+
+import uvicorn
+
+from pulih.service.app import create_app
+from pulih.service.peer import PeerCredentialsProtocol
+from pulih.service.state import State, StateError, is_demo
+
+
+def drop_to_owner(root: Path) -> None:
+    """Root starts the service; it runs as the state folder's owner (the service account)."""
+    info = root.stat()
+    if os.geteuid() == info.st_uid:
+        return
+    if os.geteuid() != 0:
+        raise StateError(
+            f"{root} belongs to uid {info.st_uid}: run pulih serve as that account "
+            "(or as root, which switches to it)"
+        )
+    os.setgroups([info.st_gid])
+    os.setgid(info.st_gid)
+    os.setuid(info.st_uid)
+
+
+def unix_socket(path: Path) -> socket.socket:
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise StateError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+            raise StateError(f"another pulih serve is listening on {path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink()  # a dead service's socket
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    path.chmod(0o660)
+    sock.listen(128)
+    return sock
+
+
+def serve(state: State, listen: str | None = None) -> None:
+    drop_to_owner(state.root)
+    store = state.open_store()
+    app = create_app(store, demo=is_demo(store))
+    if listen and not listen.startswith("unix:"):
+        host, _, port = listen.rpartition(":")
+        config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
+        uvicorn.Server(config).run()
+        return
+    path = Path(listen[len("unix:") :]) if listen else state.socket
+    sock = unix_socket(path)
+    config = uvicorn.Config(app, http=PeerCredentialsProtocol, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -1,0 +1,208 @@
+"""The service's state folder: made once by `pulih serve --init`, checked by `pulih serve
+--check`, opened by `pulih serve`.
+
+    DIR/                 owner the service account, group pulih, 0750 (group: reach the socket)
+    DIR/config.yml       register, content, store URL (0640)
+    DIR/pulih.db         the record (SQLite, 0600), unless the config names a PostgreSQL URL
+    DIR/ssh/id_ed25519   the service's SSH key, the one the servers' pulih accounts accept (0600)
+    DIR/runs/            run reports
+    DIR/pulih.sock       the socket (0660, group pulih), while the service runs
+
+Only the service's account can read the store, the key and the reports' secrets; staff reach
+the service through the socket, as themselves."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pulih.fsutil import atomic_write_text
+from pulih.service.accounts import AccountError, Accounts
+from pulih.store import Store, meta_table
+
+SERVICE_USER = "pulih"
+SERVICE_GROUP = "pulih"
+DEMO_KEY = "demo_store"
+
+
+class StateError(Exception):
+    """What is wrong with a state folder, in words a person can act on."""
+
+
+@dataclass(frozen=True)
+class State:
+    root: Path
+    config: dict[str, Any]
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "pulih.sock"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.root / "ssh" / "id_ed25519"
+
+    @property
+    def store_url(self) -> str:
+        return str(self.config.get("store") or f"sqlite:///{self.root / 'pulih.db'}")
+
+    def open_store(self) -> Store:
+        return Store(self.store_url)
+
+
+def _ids(user: str, group: str) -> tuple[int, int]:
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise StateError(f"there is no OS user {user!r}: create the service account first") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise StateError(f"there is no OS group {group!r}") from None
+    return uid, gid
+
+
+def ensure_service_account(user: str = SERVICE_USER) -> None:
+    """The service's OS account and group (a system account without a login shell)."""
+    try:
+        pwd.getpwnam(user)
+        return
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        raise StateError(f"there is no OS user {user!r} and only root can create it")
+    subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
+        check=True,
+        capture_output=True,
+    )
+
+
+def init(
+    root: Path,
+    *,
+    admin: str,
+    register: Path | None,
+    content: Path,
+    store_url: str | None = None,
+    user: str = SERVICE_USER,
+    demo: bool = False,
+) -> State:
+    """Make a state folder, its store, key and config, and the first admin (OS user `admin`)."""
+    if root.exists() and any(root.iterdir()):
+        raise StateError(f"{root} exists and is not empty: pulih serve --init makes a new state folder")
+    if os.geteuid() != 0:
+        raise StateError("pulih serve --init runs as root: it creates the service's account and files")
+    try:
+        pwd.getpwnam(admin)
+    except KeyError:
+        raise StateError(f"--admin {admin!r}: there is no such OS user") from None
+    ensure_service_account(user)
+    uid, gid = _ids(user, SERVICE_GROUP if user == SERVICE_USER else user)
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o750)  # the group (pulih) reaches the socket inside
+    (root / "runs").mkdir(mode=0o700)
+    (root / "ssh").mkdir(mode=0o700)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            f"pulih-service@{os.uname().nodename}",
+            "-f",
+            str(root / "ssh" / "id_ed25519"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config: dict[str, Any] = {
+        "register": str(register.resolve()) if register else None,
+        "content": str(content.resolve()),
+    }
+    if store_url:
+        config["store"] = store_url
+    atomic_write_text(root / "config.yml", yaml.safe_dump(config, sort_keys=False), mode=0o640)
+    state = State(root=root, config=config)
+    store = state.open_store()
+    if store_url is None:
+        (root / "pulih.db").chmod(0o600)
+    with store.transaction() as conn:
+        conn.execute(meta_table.delete().where(meta_table.c.key == DEMO_KEY))
+        conn.execute(meta_table.insert().values(key=DEMO_KEY, value="yes" if demo else "no"))
+    Accounts(store).add("root" if os.geteuid() == 0 else admin, admin, roles=["admin"], unix_user=admin)
+    store.engine.dispose()
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, uid, gid, follow_symlinks=False)
+    return state
+
+
+def load(root: Path) -> State:
+    path = root / "config.yml"
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise StateError(
+            f"{root} is no pulih state folder (no config.yml): make one with pulih serve --init"
+        ) from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise StateError(f"{path}: cannot be read: {' '.join(str(exc).split())}") from None
+    if not isinstance(config, dict) or not config.get("content"):
+        raise StateError(f"{path}: must be a mapping naming at least 'content' (the project folder)")
+    return State(root=root, config=config)
+
+
+def is_demo(store: Store) -> bool:
+    with store.engine.connect() as conn:
+        value = conn.execute(meta_table.select().where(meta_table.c.key == DEMO_KEY)).first()
+    return bool(value and value.value == "yes")
+
+
+def check(state: State) -> list[str]:
+    """Everything wrong with a state folder and its store (empty: all is well)."""
+    problems = []
+    owner = state.root.stat().st_uid
+
+    def private(path: Path, mode: int) -> None:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            problems.append(f"{path} is missing")
+            return
+        if stat.S_IMODE(info.st_mode) & ~mode:
+            problems.append(
+                f"{path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be at most {mode:04o}"
+            )
+        if info.st_uid != owner:
+            problems.append(f"{path} is not owned by the service account (uid {owner})")
+
+    private(state.root, 0o750)
+    private(state.root / "config.yml", 0o640)
+    private(state.ssh_key, 0o600)
+    if "store" not in state.config:
+        private(state.root / "pulih.db", 0o600)
+    content = Path(str(state.config["content"]))
+    if not (content / "playbooks" / "backup.yml").is_file():
+        problems.append(f"content {content}: no playbooks/backup.yml there (the config's 'content')")
+    register = state.config.get("register")
+    if register and not Path(str(register)).exists():
+        problems.append(f"register {register}: not found (the config's 'register')")
+    try:
+        store = state.open_store()
+        if not any("admin" in a.roles and not a.disabled for a in Accounts(store).all()):
+            problems.append("the store has no enabled admin account")
+        store.engine.dispose()
+    except (AccountError, RuntimeError, Exception) as exc:
+        problems.append(f"the store {state.store_url} cannot be opened: {' '.join(str(exc).split())}")
+    return problems
