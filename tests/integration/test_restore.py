@@ -602,12 +602,15 @@ def files_holding(env, root, needle):
     """Files under root that hold needle, other than the lab's own state and vault stand-in."""
     known = [Path(env["inventory"]), Path(env["state"].root) / lab_mod.STATE_FILE]
     hits = []
-    for path in Path(root).rglob("*"):
-        if any(path == k or k in path.parents for k in known):
-            continue
-        with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
-                hits.append(path)
+    # os.walk, not rglob: on a shared machine folders come and go under /tmp while we look.
+    for folder, _dirs, names in os.walk(root, onerror=lambda _exc: None):
+        for name in names:
+            path = Path(folder) / name
+            if any(path == k or k in path.parents for k in known):
+                continue
+            with contextlib.suppress(OSError):
+                if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                    hits.append(path)
     return hits
 
 
@@ -664,14 +667,15 @@ def test_secrets_live_only_in_the_agents_memory_and_die_with_it(env, tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         agent.wait()
+        # The stage goes whatever happened above: no later test may find it.
+        discarded = subprocess.run(
+            ["/usr/bin/python3", str(AGENT)],
+            input=json.dumps({**request, "mode": "discard"}).encode() + b"\n",
+            capture_output=True,
+            timeout=60,
+        )
     assert files_holding(env, "/tmp", secret_key.encode()) == []
     assert files_holding(env, "/tmp", password.encode()) == []
-    discarded = subprocess.run(
-        ["/usr/bin/python3", str(AGENT)],
-        input=json.dumps({**request, "mode": "discard"}).encode() + b"\n",
-        capture_output=True,
-        timeout=60,
-    )
     assert discarded.returncode == 0, discarded.stderr.decode()
 
 
