@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -436,3 +437,87 @@ def test_the_gate_records_every_decision(make_store):
     assert actions[-2:] == ["restore.allowed", "restore.refused"]
     assert iso(Clock()()) == "2026-11-21T08:00:00Z"
     assert json.loads(store.audit_entries()[-1]["payload"])["reason"].startswith("DC-2:simpus is outside")
+
+
+# --------------------------------------------------------------------------- races
+
+
+def _race(*calls):
+    """Start every call at the same moment, each in its own thread with its own store
+    connections; what each returned or raised."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(index, call):
+        barrier.wait()
+        try:
+            results[index] = call()
+        except Exception as exc:  # the loser's refusal is the point
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_an_approve_and_a_reject_racing_exactly_one_wins(make_store):
+    """50 trials; before steps were transactions that lock what they read, both often
+    succeeded (and the request was then restorable)."""
+    store = make_store()
+    requests = make_requests(store)
+    url = store.url
+    for _ in range(50):
+        rid = requests.new(
+            "ani",
+            procedure="recovery",
+            skpd="bkpsdm",
+            contact="ani@example.go.id",
+            scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+            reason="error",
+        )["id"]
+        requests.receive("citra", rid)
+        approver, rejecter = (
+            make_requests(Store(url, upgrade=False)),
+            make_requests(Store(url, upgrade=False)),
+        )
+        results = _race(
+            lambda a=approver, r=rid: a.approve("dewi", r),
+            lambda j=rejecter, r=rid: j.reject("citra", r, "not needed"),
+        )
+        won = [r for r in results if isinstance(r, dict)]
+        lost = [r for r in results if isinstance(r, Refused)]
+        assert len(won) == 1 and len(lost) == 1, results
+        final = requests.get(rid)
+        assert final["status"] == won[0]["status"]
+        assert [s["step"] for s in final["steps"]].count("approved") + [
+            s["step"] for s in final["steps"]
+        ].count("rejected") == 1
+        for other in (approver, rejecter):
+            other.store.engine.dispose()
+    assert store.verify_audit() == []
+
+
+def test_fifty_requests_filed_at_once_get_fifty_ids(make_store):
+    store = make_store()
+    url = store.url
+    filers = [make_requests(Store(url, upgrade=False)) for _ in range(50)]
+
+    def file(requests):
+        return requests.new(
+            "ani",
+            procedure="recovery",
+            skpd="bkpsdm",
+            contact="ani@example.go.id",
+            scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+            reason="error",
+        )["id"]
+
+    results = _race(*(lambda r=r: file(r) for r in filers))
+    assert all(isinstance(r, str) for r in results), [r for r in results if not isinstance(r, str)][:3]
+    assert len(set(results)) == 50
+    assert store.verify_audit() == []
+    for requests in filers:
+        requests.store.engine.dispose()

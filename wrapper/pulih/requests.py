@@ -315,6 +315,8 @@ class Requests:
         target = target or {"kind": "in_place"}
         at = self.clock()
         with self.store.transaction() as conn:
+            if conn.dialect.name == "postgresql":  # one filer at a time picks the next number
+                conn.execute(sa.text("LOCK TABLE pulih_requests IN SHARE ROW EXCLUSIVE MODE"))
             year = at.year
             # Procedure A's requests are Form PPD; procedure B's are request letters.
             prefix = f"{'PPD' if procedure == 'recovery' else 'REQ'}-{year}-"

@@ -180,6 +180,19 @@ class AuditProblem:
         return f"audit entry {self.seq}: {self.message}"
 
 
+def _sqlite_connect(dbapi: Any, _record: Any) -> None:
+    # Python's sqlite3 opens a transaction only before its first write, so a step's read of
+    # the request's status ran outside it and two racing steps could both pass. pulih begins
+    # every transaction itself (below) and writers queue instead of failing.
+    dbapi.isolation_level = None
+    dbapi.execute("PRAGMA busy_timeout = 30000")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE: the write lock from the first statement, so what a step reads is what it writes on.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class Store:
     """One connection pool to the record; every write in its own transaction."""
 
@@ -187,10 +200,8 @@ class Store:
         self.url = url
         self.engine: Engine = sa.create_engine(url, future=True)
         if url.startswith("sqlite"):
-            # Writers queue instead of failing when two operators act at once.
-            sa.event.listen(
-                self.engine, "connect", lambda dbapi, _rec: dbapi.execute("PRAGMA busy_timeout = 10000")
-            )
+            sa.event.listen(self.engine, "connect", _sqlite_connect)
+            sa.event.listen(self.engine, "begin", _sqlite_begin)
         if upgrade:
             self.upgrade()
 
