@@ -16,9 +16,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -134,6 +136,15 @@ def service():
             "pt-sri",
             check=0,
         )
+        admin(env, "admin", "user", "add", "budi", "--role", "operator", check=0)
+        grants = [("ani", "request"), ("ani", "approve"), ("sri", "approve"), ("sri", "read")]
+        grants += [("budi", "restore"), ("budi", "backup")]
+        env["tokens"] = {
+            (name, scope): admin(
+                env, "admin", "token", "create", name, "--scope", scope, check=0
+            ).stdout.strip()
+            for name, scope in grants
+        }
         yield env
     finally:
         for proc in procs:  # by PID, never by name
@@ -347,3 +358,169 @@ def test_the_store_and_the_key_are_the_services_alone(service):
         assert "pulih.db has mode 0644; it must be at most 0600" in run.stderr
     finally:
         (service["state"] / "pulih.db").chmod(0o600)
+
+
+# --------------------------------------------------------------------------- the record, through the service
+
+SIMPEG = {"asset_id": "DC-SRV-2023-001", "item": "simpeg"}  # a bkpsdm server's item in the example register
+
+
+def api(
+    env, method: str, path: str, token: tuple[str, str] | None, body: dict | None = None
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {env['tokens'][token]}"} if token else {}
+    return httpx.request(method, env["http"] + "/v1" + path, json=body, headers=headers, timeout=30)
+
+
+def new_request(**changes) -> dict:
+    return {"skpd": "bkpsdm", "contact": "ani@bkpsdm.go.id", "scope": [SIMPEG], "reason": "error", **changes}
+
+
+def refused(response: httpx.Response, status: int, code: int, says: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and says in error["message"], error
+
+
+def count_requests(env) -> int:
+    return len(api(env, "GET", "/requests", ("sri", "read")).json()["requests"])
+
+
+def test_the_record_is_written_as_the_kernel_says_not_as_the_body_or_environment_says(service):
+    """pt-ani, on the socket with USER=sri and a body naming sri as requester, files as ani."""
+    body = json.dumps({**new_request(), "requester": "sri"})
+    run = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "pt-ani",
+            "--",
+            "env",
+            "USER=sri",
+            "LOGNAME=sri",
+            "PULIH_ACTOR=sri",
+            "curl",
+            "-s",
+            "--unix-socket",
+            str(service["state"] / "pulih.sock"),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            "http://pulih/v1/requests",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd="/",
+    )
+    filed = json.loads(run.stdout)
+    assert filed["requester"] == "ani" and filed["steps"][0]["actor"] == "ani", filed
+
+
+def test_separation_of_duties_is_the_services(service):
+    before = count_requests(service)
+    # A requester files only for their SKPD and its registered items.
+    refused(
+        api(service, "POST", "/requests", ("ani", "request"), new_request(skpd="dinkes")),
+        403,
+        3,
+        "files for SKPD bkpsdm, not 'dinkes'",
+    )
+    other = new_request(scope=[{"asset_id": "DC-SRV-2023-002", "item": "simpus"}])
+    refused(
+        api(service, "POST", "/requests", ("ani", "request"), other),
+        403,
+        3,
+        "belongs to SKPD dinkes, not bkpsdm",
+    )
+    unknown = new_request(scope=[{"asset_id": "DC-SRV-2023-001", "item": "nothing"}])
+    refused(
+        api(service, "POST", "/requests", ("ani", "request"), unknown),
+        400,
+        2,
+        "is not a registered data item",
+    )
+    assert count_requests(service) == before, "no refusal left a request behind"
+    rid = api(service, "POST", "/requests", ("ani", "request"), new_request()).json()["id"]
+    # The requester's own token cannot approve: not with its scope, nor with a token that has it.
+    refused(
+        api(service, "POST", f"/requests/{rid}/receive", ("ani", "request"), {}),
+        403,
+        3,
+        "this step needs 'approve'",
+    )
+    refused(
+        api(service, "POST", f"/requests/{rid}/receive", ("ani", "approve"), {}),
+        403,
+        3,
+        "needs the role 'receiver'",
+    )
+    assert api(service, "POST", f"/requests/{rid}/receive", ("sri", "approve"), {}).status_code == 200
+    refused(
+        api(service, "POST", f"/requests/{rid}/approve", ("ani", "approve"), {}),
+        403,
+        3,
+        "needs the role 'approver'",
+    )
+    # A nightly-backup token cannot do an operator's step.
+    approved = api(service, "POST", f"/requests/{rid}/approve", ("sri", "approve"), {"valid_hours": 24})
+    assert approved.json()["status"] == "approved"
+    refused(
+        api(
+            service,
+            "POST",
+            f"/requests/{rid}/assess",
+            ("budi", "backup"),
+            {"data_exists": True, "damage": "error"},
+        ),
+        403,
+        3,
+        "this step needs 'restore'",
+    )
+    assessed = api(
+        service,
+        "POST",
+        f"/requests/{rid}/assess",
+        ("budi", "restore"),
+        {"data_exists": True, "damage": "error"},
+    )
+    assert assessed.json()["status"] == "assessed"
+    assert [(s["step"], s["actor"]) for s in assessed.json()["steps"]] == [
+        ("filed", "ani"),
+        ("received", "sri"),
+        ("approved", "sri"),
+        ("assessed", "budi"),
+    ]
+
+
+def test_an_approve_and_a_reject_racing_through_the_service_exactly_one_wins(service):
+    outcomes = []
+    for _ in range(50):
+        rid = api(service, "POST", "/requests", ("ani", "request"), new_request()).json()["id"]
+        api(service, "POST", f"/requests/{rid}/receive", ("sri", "approve"), {})
+        barrier = threading.Barrier(2)
+        answers: dict[str, int] = {}
+
+        def step(name, body, rid=rid, barrier=barrier, answers=answers):
+            barrier.wait()
+            answers[name] = api(
+                service, "POST", f"/requests/{rid}/{name}", ("sri", "approve"), body
+            ).status_code
+
+        threads = [
+            threading.Thread(target=step, args=("approve", {})),
+            threading.Thread(target=step, args=("reject", {"reason": "not needed"})),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(answers.values()) == [200, 403], answers
+        final = api(service, "GET", f"/requests/{rid}", ("sri", "read")).json()
+        assert final["status"] == ("approved" if answers["approve"] == 200 else "rejected")
+        outcomes.append(final["status"])
+    assert len(outcomes) == 50

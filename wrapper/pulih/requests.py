@@ -210,18 +210,29 @@ def _load(conn: sa.Connection, request_id: str, *, lock: bool = False) -> dict[s
 class Requests:
     """The request record and its rules; ``clock`` is injectable for tests."""
 
-    def __init__(self, store: Store, config: Config, clock: Callable[[], dt.datetime] = now) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        clock: Callable[[], dt.datetime] = now,
+        *,
+        roles_of: Callable[[str], set[str]] | None = None,
+        roles_from: str | None = None,
+    ) -> None:
         self.store, self.config, self.clock = store, config, clock
+        # Whose roles: the service's accounts (roles_of), else the config's actors.
+        self.roles_of = roles_of or config.roles_of
+        self.roles_from = roles_from
 
     # ---------------------------------------------------------------- helpers
 
     def _require_role(self, actor: str, step: str) -> str:
         role = STEP_ROLE[step]
-        if role not in self.config.roles_of(actor):
-            held = ", ".join(sorted(self.config.roles_of(actor))) or "none"
+        if role not in self.roles_of(actor):
+            held = ", ".join(sorted(self.roles_of(actor))) or "none"
             raise Refused(
                 f"{actor} may not record '{step}': it needs the role '{role}' "
-                f"(theirs: {held}; roles come from {config_path()})"
+                f"(theirs: {held}; roles come from {self.roles_from or config_path()})"
             )
         return role
 
@@ -550,7 +561,7 @@ class Requests:
         target: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Allow a restore run only as the record says; raise Refused with the reason otherwise."""
-        if "operator" not in self.config.roles_of(actor):
+        if "operator" not in self.roles_of(actor):
             raise Refused(f"{actor} may not run restores: it needs the role 'operator'")
         at = self.clock()
         decision: dict[str, Any] = {

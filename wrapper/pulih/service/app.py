@@ -12,6 +12,7 @@ where ``code`` is the exit code the CLI gives it (2 bad input, 3 refused)."""
 import datetime as dt
 import pwd
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -20,8 +21,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from pulih.exitcodes import Exit
+from pulih.requests import Config, Requests
 from pulih.service.accounts import SCOPES, AccountError, Accounts, Caller
 from pulih.service.peer import EXTENSION, Peer
+from pulih.service.requests_api import router as requests_router
 from pulih.store import Store
 
 API = "/v1"
@@ -67,8 +70,19 @@ class NewToken(BaseModel):
     expires_in: str = Field(default="90d", max_length=8)
 
 
-def create_app(store: Store, *, demo: bool = False) -> FastAPI:
+def create_app(store: Store, *, demo: bool = False, register: Path | None = None) -> FastAPI:
     accounts = Accounts(store)
+
+    def roles_of(name: str) -> set[str]:
+        try:
+            account = accounts.get(name)
+        except AccountError:
+            return set()
+        return set() if account.disabled else set(account.roles)
+
+    requests = Requests(
+        store, Config(), roles_of=roles_of, roles_from="the service's accounts (pulih admin user)"
+    )
     app = FastAPI(
         title="pulih",
         version="1",
@@ -234,4 +248,5 @@ def create_app(store: Store, *, demo: bool = False) -> FastAPI:
         accounts.revoke_token(who.account.name, token_id)
         return {"id": token_id, "revoked": True}
 
+    app.include_router(requests_router(requests, Authenticated, register, ApiError))
     return app

@@ -62,7 +62,8 @@ def unix_socket(path: Path) -> socket.socket:
 def serve(state: State, listen: str | None = None) -> None:
     drop_to_owner(state.root)
     store = state.open_store()
-    app = create_app(store, demo=is_demo(store))
+    register = state.config.get("register")
+    app = create_app(store, demo=is_demo(store), register=Path(str(register)) if register else None)
     if listen and not listen.startswith("unix:"):
         host, _, port = listen.rpartition(":")
         config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
