@@ -36,7 +36,14 @@ PULIH_TODAY=$example_today ansible-inventory -i inventories/example/ --graph
 
 step "4. A lab of two servers and a backup repository host, on loopback"
 lab_inventory=$(mktemp -d /tmp/pulih-demo-XXXXXX)
-trap 'python -m pulih.lab down --inventory-dir "$lab_inventory" >/dev/null; rm -rf "$lab_inventory"' EXIT
+service_pid='' service_state=''
+cleanup() {
+  if [[ -n $service_pid ]]; then kill "$service_pid" 2>/dev/null || true; wait "$service_pid" 2>/dev/null || true; fi
+  [[ -z $service_state ]] || rm -rf "$service_state"
+  python -m pulih.lab down --inventory-dir "$lab_inventory" >/dev/null
+  rm -rf "$lab_inventory"
+}
+trap cleanup EXIT
 python -m pulih.lab up --hosts 2 --inventory-dir "$lab_inventory" > "$reports/lab.json"
 
 step "5. Someone creates a database on lab2 without registering it"
@@ -126,6 +133,28 @@ as budi request form "$rid" --form pd --lang id -o "$reports/form-pd-$rid.html"
 restore_run=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$reports/restore.json")
 pulih report show "$restore_run" --format html --lang id > "$reports/restore-$rid.html"
 pulih audit verify
+
+step "13. pulih serve: who acts is the kernel's word, or a token's, never the environment's"
+if [[ $(id -u) -eq 0 ]]; then
+  service_state=$(mktemp -d /tmp/pulih-demo-service-XXXXXX) && rmdir "$service_state"
+  pulih serve --init --state "$service_state" --admin "$(id -un)" --register inventories/example
+  pulih serve --state "$service_state" & service_pid=$!
+  export PULIH_SERVER=unix:$service_state/pulih.sock
+  for _ in $(seq 1 300); do pulih whoami >/dev/null 2>&1 && break; sleep 0.1; done
+  pulih admin user add ani --role requester --skpd bkpsdm --email ani@bkpsdm.go.id
+  pulih admin user add sri --role receiver --role approver
+  ani_token=$(pulih admin token create ani --scope request --expires-in 1h)
+  echo "USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami, on the socket:"
+  USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami
+  echo "Ani's token, on the socket (it acts as Ani, with its scopes):"
+  PULIH_TOKEN=$ani_token pulih whoami
+  echo "Ani's token, used to list the accounts (an admin's step):"
+  rc=0; PULIH_TOKEN=$ani_token pulih admin user list || rc=$?
+  [[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
+  unset PULIH_SERVER
+else
+  echo "(skipped: pulih serve --init runs as root)"
+fi
 
 step "Summary"
 python - "$reports/register_audit.json" "$reports/restore.json" <<'PY'
