@@ -524,3 +524,35 @@ def test_an_approve_and_a_reject_racing_through_the_service_exactly_one_wins(ser
         assert final["status"] == ("approved" if answers["approve"] == 200 else "rejected")
         outcomes.append(final["status"])
     assert len(outcomes) == 50
+
+
+def test_naming_the_actor_exists_only_in_demo_mode_on_a_demo_store(service):
+    # The real service ignores a demo header: pt-ani stays ani.
+    me = whoami(service, "pt-ani", extra_env={"PULIH_DEMO_ACTOR": "sri"})
+    assert (me["name"], me["demo"]) == ("ani", False)
+    # A real store is never served in demo mode, and a demo store never by a normal service.
+    run = admin(service, "serve", "--state", str(service["state"]), "--demo-actors", check=2)
+    assert "--demo-actors opens only a demo store" in run.stderr
+    demo = Path(tempfile.mkdtemp(prefix="pulih-demo-svc-", dir="/tmp"))
+    demo.rmdir()
+    proc = None
+    try:
+        admin(service, "serve", "--init", "--state", str(demo), "--admin", "root", "--demo-actors", check=0)
+        run = admin(service, "serve", "--state", str(demo), check=2)
+        assert "holds a demo store" in run.stderr and "a normal service never opens it" in run.stderr
+        proc = subprocess.Popen(
+            [PULIH, "serve", "--state", str(demo), "--demo-actors"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd="/",
+        )
+        _wait("the demo service", lambda: _connects(demo / "pulih.sock"))
+        demo_env = {**service, "socket": f"unix:{demo / 'pulih.sock'}"}
+        admin(demo_env, "admin", "user", "add", "sri", "--role", "approver", check=0)
+        me = whoami(demo_env, None, extra_env={"PULIH_DEMO_ACTOR": "sri"})
+        assert (me["name"], me["via"], me["demo"]) == ("sri", "demo", True)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=20)
+        shutil.rmtree(demo, ignore_errors=True)

@@ -3,6 +3,7 @@ tells the service who is calling) or over HTTP(S) with a token.
 
     PULIH_SERVER   unix:/path/to/pulih.sock (default unix:/var/lib/pulih/pulih.sock) or http(s)://HOST:PORT
     PULIH_TOKEN    an API token; sent as 'Authorization: Bearer ...' (it acts as its own account)
+    PULIH_DEMO_ACTOR  names the actor to a demo service (pulih serve --demo-actors) only
 
 Nothing here names the caller: the service decides who that is."""
 
@@ -41,6 +42,9 @@ def _client(timeout: float) -> httpx.Client:
     token = os.environ.get("PULIH_TOKEN")
     if token:
         headers["Authorization"] = f"Bearer {token.strip()}"
+    demo_actor = os.environ.get("PULIH_DEMO_ACTOR")
+    if demo_actor:  # only a service started with --demo-actors (on a demo store) listens to it
+        headers["X-Pulih-Demo-Actor"] = demo_actor
     if where.startswith("unix:"):
         transport = httpx.HTTPTransport(uds=where[len("unix:") :])
         return httpx.Client(transport=transport, base_url="http://pulih", headers=headers, timeout=timeout)

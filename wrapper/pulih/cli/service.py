@@ -61,7 +61,11 @@ def serve(
         str | None, typer.Option(help="With --init: a PostgreSQL URL instead of DIR/pulih.db.")
     ] = None,
     demo_actors: Annotated[
-        bool, typer.Option("--demo-actors", help="With --init: a demo store (marked demo everywhere).")
+        bool,
+        typer.Option(
+            "--demo-actors",
+            help="A demo store (with --init), or serve one: scripts may name the actor (PULIH_DEMO_ACTOR).",
+        ),
     ] = False,
     check: Annotated[
         bool, typer.Option("--check", help="Check the state folder, store, keys and modes.")
@@ -110,7 +114,7 @@ def serve(
             return
         from pulih.service.server import serve as run_server
 
-        run_server(loaded, listen)
+        run_server(loaded, listen, demo_actors=demo_actors)
     except states.StateError as exc:
         fail(str(exc), Exit.BAD_INPUT, as_json=as_json)
 
@@ -118,7 +122,9 @@ def serve(
 def whoami(as_json: JsonOpt = False) -> None:
     """Who the service sees: the account, its roles, SKPDs and scopes, and how it knows."""
     doc = _call("GET", "/whoami", None, as_json)
-    via = "the kernel (socket)" if doc["via"] == "socket" else f"token {doc['token']}"
+    via = {"socket": "the kernel (socket)", "demo": "a demo script's word (DEMO store)"}.get(
+        doc["via"], f"token {doc['token']}"
+    )
     _print(
         doc,
         as_json,

@@ -59,11 +59,22 @@ def unix_socket(path: Path) -> socket.socket:
     return sock
 
 
-def serve(state: State, listen: str | None = None) -> None:
+def serve(state: State, listen: str | None = None, *, demo_actors: bool = False) -> None:
     drop_to_owner(state.root)
     store = state.open_store()
+    demo = is_demo(store)
+    if demo and not demo_actors:
+        raise StateError(
+            f"{state.root} holds a demo store (made with --init --demo-actors): a normal service "
+            "never opens it; start it with --demo-actors, or make a real state folder"
+        )
+    if demo_actors and not demo:
+        raise StateError(
+            f"--demo-actors opens only a demo store, and {state.root}'s is real: "
+            "make a demo state folder with --init --demo-actors"
+        )
     register = state.config.get("register")
-    app = create_app(store, demo=is_demo(store), register=Path(str(register)) if register else None)
+    app = create_app(store, demo=demo, register=Path(str(register)) if register else None)
     if listen and not listen.startswith("unix:"):
         host, _, port = listen.rpartition(":")
         config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
