@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from pulih import lab as lab_mod
-from pulih.requests import Config, Refused, Requests
+from pulih.requests import BadRequestInput, Config, Refused, Requests
 from pulih.store import SCHEMA_VERSION, Store, audit_table, iso, parse_iso
 
 ACTORS = {
@@ -290,7 +290,16 @@ def test_an_older_store_is_upgraded_in_place(make_store):
     store = make_store()
     # Rebuild it at version 1, with a run recorded the old way.
     with store.transaction() as conn:
-        for table in ("pulih_runs", "pulih_audit", "pulih_steps", "pulih_requests", "pulih_meta"):
+        for table in (
+            "pulih_approvals",
+            "pulih_tokens",
+            "pulih_accounts",
+            "pulih_runs",
+            "pulih_audit",
+            "pulih_steps",
+            "pulih_requests",
+            "pulih_meta",
+        ):
             conn.execute(sa.text(f"DROP TABLE {table}"))
     old = Store(store.url, upgrade=False)
     old.upgrade(to=1)
@@ -302,11 +311,43 @@ def test_an_older_store_is_upgraded_in_place(make_store):
                 "VALUES ('r1', 'backup', 'succeeded', '2026-01-01T00:00:00Z')"
             )
         )
+    # At version 3 a request was approved the old way (the approval only in its columns).
+    old.upgrade(to=3)
+    with old.transaction() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO pulih_requests (id, procedure, status, requester, skpd, contact, reason, "
+                "reason_text, target, scope, created_at, approved_by, approved_at, approval_expires_at) "
+                "VALUES ('PPD-2026-0001', 'recovery', 'approved', 'ani', 'bkpsdm', 'a@b', 'error', '', "
+                "'{}', '[]', '2026-01-01T00:00:00Z', 'dewi', '2026-01-01T01:00:00Z', '2026-01-02T01:00:00Z')"
+            )
+        )
     reopened = Store(store.url)
     assert reopened.version() == SCHEMA_VERSION
     with reopened.engine.connect() as conn:
         row = conn.execute(sa.text("SELECT run_id, exit_code FROM pulih_runs")).one()
     assert (row.run_id, row.exit_code) == ("r1", None)
+    approvals = make_requests(reopened).get("PPD-2026-0001")["approvals"]
+    assert [(a["approver"], a["expires_at"]) for a in approvals] == [("dewi", "2026-01-02T01:00:00Z")]
+
+
+def test_approvals_are_a_list_and_not_restored_is_the_requesters_step(make_store):
+    requests = make_requests(make_store())
+    rid = planned_request(requests)
+    assert [a["approver"] for a in requests.get(rid)["approvals"]] == ["dewi"]
+    scope = [{"asset_id": "DC-1", "item": "simpeg"}]
+    requests.gate("eko", rid, run_scope=scope)
+    requests.executed("eko", rid, outcome="succeeded")
+    with pytest.raises(BadRequestInput, match="say what is not restored"):
+        requests.not_restored("ani", rid, "")
+    with pytest.raises(Refused, match="only the requester"):
+        requests.not_restored("fajar", rid, "tabel gaji masih kosong")
+    assert requests.not_restored("ani", rid, "tabel gaji masih kosong")["status"] == "not_restored"
+    requests.gate("eko", rid, run_scope=scope)  # the operator restores again, under the same approval
+    requests.executed("eko", rid, outcome="succeeded")
+    assert requests.confirm("ani", rid)["status"] == "confirmed"
+    steps = [s["step"] for s in requests.get(rid)["steps"]]
+    assert steps[-4:] == ["executed", "not_restored", "executed", "confirmed"]
 
 
 # --------------------------------------------------------------------------- property

@@ -108,6 +108,7 @@ STEPS: Final[dict[str, dict[str, str]]] = {
         "planned": "planned",
         "executed": "executed",
         "confirmed": "confirmed",
+        "not_restored": "not restored (requester)",
         "closed": "closed",
     },
     "id": {
@@ -120,6 +121,7 @@ STEPS: Final[dict[str, dict[str, str]]] = {
         "planned": "direncanakan",
         "executed": "dilaksanakan",
         "confirmed": "dikonfirmasi",
+        "not_restored": "belum pulih (pemohon)",
         "closed": "selesai",
     },
 }

@@ -22,7 +22,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 import yaml
 
-from pulih.store import Store, iso, now, parse_iso, requests_table, steps_table
+from pulih.store import Store, approvals_table, iso, now, parse_iso, requests_table, steps_table
 
 PROCEDURES: Final = {"recovery": "A", "backup_restore": "B"}
 ROLES: Final = ("requester", "receiver", "approver", "operator")
@@ -38,6 +38,7 @@ STEP_ROLE: Final = {
     "planned": "operator",
     "executed": "operator",
     "confirmed": "requester",
+    "not_restored": "requester",  # the requester's other answer: the data is not back
     "closed": "receiver",
 }
 # The steps each status allows next.
@@ -49,7 +50,8 @@ NEXT: Final[dict[str, tuple[str, ...]]] = {
     "assessed": ("backups_checked",),
     "backups_checked": ("planned",),
     "planned": ("executed",),
-    "executed": ("executed", "confirmed"),  # the SOP: repeat until it succeeds
+    "executed": ("executed", "confirmed", "not_restored"),  # the SOP: repeat until it succeeds
+    "not_restored": ("executed", "closed"),  # restored again (or given up), on the record
     "confirmed": ("closed",),
     "closed": (),
 }
@@ -68,6 +70,7 @@ STANDARD_MINUTES: Final[dict[str, dict[str, int | None]]] = {
         "planned": 10,
         "executed": None,
         "confirmed": 5,
+        "not_restored": 5,
         "closed": None,
     },
     "backup_restore": {
@@ -80,6 +83,7 @@ STANDARD_MINUTES: Final[dict[str, dict[str, int | None]]] = {
         "planned": 60,
         "executed": 1440,
         "confirmed": 15,
+        "not_restored": 15,
         "closed": None,
     },
 }
@@ -243,7 +247,10 @@ class Requests:
         step: str,
         note: str,
         check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        rows: Callable[[sa.Connection], None] | None = None,
     ) -> dict[str, Any]:
+        """One step in one transaction: the status checked and changed, the step, `rows` (more
+        rows of the step, e.g. an approval) and the audit entry, or nothing at all."""
         checked_text(note, "note", limit=2000, lines=True)
         role = self._require_role(actor, step)
         at = self.clock()
@@ -263,6 +270,8 @@ class Requests:
             changes = check(request) if check else {}
             changes["status"] = step
             conn.execute(sa.update(requests_table).where(requests_table.c.id == request_id).values(**changes))
+            if rows is not None:
+                rows(conn)
             conn.execute(
                 sa.insert(steps_table).values(
                     request_id=request_id, step=step, actor=actor, role=role, at=iso(at), note=note
@@ -395,14 +404,26 @@ class Requests:
                     f"{actor} filed request {request_id} and may not approve it: "
                     "the approver is never the requester"
                 )
-            at = self.clock()
             return {
                 "approved_by": actor,
                 "approved_at": iso(at),
                 "approval_expires_at": iso(at + dt.timedelta(hours=hours)),
             }
 
-        return self._step(actor, request_id, "approved", note, check)
+        at = self.clock()
+
+        def approval(conn: sa.Connection) -> None:
+            conn.execute(
+                sa.insert(approvals_table).values(
+                    request_id=request_id,
+                    approver=actor,
+                    at=iso(at),
+                    expires_at=iso(at + dt.timedelta(hours=hours)),
+                    note=note,
+                )
+            )
+
+        return self._step(actor, request_id, "approved", note, check, approval)
 
     def reject(self, actor: str, request_id: str, reason: str) -> dict[str, Any]:
         if not reason.strip():
@@ -490,6 +511,18 @@ class Requests:
 
         return self._step(actor, request_id, "confirmed", note, check)
 
+    def not_restored(self, actor: str, request_id: str, note: str) -> dict[str, Any]:
+        """The requester's answer that the data is not back, with what is missing."""
+        if not note.strip():
+            raise BadRequestInput("say what is not restored (--note): the operator acts on it")
+
+        def check(request: dict[str, Any]) -> dict[str, Any]:
+            if request["requester"] != actor:
+                raise Refused(f"only the requester ({request['requester']}) answers for {request_id}")
+            return {}
+
+        return self._step(actor, request_id, "not_restored", note, check)
+
     def close(self, actor: str, request_id: str, note: str = "") -> dict[str, Any]:
         return self._step(actor, request_id, "closed", note)
 
@@ -507,10 +540,20 @@ class Requests:
                 .mappings()
                 .all()
             )
+            approvals = (
+                conn.execute(
+                    sa.select(approvals_table)
+                    .where(approvals_table.c.request_id == request_id)
+                    .order_by(approvals_table.c.id)
+                )
+                .mappings()
+                .all()
+            )
         for key in ("target", "scope", "plan", "assessment", "backups_found"):
             if request.get(key):
                 request[key] = json.loads(request[key])
         request["steps"] = [dict(s) for s in steps]
+        request["approvals"] = [{k: v for k, v in a.items() if k != "request_id"} for a in approvals]
         request["timing"] = self.timing(request)
         return request
 
@@ -576,7 +619,7 @@ class Requests:
                 request = _load(conn, request_id)
             if request["status"] == "rejected":
                 raise Refused(f"request {request_id} was rejected ({request['rejected_reason']})")
-            if request["status"] not in ("planned", "executed"):
+            if request["status"] not in ("planned", "executed", "not_restored"):
                 raise Refused(
                     f"request {request_id} is '{request['status']}': a restore runs only once it is "
                     "approved, assessed, its backups checked and planned"

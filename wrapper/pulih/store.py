@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 GENESIS = "0" * 64
 
 metadata = sa.MetaData()
@@ -121,6 +121,18 @@ tokens_table = sa.Table(  # added in schema version 3
 )
 
 
+approvals_table = sa.Table(  # added in schema version 4: one row per approval (M of N later)
+    "pulih_approvals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(32), sa.ForeignKey("pulih_requests.id"), nullable=False, index=True),
+    sa.Column("approver", sa.String(128), nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.String(32), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Version 1: every table, runs without exit_code."""
     tables = [meta_table, requests_table, steps_table, audit_table]
@@ -149,7 +161,19 @@ def _v3(conn: Connection) -> None:
     tokens_table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    """Version 4: approvals as a list; the approval each request already has becomes its first."""
+    approvals_table.create(conn, checkfirst=True)
+    conn.execute(
+        sa.text(
+            "INSERT INTO pulih_approvals (request_id, approver, at, expires_at, note) "
+            "SELECT id, approved_by, approved_at, approval_expires_at, '' FROM pulih_requests "
+            "WHERE approved_by IS NOT NULL"
+        )
+    )
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 
 
 def now() -> dt.datetime:

@@ -973,9 +973,19 @@ def _protect(
 
 
 @request_app.command("confirm")
-def request_confirm(request_id: RequestId, note: NoteOpt = "", as_json: JsonOpt = False) -> None:
-    """The requester confirms the result."""
+def request_confirm(
+    request_id: RequestId,
+    note: NoteOpt = "",
+    not_restored: Annotated[
+        bool, typer.Option("--not-restored", help="The data is not back: say what is missing in --note.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The requester confirms the result, or answers that it is not restored (with a note)."""
     requests, actor = _record()
+    if not_restored:
+        _act(lambda: requests.not_restored(actor, request_id, note), as_json)
+        return
     _act(lambda: requests.confirm(actor, request_id, note), as_json)
 
 

@@ -177,6 +177,11 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
         actor = scoped(who, "request")
         return record(lambda: requests.confirm(actor, request_id, body.note))
 
+    @routes.post("/v1/requests/{request_id}/not-restored")
+    def not_restored(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
+        actor = scoped(who, "request")
+        return record(lambda: requests.not_restored(actor, request_id, body.note))
+
     @routes.post("/v1/requests/{request_id}/close")
     def close(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
