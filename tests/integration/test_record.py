@@ -562,3 +562,31 @@ def test_fifty_requests_filed_at_once_get_fifty_ids(make_store):
     assert store.verify_audit() == []
     for requests in filers:
         requests.store.engine.dispose()
+
+
+def test_the_offices_policy_separates_more_duties(make_store):
+    store = make_store()
+    requests = make_requests(store)
+    store.set_policy("admin", {"distinct": [["receiver", "approver"], ["approver", "operator"]]})
+    rid = requests.new(
+        "ani",
+        procedure="recovery",
+        skpd="bkpsdm",
+        contact="ani@example.go.id",
+        scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+        reason="error",
+    )["id"]
+    requests.receive("citra", rid)
+    with pytest.raises(Refused, match="the receiver and the approver to be different people"):
+        requests.approve("citra", rid)
+    requests.approve("dewi", rid)
+    requests.assess("eko", rid, data_exists=True, damage="error")
+    requests.check_backups("eko", rid, [{"item": "simpeg", "backup_id": "20261120T020000Z-0000"}])
+    with pytest.raises(Refused, match="dewi acted as approver"):
+        requests.plan("dewi", rid, backups={"DC-1:simpeg": "20261120T020000Z-0000"})
+    requests.plan("eko", rid, backups={"DC-1:simpeg": "20261120T020000Z-0000"})
+    scope = [{"asset_id": "DC-1", "item": "simpeg"}]
+    with pytest.raises(Refused, match="the approver and the operator to be different people"):
+        requests.gate("dewi", rid, run_scope=scope)
+    assert requests.gate("eko", rid, run_scope=scope)["allowed"]
+    assert store.audit_entries()[0]["action"] == "policy_set"

@@ -556,3 +556,15 @@ def test_naming_the_actor_exists_only_in_demo_mode_on_a_demo_store(service):
             proc.terminate()
             proc.wait(timeout=20)
         shutil.rmtree(demo, ignore_errors=True)
+
+
+def test_only_an_admin_sets_the_policy_and_only_to_pairs_of_roles(service):
+    run = pulih_as(service, "pt-ani", "admin", "policy", "set", "--distinct", "receiver,approver", check=3)
+    assert "ani is not admin" in run.stderr
+    run = admin(service, "admin", "policy", "set", "--distinct", "receiver,boss", check=2)
+    assert "a pair of two different roles" in run.stderr
+    admin(service, "admin", "policy", "set", "--distinct", "approver,receiver", check=0)
+    shown = json.loads(admin(service, "admin", "policy", "show", "--json", check=0).stdout)
+    assert shown == {"distinct": [["receiver", "approver"]]}
+    admin(service, "admin", "policy", "set", check=0)  # back to the SOP's minimum
+    assert audit_actions(service)[-2:] == ["policy_set", "policy_set"]

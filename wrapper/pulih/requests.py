@@ -256,6 +256,7 @@ class Requests:
         at = self.clock()
         with self.store.transaction() as conn:
             request = _load(conn, request_id, lock=True)
+            self._distinct(conn, actor, request_id, role)
             allowed = NEXT[request["status"]]
             if step not in allowed:
                 if request["status"] == "rejected":
@@ -290,6 +291,28 @@ class Requests:
                 at=at,
             )
         return self.get(request_id)
+
+    def _distinct(self, conn: sa.Connection, actor: str, request_id: str, role: str) -> None:
+        """Refuse when the policy says `role` and another role of this request's steps are
+        different people and `actor` already acted in that other role."""
+        pairs = self.store.policy(conn).get("distinct") or []
+        others = {b if role == a else a for a, b in pairs if role in (a, b)} - {role}
+        if not others:
+            return
+        acted = {
+            row.role
+            for row in conn.execute(
+                sa.select(steps_table.c.role).where(
+                    steps_table.c.request_id == request_id, steps_table.c.actor == actor
+                )
+            )
+        }
+        clash = sorted(others & acted)
+        if clash:
+            raise Refused(
+                f"{actor} acted as {clash[0]} on request {request_id}; the office's policy wants "
+                f"the {clash[0]} and the {role} to be different people (pulih admin policy show)"
+            )
 
     # ---------------------------------------------------------------- steps
 
@@ -617,6 +640,7 @@ class Requests:
         try:
             with self.store.engine.connect() as conn:
                 request = _load(conn, request_id)
+                self._distinct(conn, actor, request_id, "operator")
             if request["status"] == "rejected":
                 raise Refused(f"request {request_id} was rejected ({request['rejected_reason']})")
             if request["status"] not in ("planned", "executed", "not_restored"):

@@ -264,6 +264,26 @@ class Store:
         with self.engine.begin() as conn:
             yield conn
 
+    # ---------------------------------------------------------------- policy
+
+    def policy(self, conn: Connection | None = None) -> dict[str, Any]:
+        """The office's separation of duties: pairs of roles that must be different people on
+        one request (the requester is never the approver, whatever it says)."""
+        query = sa.select(meta_table.c.value).where(meta_table.c.key == "policy")
+        if conn is not None:
+            value = conn.execute(query).scalar()
+        else:
+            with self.engine.connect() as own:
+                value = own.execute(query).scalar()
+        loaded: dict[str, Any] = json.loads(value) if value else {"distinct": []}
+        return loaded
+
+    def set_policy(self, actor: str, policy: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            conn.execute(sa.delete(meta_table).where(meta_table.c.key == "policy"))
+            conn.execute(sa.insert(meta_table).values(key="policy", value=json.dumps(policy, sort_keys=True)))
+            self.append_audit(conn, actor=actor, action="policy_set", request_id=None, payload=policy)
+
     # ---------------------------------------------------------------- audit
 
     def append_audit(

@@ -22,6 +22,8 @@ user_app = typer.Typer(help="Accounts: who may act, in which roles and SKPDs.", 
 token_app = typer.Typer(help="API tokens for scripts and other machines.", no_args_is_help=True)
 admin_app.add_typer(user_app, name="user")
 admin_app.add_typer(token_app, name="token")
+policy_app = typer.Typer(help="The office's separation of duties.", no_args_is_help=True)
+admin_app.add_typer(policy_app, name="policy")
 
 StateOpt = Annotated[Path, typer.Option("--state", help="The service's state folder.")]
 
@@ -244,6 +246,31 @@ def token_revoke(token_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a token: it is refused from now on."""
     doc = _call("POST", f"/admin/tokens/{token_id}/revoke", None, as_json)
     _print(doc, as_json, f"token {token_id} revoked")
+
+
+@policy_app.command("show")
+def policy_show(as_json: JsonOpt = False) -> None:
+    """Which roles must be different people on one request (besides requester and approver)."""
+    doc = _call("GET", "/admin/policy", None, as_json)
+    pairs = "; ".join(" and ".join(pair) for pair in doc["distinct"]) or "none besides requester and approver"
+    _print(doc, as_json, f"different people: {pairs}")
+
+
+@policy_app.command("set")
+def policy_set(
+    distinct: Annotated[
+        list[str] | None,
+        typer.Option("--distinct", help="ROLE,ROLE that must be different people (repeatable)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set the separation of duties (replaces the pairs set before)."""
+    pairs = [[part.strip() for part in text.split(",")] for text in distinct or []]
+    doc = _call("PUT", "/admin/policy", {"distinct": pairs}, as_json)
+    pairs_text = (
+        "; ".join(" and ".join(pair) for pair in doc["distinct"]) or "none besides requester and approver"
+    )
+    _print(doc, as_json, f"policy set: different people: {pairs_text}")
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from pulih.exitcodes import Exit
 from pulih.requests import Config, Requests
-from pulih.service.accounts import SCOPES, AccountError, Accounts, Caller
+from pulih.service.accounts import ROLES, SCOPES, AccountError, Accounts, Caller
 from pulih.service.peer import EXTENSION, Peer
 from pulih.service.requests_api import router as requests_router
 from pulih.store import Store
@@ -63,6 +63,11 @@ class NewAccount(BaseModel):
     email: str | None = Field(default=None, max_length=256)
     unix_user: str | None = Field(default=None, max_length=64)
     password: str | None = Field(default=None, max_length=1024)
+
+
+class Policy(BaseModel):
+    # Pairs of roles that must be different people on one request.
+    distinct: list[list[str]] = Field(default_factory=list, max_length=15)
 
 
 class NewToken(BaseModel):
@@ -232,6 +237,27 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
     def enable(name: str, who: Authenticated) -> dict[str, Any]:
         require(who, role="admin", scope="admin")
         return accounts.set_disabled(who.account.name, name, False).as_dict()
+
+    @app.get(f"{API}/admin/policy")
+    def policy(who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return store.policy()
+
+    @app.put(f"{API}/admin/policy")
+    def set_policy(body: Policy, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        pairs = []
+        for pair in body.distinct:
+            if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(ROLES):
+                raise ApiError(
+                    400,
+                    Exit.BAD_INPUT,
+                    "policy.pair",
+                    f"{pair}: a pair of two different roles of {', '.join(ROLES)}",
+                )
+            pairs.append(sorted(pair, key=ROLES.index))
+        store.set_policy(who.account.name, {"distinct": sorted(pairs)})
+        return store.policy()
 
     @app.post(f"{API}/admin/tokens", status_code=201)
     def create_token(body: NewToken, who: Authenticated) -> dict[str, Any]:
