@@ -151,13 +151,14 @@ def run_playbook(
     extravars: dict[str, Any] | None = None,
     check: bool = False,
     progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunOutcome:
     """Run ``playbooks/<playbook>``; Ctrl-C, SIGTERM (systemd, cron, timeout) and SIGHUP stop it
     cleanly and yield status 'interrupted', with the signal's name in ``RunOutcome.signal``."""
     project = project_dir()
     playbook_path(playbook)
     watcher = _Watcher(progress)
-    cancelled = threading.Event()
+    cancelled = cancel or threading.Event()  # a service's job is cancelled through its API
     caught: list[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:

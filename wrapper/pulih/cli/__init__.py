@@ -23,7 +23,7 @@ from rich.table import Table
 from sqlalchemy import exc as sa_exc
 from typer._click.exceptions import UsageError  # typer vendors click; its usage errors are these
 
-from pulih import forms, restoring
+from pulih import forms, jobs, restoring
 from pulih import register as reg
 from pulih import report as reports
 from pulih.cli import service as service_commands
@@ -289,7 +289,7 @@ def _finish_run(
             item.get("error")
             if not item.get("ok")
             else check.get("error")
-            if verification_failed(check)
+            if jobs.verification_failed(check)
             else None
         )
         if why:
@@ -319,67 +319,26 @@ def _job(
     """Run one playbook as a pulih job: validate, run with progress, report, exit."""
     report = reports.RunReport(kind=kind, command=["pulih", *sys.argv[1:]], check_mode=check, limit=limit)
     path = _inventory(inventory)
-    report.inventory = str(path)
-    today = _today(None)
+    with err.status(f"{kind}: starting", spinner="dots") as status:
 
-    def finish(status: str, code: Exit, message: str | None = None) -> NoReturn:
-        _finish_run(report, status, code, message, as_json=as_json)
+        def progress(what: str, text: str) -> None:
+            if what == "task":
+                status.update(f"{kind}: {text}")
+            else:
+                err.print(f"  {text}", soft_wrap=True)
 
-    try:
-        playbook_path(playbook)
-        register = reg.load_inventory(path, today)
-    except ContentError as exc:
-        finish("error", Exit.BAD_INPUT, str(exc))
-    except reg.RegisterError as exc:
-        finish("error", Exit.BAD_INPUT, "the register is invalid: " + "; ".join(str(p) for p in exc.problems))
-    known = {i.name for a in register.hosts() for i in a.data}
-    unknown = sorted(set(items or []) - known)
-    if unknown:
-        finish(
-            "error",
-            Exit.BAD_INPUT,
-            f"no server in operation holds data item(s) {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(known)) or 'none'})",
+        ending = jobs.run_job(
+            report,
+            playbook,
+            inventory=path,
+            limit=limit,
+            items=items,
+            extravars=extravars,
+            check=check,
+            today=_today(None),
+            progress=progress,
         )
-
-    # On disk and on the record before anything runs: a run killed outright (SIGKILL, power
-    # cut) stays visible as 'running' in pulih runs list and the audit log.
-    report.write()
-    outcome = _run_with_progress(
-        kind,
-        playbook,
-        inventory=path,
-        run_dir=report.run_dir / "runner",
-        limit=limit,
-        extravars=extravars,
-        check=check,
-    )
-    report.artifacts_dir = outcome.artifacts_dir
-    _fill_report(report, outcome, register, today)
-    if outcome.status == "interrupted":
-        finish(
-            "interrupted",
-            Exit.INTERRUPTED,
-            f"interrupted ({_signal_name(outcome)}): whatever was being written is not listed "
-            "and is removed by a later run",
-        )
-    if not outcome.hosts and outcome.message:
-        finish("error", Exit.FAILED, f"ansible-playbook stopped before any server: {outcome.message}")
-    if not outcome.hosts:
-        finish("error", Exit.BAD_INPUT, f"no registered server in operation matches --limit {limit!r}")
-    failed = (
-        outcome.status != "succeeded"
-        or any(not i["ok"] for i in report.items)
-        or any(i.get("verification") and verification_failed(i["verification"]) for i in report.items)
-    )
-    if failed:
-        finish("failed", Exit.FAILED)
-    finish("succeeded", Exit.OK)
-
-
-def verification_failed(record: dict[str, object]) -> bool:
-    """A verification that ran and failed (check mode's 'skipped' is neither)."""
-    return record.get("status", "verified" if record.get("ok") else "failed") == "failed"
+    _finish_run(report, ending.status, ending.code, ending.message, as_json=as_json)
 
 
 def _why(outcome: RunOutcome) -> str:
@@ -389,10 +348,6 @@ def _why(outcome: RunOutcome) -> str:
         or outcome.message
         or outcome.status
     )
-
-
-def _signal_name(outcome: RunOutcome) -> str:
-    return "Ctrl-C" if outcome.signal in (None, "SIGINT") else str(outcome.signal)
 
 
 def _run_with_progress(
@@ -423,67 +378,6 @@ def _run_with_progress(
             check=check,
             progress=progress,
         )
-
-
-def _fill_report(
-    report: reports.RunReport, outcome: RunOutcome, register: reg.Register, today: dt.date
-) -> None:
-    by_host = {a.hostname: a for a in register.assets}
-    verifications: dict[str, dict[str, object]] = {}
-    for results in outcome.facts("pulih_verify_results").values():
-        for record in results:
-            verifications[record["backup_id"]] = record
-    for name, host in sorted(outcome.hosts.items()):
-        asset = by_host.get(name)
-        report.hosts.append(
-            {
-                "host": name,
-                "asset_id": asset.asset_id if asset else None,
-                "status": host.status,
-                "review_overdue": bool(asset and asset.review_overdue(today)),
-                "errors": host.errors[-5:],
-            }
-        )
-        if asset and asset.review_overdue(today):
-            report.findings += [f.as_dict() for f in reg.check(reg.Register((), (asset,)), today)]
-        backup_results = host.facts.get("pulih_backup_results")
-        if backup_results is not None:
-            for result in backup_results:
-                report.items.append(
-                    {
-                        "host": name,
-                        "asset_id": asset.asset_id if asset else None,
-                        "item": result["item"],
-                        "engine": result.get("engine"),
-                        "ok": bool(result["ok"]),
-                        "backup_id": result.get("backup_id"),
-                        "bytes": result.get("bytes"),
-                        "seconds": result.get("seconds"),
-                        "error": result.get("error"),
-                        "pruned": result.get("pruned", []),
-                        "verification": verifications.pop(result.get("backup_id") or "", None),
-                    }
-                )
-        for result in host.facts.get("pulih_verify_results", []):
-            if result["backup_id"] in verifications:  # verify runs: one line per verified backup
-                verifications.pop(result["backup_id"])
-                report.items.append(
-                    {
-                        "host": name,
-                        "asset_id": asset.asset_id if asset else None,
-                        "item": result["item"],
-                        "engine": None,
-                        "ok": not verification_failed(result),  # check mode's 'skipped' is no failure
-                        "backup_id": result["backup_id"],
-                        "bytes": None,
-                        "seconds": result.get("seconds"),
-                        "error": result.get("error"),
-                        "pruned": [],
-                        "verification": result,
-                    }
-                )
-        if host.status != "ok" and backup_results is None and "pulih_verify_results" not in host.facts:
-            report.errors.append(f"{name}: {host.status}: " + ("; ".join(host.errors[-2:]) or "no detail"))
 
 
 @app.command("backup")
@@ -1198,7 +1092,7 @@ def restore(
                 {"attempt": attempt, "status": "interrupted", "run_dir": str(run_dir), "items": {}}
             )
             report.items = [restoring.report_item(i) for i in run_items]
-            stopped_by = _signal_name(outcome)
+            stopped_by = jobs.signal_name(outcome)
             requests.executed(
                 actor, request, outcome="interrupted", note=f"attempt {attempt} of {total}, {stopped_by}"
             )
