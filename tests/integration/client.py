@@ -7,9 +7,14 @@ authenticated account instead of PULIH_ACTOR, without touching the tests' assert
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
+import time
+from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -52,3 +57,21 @@ def report_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(result.stdout)
     jsonschema.validate(doc, schema("run_report.schema.json"))
     return doc
+
+
+def wait_until(what: str, ready: Callable[[], object], deadline: float = 60.0) -> None:
+    """Retry until ready() is true or the deadline passes (a busy machine starts slowly)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if ready():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not ready after {deadline}s")
+
+
+def connects(path: Path) -> bool:
+    """Whether a Unix socket accepts a connection."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+    return True

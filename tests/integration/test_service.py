@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ import sqlalchemy as sa
 
 from pulih.store import Store, tokens_table
 from tests.conftest import PROJECT
+from tests.integration.client import connects, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates OS users and runs the service's account")
 
@@ -37,23 +37,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _wait(what: str, ready, deadline: float = 60) -> None:
-    """Retry until ready() holds or the deadline passes (a busy machine starts slowly)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with contextlib.suppress(OSError):
-            if ready():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not ready after {deadline}s")
-
-
-def _connects(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(path))
-    return True
 
 
 def _listens(port: int) -> bool:
@@ -105,8 +88,8 @@ def service():
                     cwd="/",
                 )
             )
-        _wait("the service's socket", lambda: _connects(state / "pulih.sock"))
-        _wait("the service's HTTP port", lambda: _listens(port))
+        wait_until("the service's socket", lambda: connects(state / "pulih.sock"))
+        wait_until("the service's HTTP port", lambda: _listens(port))
         env = {"state": state, "socket": f"unix:{state / 'pulih.sock'}", "http": f"http://127.0.0.1:{port}"}
         admin(
             env,
@@ -546,7 +529,7 @@ def test_naming_the_actor_exists_only_in_demo_mode_on_a_demo_store(service):
             stderr=subprocess.PIPE,
             cwd="/",
         )
-        _wait("the demo service", lambda: _connects(demo / "pulih.sock"))
+        wait_until("the demo service", lambda: connects(demo / "pulih.sock"))
         demo_env = {**service, "socket": f"unix:{demo / 'pulih.sock'}"}
         admin(demo_env, "admin", "user", "add", "sri", "--role", "approver", check=0)
         me = whoami(demo_env, None, extra_env={"PULIH_DEMO_ACTOR": "sri"})

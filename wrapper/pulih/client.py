@@ -9,7 +9,9 @@ Nothing here names the caller: the service decides who that is."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,11 +77,38 @@ def call(method: str, path: str, body: dict[str, Any] | None = None, *, timeout:
         ) from None
     if response.is_success:
         return doc
-    error = doc.get("error") if isinstance(doc, dict) else None
-    if not isinstance(error, dict):
+    raise _error_of(response)
+
+
+def follow(path: str) -> Iterator[dict[str, Any]]:
+    """The events of a stream (NDJSON), as they come, until the service ends it."""
+    try:
+        with _client(timeout=60) as client, client.stream("GET", f"/v1{path}") as response:
+            if not response.is_success:
+                response.read()
+                raise _error_of(response)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+    except (httpx.TransportError, OSError) as exc:
         raise ServiceError(
-            Exit.FAILED, "client.unexpected", f"{server()} answered {response.status_code}: {doc}"
-        )
+            Exit.UNAVAILABLE,
+            "client.unavailable",
+            f"lost pulih serve at {server()}: {' '.join(str(exc).split()) or type(exc).__name__}",
+        ) from None
+
+
+def _error_of(response: httpx.Response) -> ServiceError:
+    """The service's envelope as an exception with its exit code."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if not isinstance(error, dict):
+        return ServiceError(Exit.FAILED, "client.unexpected", f"{server()} answered {response.status_code}")
     code = error.get("code")
-    return_code = Exit(code) if code in {int(e) for e in Exit} else Exit.FAILED
-    raise ServiceError(return_code, str(error.get("id")), str(error.get("message")))
+    return ServiceError(
+        Exit(code) if code in {int(e) for e in Exit} else Exit.FAILED,
+        str(error.get("id")),
+        str(error.get("message")),
+    )

@@ -97,6 +97,21 @@ class RunReport:
             "gate": self.gate,
         }
 
+    def record_on(self, store: Any, path: Path, actor: str) -> None:
+        """Put this run on a store's record (runs table and audit log) as `actor`'s."""
+        doc = self.as_dict()
+        store.record_run(
+            run_id=self.run_id,
+            kind=self.kind,
+            status=self.status,
+            started_at=doc["started_at"],
+            finished_at=doc["finished_at"],
+            report=str(path),
+            exit_code=self.exit_code,
+            actor=actor,
+            request_id=self.request_id,
+        )
+
     def write(self) -> Path:
         """Write report.json and report.html into the run's folder and put the run on the
         record (store and audit log) when one is configured; returns the JSON's path."""

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import exc as sa_exc
 from typer._click.exceptions import UsageError  # typer vendors click; its usage errors are these
@@ -27,7 +26,7 @@ from pulih import forms, jobs, restoring
 from pulih import register as reg
 from pulih import report as reports
 from pulih.cli import service as service_commands
-from pulih.cli.common import JsonOpt, err, fail, out, shown
+from pulih.cli.common import JsonOpt, err, fail, out, print_outcome
 from pulih.exitcodes import Exit
 from pulih.register_import import import_csv
 from pulih.requests import BadRequestInput, Config, Refused, Requests, current_actor, load_config
@@ -83,18 +82,7 @@ def _on_record(report: reports.RunReport, path: Path) -> None:
         config = load_config()
         url = os.environ.get("PULIH_STORE") or config.store
         store = Store(url) if url else Store.at_path(reports.state_dir() / "pulih.db")
-        doc = report.as_dict()
-        store.record_run(
-            run_id=report.run_id,
-            kind=report.kind,
-            status=report.status,
-            started_at=doc["started_at"],
-            finished_at=doc["finished_at"],
-            report=str(path),
-            exit_code=report.exit_code,
-            actor=current_actor(config),
-            request_id=report.request_id,
-        )
+        report.record_on(store, path, current_actor(config))
     except Exception as exc:  # the report itself is written; say why the record is not
         err.print(
             f"[yellow]warning:[/] run {report.run_id} not put on the record: {exc}",
@@ -279,29 +267,7 @@ def _finish_run(
         report.errors.append(message)
     report.finish(status, int(code))
     written = report.write()
-    if as_json:
-        print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
-    for line in report.errors:
-        err.print(f"[red]error:[/] {escape(shown(line))}", markup=True, soft_wrap=True)
-    for item in report.items:  # each failed item with its reason, one line
-        check = item.get("verification") or {}
-        why = (
-            item.get("error")
-            if not item.get("ok")
-            else check.get("error")
-            if jobs.verification_failed(check)
-            else None
-        )
-        if why:
-            where = ":".join(
-                str(part) for part in (item.get("asset_id") or item.get("host"), item["item"]) if part
-            )
-            err.print(
-                f"[red]failed:[/] {escape(shown(where))}: {escape(shown(' '.join(str(why).split())))}",
-                markup=True,
-                soft_wrap=True,
-            )
-    err.print(f"{report.kind} {report.status}: report {written} (and report.html)", soft_wrap=True)
+    print_outcome(report.as_dict(), f"report {written} (and report.html)", as_json=as_json)
     raise typer.Exit(int(code))
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pulih import jobs
 from pulih import register as reg
 from pulih.exitcodes import Exit
 
@@ -32,3 +33,31 @@ def fail(message: str, code: Exit, *, as_json: bool | None = None, exit_now: boo
     if exit_now:
         sys.exit(int(code))
     raise typer.Exit(int(code))
+
+
+def print_outcome(doc: dict[str, Any], where: str, *, as_json: bool) -> None:
+    """A finished run for people: its errors, each failed item with its reason on one line,
+    then how it ended and where its report is; under --json the report itself."""
+    if as_json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    for line in doc.get("errors") or []:
+        err.print(f"[red]error:[/] {escape(shown(line))}", markup=True, soft_wrap=True)
+    for item in doc.get("items") or []:
+        check = item.get("verification") or {}
+        why = (
+            item.get("error")
+            if not item.get("ok")
+            else check.get("error")
+            if jobs.verification_failed(check)
+            else None
+        )
+        if why:
+            name = ":".join(
+                str(part) for part in (item.get("asset_id") or item.get("host"), item["item"]) if part
+            )
+            err.print(
+                f"[red]failed:[/] {escape(shown(name))}: {escape(shown(' '.join(str(why).split())))}",
+                markup=True,
+                soft_wrap=True,
+            )
+    err.print(f"{doc['kind']} {doc['status']}: {where}", soft_wrap=True)

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pulih.cli.common import JsonOpt, err, fail, out, shown
+from pulih.cli.jobs import jobs_app
 from pulih.client import ServiceError, call
 from pulih.exitcodes import Exit
 
@@ -62,6 +63,9 @@ def serve(
     store: Annotated[
         str | None, typer.Option(help="With --init: a PostgreSQL URL instead of DIR/pulih.db.")
     ] = None,
+    user: Annotated[
+        str, typer.Option(help="With --init: the OS account the service runs as (a test lab's is root).")
+    ] = "pulih",
     demo_actors: Annotated[
         bool,
         typer.Option(
@@ -91,6 +95,7 @@ def serve(
                 register=register,
                 content=content or project_dir(),
                 store_url=store,
+                user=user,
                 demo=demo_actors,
             )
             _print(
@@ -277,3 +282,4 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("whoami")(whoami)
     app.add_typer(admin_app, name="admin")
+    app.add_typer(jobs_app, name="jobs")

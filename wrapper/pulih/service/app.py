@@ -17,12 +17,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from pulih.exitcodes import Exit
 from pulih.requests import Config, Requests
 from pulih.service.accounts import ROLES, SCOPES, AccountError, Accounts, Caller
+from pulih.service.jobs import JobRefused, Jobs
 from pulih.service.peer import EXTENSION, Peer
 from pulih.service.requests_api import router as requests_router
 from pulih.store import Store
@@ -70,6 +71,14 @@ class Policy(BaseModel):
     distinct: list[list[str]] = Field(default_factory=list, max_length=15)
 
 
+class NewJob(BaseModel):
+    kind: str = Field(max_length=16)
+    limit: str | None = Field(default=None, max_length=1000)
+    items: list[str] = Field(default_factory=list, max_length=200)
+    verify: bool = True
+    check: bool = False
+
+
 class NewToken(BaseModel):
     account: str = Field(max_length=64)
     scopes: list[str] = Field(max_length=len(SCOPES))
@@ -108,6 +117,11 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
                 }
             },
         )
+
+    @app.exception_handler(JobRefused)
+    async def job_refused(request: Request, exc: JobRefused) -> JSONResponse:
+        status = {Exit.BAD_INPUT: 400, Exit.REFUSED: 409}.get(exc.code, 503)
+        return await api_error(request, ApiError(status, exc.code, exc.message_id, str(exc)))
 
     @app.exception_handler(AccountError)
     async def account_error(request: Request, exc: AccountError) -> JSONResponse:
@@ -277,6 +291,63 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
         require(who, role="admin", scope="admin")
         accounts.revoke_token(who.account.name, token_id)
         return {"id": token_id, "revoked": True}
+
+    jobs = Jobs(register)
+
+    @app.post(f"{API}/jobs", status_code=202)
+    def start_job(body: NewJob, who: Authenticated) -> dict[str, Any]:
+        require(who, role="operator", scope="backup")
+        extravars: dict[str, Any] = {}
+        if body.kind == "backup":
+            extravars["pulih_backup_verify"] = body.verify
+            if body.items:
+                extravars["pulih_backup_items"] = body.items
+        elif body.items:
+            extravars["pulih_verify_items"] = body.items
+        job = jobs.start(
+            who.account.name,
+            body.kind,
+            limit=body.limit,
+            items=body.items,
+            extravars=extravars,
+            check=body.check,
+        )
+        return job.as_dict()
+
+    def may_read_jobs(who: Caller) -> None:
+        """Operators, auditors and admins see jobs, with any token that may read or run them."""
+        if not {"read", "backup"} & set(who.scopes):
+            raise ApiError(403, Exit.REFUSED, "auth.scope", "reading jobs needs a token with scope read")
+        if not {"operator", "auditor", "admin"} & set(who.account.roles):
+            raise ApiError(
+                403, Exit.REFUSED, "auth.role", f"{who.account.name} is no operator, auditor or admin"
+            )
+
+    @app.get(f"{API}/jobs")
+    def list_jobs(who: Authenticated) -> dict[str, Any]:
+        may_read_jobs(who)
+        return {"jobs": [j.as_dict() for j in jobs.all()]}
+
+    @app.get(f"{API}/jobs/{{job_id}}")
+    def show_job(job_id: str, who: Authenticated) -> dict[str, Any]:
+        may_read_jobs(who)
+        return jobs.get(job_id).as_dict()
+
+    @app.get(f"{API}/jobs/{{job_id}}/events")
+    def job_events(job_id: str, who: Authenticated) -> StreamingResponse:
+        may_read_jobs(who)
+        return StreamingResponse(jobs.follow(jobs.get(job_id)), media_type="application/x-ndjson")
+
+    @app.post(f"{API}/jobs/{{job_id}}/cancel")
+    def cancel_job(job_id: str, who: Authenticated) -> dict[str, Any]:
+        require(who, role="operator", scope="backup")
+        job = jobs.get(job_id)
+        job.cancel.set()
+        with store.transaction() as conn:
+            store.append_audit(
+                conn, actor=who.account.name, action="job_cancelled", request_id=None, payload={"job": job_id}
+            )
+        return job.as_dict()
 
     app.include_router(requests_router(requests, Authenticated, register, ApiError))
     return app

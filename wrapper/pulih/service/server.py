@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 
+from pulih import report as reports
+from pulih.exitcodes import Exit
+from pulih.fsutil import atomic_write_text
 from pulih.service.app import create_app
 from pulih.service.peer import PeerCredentialsProtocol
 from pulih.service.state import State, StateError, is_demo
+from pulih.store import Store
 
 
 def drop_to_owner(root: Path) -> None:
@@ -59,9 +65,48 @@ def unix_socket(path: Path) -> socket.socket:
     return sock
 
 
+def _recorder(store: Store) -> Callable[[reports.RunReport, Path], None]:
+    """Every report of the service's jobs goes on its record, as its operator's (the account)."""
+
+    def record(report: reports.RunReport, path: Path) -> None:
+        report.record_on(store, path, report.operator)
+
+    return record
+
+
+def mark_interrupted(store: Store, runs: Path) -> list[str]:
+    """Runs of this service still 'running' at its start: it was killed while they ran."""
+    marked = []
+    for report_path in sorted(runs.glob("*/report.json")):
+        doc = json.loads(report_path.read_text())
+        if doc.get("status") != "running":
+            continue
+        doc.update(status="interrupted", exit_code=int(Exit.INTERRUPTED))
+        doc["errors"] = [*doc.get("errors", []), "the service stopped while this run was running"]
+        atomic_write_text(report_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        store.record_run(
+            run_id=doc["run_id"],
+            kind=doc["kind"],
+            status="interrupted",
+            started_at=doc["started_at"],
+            finished_at=doc.get("finished_at"),
+            report=str(report_path),
+            exit_code=int(Exit.INTERRUPTED),
+            actor=doc.get("operator") or "-",
+            request_id=doc.get("request_id"),
+        )
+        marked.append(doc["run_id"])
+    return marked
+
+
 def serve(state: State, listen: str | None = None, *, demo_actors: bool = False) -> None:
     drop_to_owner(state.root)
+    # The service's runs and reports live in its state folder, on its record.
+    os.environ["PULIH_STATE_DIR"] = str(state.root)
+    os.environ["PULIH_HOME"] = str(state.config["content"])
     store = state.open_store()
+    reports.RECORDERS[:] = [_recorder(store)]
+    mark_interrupted(store, state.root / "runs")
     demo = is_demo(store)
     if demo and not demo_actors:
         raise StateError(

@@ -105,8 +105,8 @@ def init(
         pwd.getpwnam(admin)
     except KeyError:
         raise StateError(f"--admin {admin!r}: there is no such OS user") from None
-    ensure_service_account(user)
-    uid, gid = _ids(user, SERVICE_GROUP if user == SERVICE_USER else user)
+    ensure_service_account(SERVICE_USER)  # and its group, which reaches the socket
+    uid, gid = _ids(user, SERVICE_GROUP)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o750)  # the group (pulih) reaches the socket inside
     (root / "runs").mkdir(mode=0o700)

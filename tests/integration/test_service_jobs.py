@@ -1,0 +1,199 @@
+"""Backups and verifications as jobs of pulih serve, on a lab of real servers: the service
+runs the playbooks with its own register and keys for an authenticated operator, one job per
+server at a time, and a service killed mid-job leaves the run 'interrupted' at its restart.
+
+The lab's servers accept the lab's key, which root holds, so this service runs as root
+(`--init --user root`); an office's runs as `pulih`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pulih import lab as lab_mod
+from pulih.store import Store, runs_table
+from tests.conftest import PROJECT
+from tests.integration.client import connects, wait_until
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the service's --init runs as root"),
+]
+PULIH = str(Path(sys.executable).parent / "pulih")
+
+
+class Service:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        (self.state / "pulih.sock").unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [PULIH, "serve", "--state", str(self.state)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd="/",
+        )
+        wait_until("the service's socket", lambda: connects(self.state / "pulih.sock"))
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)  # by PID
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("service-jobs")
+    inventory = base / "inventory"
+    lab = lab_mod.Lab(1, inventory_dir=inventory)
+    lab.up()
+    state = Path(tempfile.mkdtemp(prefix="pulih-svc-jobs-", dir="/tmp"))
+    state.rmdir()
+    service = Service(state)
+    try:
+        init = subprocess.run(
+            [
+                PULIH,
+                "serve",
+                "--init",
+                "--state",
+                str(state),
+                "--admin",
+                "root",
+                "--user",
+                "root",
+                "--register",
+                str(inventory),
+                "--content",
+                str(PROJECT),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert init.returncode == 0, init.stderr
+        service.start()
+        env = {"state": state, "service": service, "server": f"unix:{state / 'pulih.sock'}"}
+        run(env, None, "admin", "user", "add", "budi", "--role", "operator", check=0)
+        run(env, None, "admin", "user", "add", "rita", "--role", "auditor", check=0)
+        env["tokens"] = {
+            key: run(env, None, "admin", "token", "create", key[0], "--scope", key[1], check=0).stdout.strip()
+            for key in [("budi", "backup"), ("budi", "read"), ("rita", "read")]
+        }
+        yield env
+    finally:
+        service.stop()
+        lab.down()
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def run(env, token, *args, check=None, timeout=600):
+    environ = {"PATH": os.environ["PATH"], "PULIH_SERVER": env["server"], "LANG": "C.UTF-8"}
+    if token:
+        environ["PULIH_TOKEN"] = env["tokens"][token]
+    result = subprocess.run(
+        [PULIH, *args], capture_output=True, text=True, env=environ, cwd="/", timeout=timeout, check=False
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    if check is not None:
+        assert result.returncode == check, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def start_detached(env) -> dict:
+    """A backup of all of lab1 (with verification: long enough to be caught running)."""
+    started = run(
+        env, ("budi", "backup"), "jobs", "start", "backup", "--limit", "lab1", "--detach", "--json", check=0
+    )
+    return json.loads(started.stdout)
+
+
+def recorded_runs(env):
+    store = Store(f"sqlite:///{env['state'] / 'pulih.db'}", upgrade=False)
+    try:
+        with store.engine.connect() as conn:
+            return {r.run_id: r for r in conn.execute(sa.select(runs_table)).all()}
+    finally:
+        store.engine.dispose()
+
+
+def test_a_backup_job_runs_as_the_service_for_the_operator(env):
+    result = run(
+        env,
+        ("budi", "backup"),
+        "jobs",
+        "start",
+        "backup",
+        "--limit",
+        "lab1",
+        "--item",
+        "app-pg",
+        "--json",
+        check=0,
+    )
+    report = json.loads(result.stdout)
+    assert report["status"] == "succeeded" and report["operator"] == "budi"
+    (item,) = report["items"]
+    assert item["ok"] and item["verification"]["ok"]
+    assert "backup succeeded: job job-" in result.stderr
+    path = env["state"] / "runs" / report["run_id"] / "report.json"
+    assert json.loads(path.read_text())["operator"] == "budi", "the report lives in the service's state"
+    assert recorded_runs(env)[report["run_id"]].status == "succeeded"
+    jobs = json.loads(run(env, ("rita", "read"), "jobs", "list", "--json", check=0).stdout)["jobs"]
+    assert [j["account"] for j in jobs] == ["budi"], "an auditor sees the jobs"
+
+
+def test_who_may_start_a_job_is_the_services_to_say(env):
+    run_ = run(env, ("budi", "read"), "jobs", "start", "backup", "--limit", "lab1", check=3)
+    assert "'backup' needs a token with that scope" in run_.stderr
+    run_ = run(env, ("rita", "read"), "jobs", "start", "backup", "--limit", "lab1", check=3)
+    assert "needs a token with that scope" in run_.stderr or "is not operator" in run_.stderr
+    run_ = run(env, ("budi", "backup"), "jobs", "start", "backup", "--limit", "nowhere", check=2)
+    assert "no registered server in operation matches --limit 'nowhere'" in run_.stderr
+
+
+def test_one_job_per_server_at_a_time(env):
+    first = start_detached(env)
+    second = run(env, ("budi", "backup"), "jobs", "start", "verify", "--limit", "lab1", "--json", check=3)
+    assert f"lab1 is busy with job {first['id']} (backup by budi)" in json.loads(second.stdout)["message"]
+    followed = run(env, ("budi", "read"), "jobs", "follow", first["id"], "--json", check=0)
+    assert json.loads(followed.stdout)["status"] == "succeeded"
+    # Once it ended, the server is free again.
+    run(env, ("budi", "backup"), "jobs", "start", "verify", "--limit", "lab1", "--item", "app-pg", check=0)
+
+
+def test_a_service_killed_mid_job_leaves_the_run_interrupted_at_restart(env):
+    job = start_detached(env)
+    wait_until(
+        "the job's running report",
+        lambda: json.loads(run(env, ("budi", "read"), "jobs", "show", job["id"], "--json").stdout)["run_id"],
+    )
+    run_id = json.loads(run(env, ("budi", "read"), "jobs", "show", job["id"], "--json", check=0).stdout)[
+        "run_id"
+    ]
+    report = env["state"] / "runs" / run_id / "report.json"
+    wait_until("the running report on disk", lambda: json.loads(report.read_text())["status"] == "running")
+    env["service"].stop(signal.SIGKILL)
+    env["service"].start()
+    doc = json.loads(report.read_text())
+    assert (
+        doc["status"] == "interrupted" and "the service stopped while this run was running" in doc["errors"]
+    )
+    assert recorded_runs(env)[run_id].status == "interrupted"
+    # Nothing of the killed job goes on writing, and the restarted service runs the next one.
+    run(env, ("budi", "backup"), "jobs", "start", "backup", "--limit", "lab1", "--item", "app-pg", check=0)
