@@ -22,7 +22,8 @@ from rich.table import Table
 from sqlalchemy import exc as sa_exc
 from typer._click.exceptions import UsageError  # typer vendors click; its usage errors are these
 
-from pulih import forms, jobs, restoring
+from pulih import forms, restoring
+from pulih import jobs as job_runs  # not `jobs`: pulih.cli.jobs (the commands) would shadow it
 from pulih import register as reg
 from pulih import report as reports
 from pulih.cli import service as service_commands
@@ -293,7 +294,7 @@ def _job(
             else:
                 err.print(f"  {text}", soft_wrap=True)
 
-        ending = jobs.run_job(
+        ending = job_runs.run_job(
             report,
             playbook,
             inventory=path,
@@ -1058,7 +1059,7 @@ def restore(
                 {"attempt": attempt, "status": "interrupted", "run_dir": str(run_dir), "items": {}}
             )
             report.items = [restoring.report_item(i) for i in run_items]
-            stopped_by = jobs.signal_name(outcome)
+            stopped_by = job_runs.signal_name(outcome)
             requests.executed(
                 actor, request, outcome="interrupted", note=f"attempt {attempt} of {total}, {stopped_by}"
             )
