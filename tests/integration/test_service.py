@@ -120,7 +120,9 @@ def service():
             check=0,
         )
         admin(env, "admin", "user", "add", "budi", "--role", "operator", check=0)
+        admin(env, "admin", "user", "add", "dina", "--role", "requester", "--skpd", "dinkes", check=0)
         grants = [("ani", "request"), ("ani", "approve"), ("sri", "approve"), ("sri", "read")]
+        grants += [("dina", "request"), ("dina", "read")]
         grants += [("budi", "restore"), ("budi", "backup")]
         env["tokens"] = {
             (name, scope): admin(
@@ -326,10 +328,8 @@ def test_a_service_that_cannot_be_reached_is_one_line_and_exit_5(service):
 
 def test_the_store_and_the_key_are_the_services_alone(service):
     pulih_user = pwd.getpwnam("pulih")
-    for path, mode in (
-        (service["state"] / "pulih.db", 0o600),
-        (service["state"] / "ssh" / "id_ed25519", 0o600),
-    ):
+    private = ("pulih.db", "config.yml", "ssh/id_ed25519")  # config: a store URL may hold a password
+    for path, mode in ((service["state"] / name, 0o600) for name in private):
         info = path.stat()
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (pulih_user.pw_uid, mode), path
     sock = (service["state"] / "pulih.sock").stat()
@@ -523,6 +523,10 @@ def test_naming_the_actor_exists_only_in_demo_mode_on_a_demo_store(service):
         admin(service, "serve", "--init", "--state", str(demo), "--admin", "root", "--demo-actors", check=0)
         run = admin(service, "serve", "--state", str(demo), check=2)
         assert "holds a demo store" in run.stderr and "a normal service never opens it" in run.stderr
+        run = admin(
+            service, "serve", "--state", str(demo), "--demo-actors", "--listen", "127.0.0.1:1", check=2
+        )
+        assert "--demo-actors listens only on a Unix socket" in run.stderr
         proc = subprocess.Popen(
             [PULIH, "serve", "--state", str(demo), "--demo-actors"],
             stdout=subprocess.DEVNULL,
@@ -551,3 +555,19 @@ def test_only_an_admin_sets_the_policy_and_only_to_pairs_of_roles(service):
     assert shown == {"distinct": [["receiver", "approver"]]}
     admin(service, "admin", "policy", "set", check=0)  # back to the SOP's minimum
     assert audit_actions(service)[-2:] == ["policy_set", "policy_set"]
+
+
+def test_another_skpds_request_is_answered_as_one_that_does_not_exist(service):
+    rid = api(service, "POST", "/requests", ("ani", "request"), new_request()).json()["id"]
+    nowhere = "PPD-2099-9999"
+    for path, method, token, body in (
+        ("", "GET", ("dina", "read"), None),
+        ("/confirm", "POST", ("dina", "request"), {}),
+        ("/not-restored", "POST", ("dina", "request"), {"note": "x"}),
+    ):
+        theirs = api(service, method, f"/requests/{rid}{path}", token, body)
+        missing = api(service, method, f"/requests/{nowhere}{path}", token, body)
+        assert (theirs.status_code, missing.status_code) == (403, 403)
+        assert theirs.json()["error"]["message"].replace(rid, nowhere) == missing.json()["error"]["message"]
+    listed = api(service, "GET", "/requests", ("dina", "read")).json()["requests"]
+    assert rid not in {r["id"] for r in listed}

@@ -173,7 +173,9 @@ def run_playbook(
     cmdline = "--check" if check else None
     run_dir.mkdir(parents=True, exist_ok=True)
     # ansible-playbook lives beside this interpreter when pulih runs from its virtualenv.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    here = str(Path(sys.executable).parent)
+    if here not in os.environ.get("PATH", "").split(os.pathsep):  # once, not once per run of a service
+        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
     # Every process of the run carries its id; the watchdog kills them if this one dies.
     run_mark = run_dir.parent.name + "/" + run_dir.name
     guard = watchdog.start(run_mark)

@@ -213,8 +213,10 @@ def _sqlite_connect(dbapi: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    # IMMEDIATE: the write lock from the first statement, so what a step reads is what it writes on.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # A write transaction (Store.transaction) is IMMEDIATE: the write lock from its first
+    # statement, so what a step reads is what it writes on. Reads begin deferred.
+    write = conn.get_execution_options().get("pulih_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 class Store:
@@ -253,7 +255,15 @@ class Store:
                 f"the store has schema version {found}, newer than this pulih ({SCHEMA_VERSION})"
             )
         for version in range(found + 1, to + 1):
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
+                if version > 1:  # another process may have upgraded meanwhile: ask again, locked
+                    if conn.dialect.name == "postgresql":
+                        conn.execute(sa.text("LOCK TABLE pulih_meta IN EXCLUSIVE MODE"))
+                    now_at = conn.execute(
+                        sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                    ).scalar()
+                    if int(now_at or 0) >= version:
+                        continue
                 MIGRATIONS[version - 1](conn)
                 conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
                 conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(version)))
@@ -261,8 +271,10 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(pulih_write=True)
+            with conn.begin():
+                yield conn
 
     # ---------------------------------------------------------------- policy
 

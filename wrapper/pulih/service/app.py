@@ -127,6 +127,22 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
     async def account_error(request: Request, exc: AccountError) -> JSONResponse:
         return await api_error(request, _from_account_error(exc))
 
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # Never a traceback to a caller; the envelope, with the kind of failure.
+        return JSONResponse(
+            status_code=500,
+            content={
+                "error": {
+                    "code": int(Exit.FAILED),
+                    "id": "service.unexpected",
+                    "message": f"the service failed: {type(exc).__name__}: "
+                    + " ".join(str(exc).split())[:300],
+                    "details": {},
+                }
+            },
+        )
+
     @app.exception_handler(RequestValidationError)
     async def bad_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
@@ -145,7 +161,10 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
     def caller(request: Request) -> Caller:
         named = request.headers.get(DEMO_ACTOR_HEADER)
         if demo and named:  # demo mode only: a script plays the SOP's people (the store says demo)
-            return Caller(account=accounts.get(named), via="demo")
+            played = accounts.get(named)
+            if played.disabled:
+                raise ApiError(403, Exit.REFUSED, "auth.disabled", f"account {played.name} is disabled")
+            return Caller(account=played, via="demo")
         header = request.headers.get("authorization", "")
         if header:
             scheme, _, secret = header.partition(" ")

@@ -10,12 +10,13 @@ found 'running' at the next start and marked 'interrupted'."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import fnmatch
 import json
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,6 @@ class Job:
     finished_at: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
-    changed: threading.Condition = field(default_factory=threading.Condition)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,9 +69,7 @@ class Job:
         }
 
     def emit(self, event: dict[str, Any]) -> None:
-        with self.changed:
-            self.events.append(event)
-            self.changed.notify_all()
+        self.events.append(event)  # one append: followers in the event loop read it whole
 
 
 def _selected(register: reg.Register, limit: str | None) -> list[str]:
@@ -158,12 +156,28 @@ class Jobs:
         job.run_id = report.run_id
         job.emit({"type": "started", "job": job.id, "run_id": report.run_id})
         try:
+            self._run_and_report(job, report, extravars, check)
+        finally:  # whatever happened, the servers are free again and followers learn the end
+            job.finished_at = reports.utcnow().isoformat().replace("+00:00", "Z")
+            if job.status == "running":
+                job.status, job.exit_code = "error", int(Exit.FAILED)
+            with self._lock:
+                for server in job.servers:
+                    if self._busy.get(server) == job.id:
+                        del self._busy[server]
+            job.emit({"type": "end", "job": job.as_dict(), "report": report.as_dict()})
+
+    def _run_and_report(
+        self, job: Job, report: reports.RunReport, extravars: dict[str, Any], check: bool
+    ) -> None:
+        try:
             assert self.inventory is not None
             ending = job_runs.run_job(
                 report,
                 KINDS[job.kind],
                 inventory=self.inventory,
-                limit=job.limit,
+                # Exactly the servers this job locked: never more than --limit's reading above.
+                limit=",".join(job.servers),
                 items=job.items or None,
                 extravars=extravars,
                 check=check,
@@ -176,36 +190,39 @@ class Jobs:
         if ending.message:
             report.errors.append(ending.message)
         report.finish(ending.status, int(ending.code))
-        report.write()
         job.status, job.exit_code, job.message = ending.status, int(ending.code), ending.message
-        job.finished_at = reports.utcnow().isoformat().replace("+00:00", "Z")
-        with self._lock:
-            for server in job.servers:
-                if self._busy.get(server) == job.id:
-                    del self._busy[server]
-        job.emit({"type": "end", "job": job.as_dict(), "report": report.as_dict()})
+        try:
+            report.write()
+        except Exception as exc:  # the job's end is still told; the report's fate with it
+            job.message = f"{ending.message or ending.status}; its report could not be written: {exc}"
 
     def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
-            raise JobRefused(Exit.BAD_INPUT, "job.unknown", f"there is no job {job_id!r}")
+            raise JobRefused(
+                Exit.BAD_INPUT, "job.unknown", f"there is no job {job_id!r} (since the service started)"
+            )
         return job
 
     def all(self) -> list[Job]:
         return sorted(self._jobs.values(), key=lambda j: j.created_at)
 
-    def follow(self, job: Job, timeout: float = 3600) -> Iterator[str]:
-        """Every event of the job as NDJSON lines, from the first, until its end."""
-        sent = 0
+    async def follow(self, job: Job) -> AsyncIterator[str]:
+        """Every event of the job as NDJSON lines, from the first, until its end. Async: a
+        follower holds no worker thread while it waits, however many follow."""
+        sent, quiet = 0, 0.0
         while True:
-            with job.changed:
-                if sent >= len(job.events):
-                    job.changed.wait(timeout=min(timeout, 15))
-                fresh = job.events[sent:]
+            fresh = job.events[sent:]
             for event in fresh:
                 yield json.dumps(event, ensure_ascii=False, default=str) + "\n"
                 sent += 1
                 if event.get("type") == "end":
                     return
-            if not fresh:
-                yield json.dumps({"type": "alive"}) + "\n"  # a follower learns the link still holds
+            if fresh:
+                quiet = 0.0
+                continue
+            await asyncio.sleep(0.2)
+            quiet += 0.2
+            if quiet >= 15:  # a follower learns the link still holds
+                quiet = 0.0
+                yield json.dumps({"type": "alive"}) + "\n"

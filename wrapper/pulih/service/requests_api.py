@@ -113,6 +113,18 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
                     f"{wanted.asset_id}:{wanted.item} belongs to SKPD {asset.skpd}, not {skpd}",
                 )
 
+    def hidden(who: Caller, request_id: str) -> None:
+        """A requester sees only their SKPDs' requests: another's is answered exactly as one
+        that does not exist, so its id, status and requester stay unknown."""
+        if set(who.account.roles) - {"requester"}:
+            return
+        try:
+            skpd = requests.get(request_id)["skpd"]
+        except Refused:
+            skpd = None
+        if skpd not in who.account.skpds:
+            raise api_error(403, Exit.REFUSED, "record.refused", f"there is no request {request_id!r}")
+
     @routes.post("/v1/requests", status_code=201)
     def file_request(body: NewRequest, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "request")
@@ -141,10 +153,8 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
     @routes.get("/v1/requests/{request_id}")
     def show_request(request_id: str, who: authenticated) -> dict[str, Any]:
         scoped(who, "read")
-        found = record(lambda: requests.get(request_id))
-        if set(who.account.roles) == {"requester"} and found["skpd"] not in who.account.skpds:
-            raise api_error(404, Exit.BAD_INPUT, "request.unknown", f"there is no request {request_id!r}")
-        return found
+        hidden(who, request_id)
+        return record(lambda: requests.get(request_id))
 
     @routes.post("/v1/requests/{request_id}/receive")
     def receive(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
@@ -175,11 +185,13 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
     @routes.post("/v1/requests/{request_id}/confirm")
     def confirm(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "request")
+        hidden(who, request_id)
         return record(lambda: requests.confirm(actor, request_id, body.note))
 
     @routes.post("/v1/requests/{request_id}/not-restored")
     def not_restored(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "request")
+        hidden(who, request_id)
         return record(lambda: requests.not_restored(actor, request_id, body.note))
 
     @routes.post("/v1/requests/{request_id}/close")

@@ -105,8 +105,6 @@ def serve(state: State, listen: str | None = None, *, demo_actors: bool = False)
     os.environ["PULIH_STATE_DIR"] = str(state.root)
     os.environ["PULIH_HOME"] = str(state.config["content"])
     store = state.open_store()
-    reports.RECORDERS[:] = [_recorder(store)]
-    mark_interrupted(store, state.root / "runs")
     demo = is_demo(store)
     if demo and not demo_actors:
         raise StateError(
@@ -118,6 +116,12 @@ def serve(state: State, listen: str | None = None, *, demo_actors: bool = False)
             f"--demo-actors opens only a demo store, and {state.root}'s is real: "
             "make a demo state folder with --init --demo-actors"
         )
+    if demo_actors and listen and not listen.startswith("unix:"):
+        raise StateError(
+            "--demo-actors listens only on a Unix socket: a demo names its actors, so never on a network"
+        )
+    reports.RECORDERS[:] = [_recorder(store)]
+    mark_interrupted(store, state.root / "runs")
     register = state.config.get("register")
     app = create_app(store, demo=demo, register=Path(str(register)) if register else None)
     if listen and not listen.startswith("unix:"):

@@ -2,7 +2,7 @@
 --check`, opened by `pulih serve`.
 
     DIR/                 owner the service account, group pulih, 0750 (group: reach the socket)
-    DIR/config.yml       register, content, store URL (0640)
+    DIR/config.yml       register, content, store URL (0600: the URL may hold a password)
     DIR/pulih.db         the record (SQLite, 0600), unless the config names a PostgreSQL URL
     DIR/ssh/id_ed25519   the service's SSH key, the one the servers' pulih accounts accept (0600)
     DIR/runs/            run reports
@@ -133,7 +133,8 @@ def init(
     }
     if store_url:
         config["store"] = store_url
-    atomic_write_text(root / "config.yml", yaml.safe_dump(config, sort_keys=False), mode=0o640)
+    # 0600: a PostgreSQL store's URL may hold its password, and staff are in the group.
+    atomic_write_text(root / "config.yml", yaml.safe_dump(config, sort_keys=False), mode=0o600)
     state = State(root=root, config=config)
     store = state.open_store()
     if store_url is None:
@@ -188,7 +189,7 @@ def check(state: State) -> list[str]:
             problems.append(f"{path} is not owned by the service account (uid {owner})")
 
     private(state.root, 0o750)
-    private(state.root / "config.yml", 0o640)
+    private(state.root / "config.yml", 0o600)
     private(state.ssh_key, 0o600)
     if "store" not in state.config:
         private(state.root / "pulih.db", 0o600)
