@@ -571,3 +571,20 @@ def test_another_skpds_request_is_answered_as_one_that_does_not_exist(service):
         assert theirs.json()["error"]["message"].replace(rid, nowhere) == missing.json()["error"]["message"]
     listed = api(service, "GET", "/requests", ("dina", "read")).json()["requests"]
     assert rid not in {r["id"] for r in listed}
+
+
+def test_each_step_says_on_the_audit_log_how_its_actor_was_proved(service):
+    rid = api(service, "POST", "/requests", ("ani", "request"), new_request()).json()["id"]
+    api(service, "POST", f"/requests/{rid}/receive", ("sri", "approve"), {})
+    store = Store(f"sqlite:///{service['state'] / 'pulih.db'}", upgrade=False)
+    try:
+        entries = [e for e in store.audit_entries() if e["request_id"] == rid]
+    finally:
+        store.engine.dispose()
+    payloads = [(e["action"], e["actor"], json.loads(e["payload"])) for e in entries]
+    assert [(a, who, p["via"]) for a, who, p in payloads] == [
+        ("request.filed", "ani", "token"),
+        ("request.received", "sri", "token"),
+    ]
+    token_ids = {p["token"] for _, _, p in payloads}
+    assert len(token_ids) == 2 and all(t for t in token_ids), "each names the token it was done with"

@@ -222,8 +222,12 @@ class Requests:
         *,
         roles_of: Callable[[str], set[str]] | None = None,
         roles_from: str | None = None,
+        audit_context: dict[str, Any] | None = None,
     ) -> None:
         self.store, self.config, self.clock = store, config, clock
+        # How the actor was proved (socket, token and its id): on every step's audit entry, so an
+        # auditor can tell a step done with a token an admin minted from one done in person.
+        self.audit_context = audit_context or {}
         # Whose roles: the service's accounts (roles_of), else the config's actors.
         self.roles_of = roles_of or config.roles_of
         self.roles_from = roles_from
@@ -287,6 +291,7 @@ class Requests:
                     "role": role,
                     "note": note,
                     "changes": {k: v for k, v in changes.items() if k != "status"},
+                    **self.audit_context,
                 },
                 at=at,
             )
@@ -406,6 +411,7 @@ class Requests:
                     "reason_text": reason_text,
                     "restore_point": restore_point,
                     "skpd": skpd,
+                    **self.audit_context,
                 },
                 at=at,
             )

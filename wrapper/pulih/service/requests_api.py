@@ -113,6 +113,17 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
                     f"{wanted.asset_id}:{wanted.item} belongs to SKPD {asset.skpd}, not {skpd}",
                 )
 
+    def acting(who: Caller) -> Requests:
+        """The record's rules for this caller: their steps' audit entries say how they were proved."""
+        return Requests(
+            requests.store,
+            requests.config,
+            requests.clock,
+            roles_of=requests.roles_of,
+            roles_from=requests.roles_from,
+            audit_context={"via": who.via, **({"token": who.token_id} if who.token_id else {})},
+        )
+
     def hidden(who: Caller, request_id: str) -> None:
         """A requester sees only their SKPDs' requests: another's is answered exactly as one
         that does not exist, so its id, status and requester stay unknown."""
@@ -130,7 +141,7 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
         actor = scoped(who, "request")
         own_items(who, body.skpd, body.scope)
         return record(
-            lambda: requests.new(
+            lambda: acting(who).new(
                 actor,
                 procedure=body.procedure,
                 skpd=body.skpd,
@@ -159,25 +170,25 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
     @routes.post("/v1/requests/{request_id}/receive")
     def receive(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
-        return record(lambda: requests.receive(actor, request_id, body.note))
+        return record(lambda: acting(who).receive(actor, request_id, body.note))
 
     @routes.post("/v1/requests/{request_id}/approve")
     def approve(request_id: str, body: Approval, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
         return record(
-            lambda: requests.approve(actor, request_id, valid_hours=body.valid_hours, note=body.note)
+            lambda: acting(who).approve(actor, request_id, valid_hours=body.valid_hours, note=body.note)
         )
 
     @routes.post("/v1/requests/{request_id}/reject")
     def reject(request_id: str, body: Rejection, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
-        return record(lambda: requests.reject(actor, request_id, body.reason))
+        return record(lambda: acting(who).reject(actor, request_id, body.reason))
 
     @routes.post("/v1/requests/{request_id}/assess")
     def assess(request_id: str, body: Assessment, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "restore")
         return record(
-            lambda: requests.assess(
+            lambda: acting(who).assess(
                 actor, request_id, data_exists=body.data_exists, damage=body.damage, note=body.note
             )
         )
@@ -186,17 +197,17 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
     def confirm(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "request")
         hidden(who, request_id)
-        return record(lambda: requests.confirm(actor, request_id, body.note))
+        return record(lambda: acting(who).confirm(actor, request_id, body.note))
 
     @routes.post("/v1/requests/{request_id}/not-restored")
     def not_restored(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "request")
         hidden(who, request_id)
-        return record(lambda: requests.not_restored(actor, request_id, body.note))
+        return record(lambda: acting(who).not_restored(actor, request_id, body.note))
 
     @routes.post("/v1/requests/{request_id}/close")
     def close(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
-        return record(lambda: requests.close(actor, request_id, body.note))
+        return record(lambda: acting(who).close(actor, request_id, body.note))
 
     return routes
