@@ -14,6 +14,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -272,6 +274,20 @@ def _finish_run(
     raise typer.Exit(int(code))
 
 
+@contextmanager
+def _progress(kind: str) -> Iterator[Callable[[str, str], None]]:
+    """A spinner naming the current task, and a line per stored stream or unreachable host."""
+    with err.status(f"{kind}: starting", spinner="dots") as status:
+
+        def progress(what: str, text: str) -> None:
+            if what == "task":
+                status.update(f"{kind}: {text}")
+            else:
+                err.print(f"  {text}", soft_wrap=True)
+
+        yield progress
+
+
 def _job(
     kind: str,
     playbook: str,
@@ -286,14 +302,7 @@ def _job(
     """Run one playbook as a pulih job: validate, run with progress, report, exit."""
     report = reports.RunReport(kind=kind, command=["pulih", *sys.argv[1:]], check_mode=check, limit=limit)
     path = _inventory(inventory)
-    with err.status(f"{kind}: starting", spinner="dots") as status:
-
-        def progress(what: str, text: str) -> None:
-            if what == "task":
-                status.update(f"{kind}: {text}")
-            else:
-                err.print(f"  {text}", soft_wrap=True)
-
+    with _progress(kind) as progress:
         ending = job_runs.run_job(
             report,
             playbook,
@@ -328,14 +337,7 @@ def _run_with_progress(
     check: bool = False,
 ) -> RunOutcome:
     """Run a playbook with a spinner naming the current task and a line per stored stream."""
-    with err.status(f"{kind}: starting", spinner="dots") as status:
-
-        def progress(what: str, text: str) -> None:
-            if what == "task":
-                status.update(f"{kind}: {text}")
-            else:
-                err.print(f"  {text}", soft_wrap=True)
-
+    with _progress(kind) as progress:
         return run_playbook(
             playbook,
             inventory=inventory,
