@@ -10,9 +10,7 @@ when and what they wrote, in the request and in the audit log, in one transactio
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ STEP_ROLE: Final = {
     "received": "receiver",
     "approved": "approver",
     "rejected": "approver",
+    "revoked": "approver",  # an approval taken back before the restore is done
     "assessed": "operator",
     "backups_checked": "operator",
     "planned": "operator",
@@ -45,13 +44,16 @@ STEP_ROLE: Final = {
 NEXT: Final[dict[str, tuple[str, ...]]] = {
     "filed": ("received",),
     "received": ("approved", "rejected"),
-    "approved": ("assessed",),
+    "approved": ("assessed", "revoked"),
     "rejected": (),
-    "assessed": ("backups_checked",),
-    "backups_checked": ("planned",),
-    "planned": ("executed",),
-    "executed": ("executed", "confirmed", "not_restored"),  # the SOP: repeat until it succeeds
-    "not_restored": ("executed", "closed"),  # restored again (or given up), on the record
+    # Decided again (a new approval is assessed and planned anew); a restore that was running
+    # when the approval was revoked still records how its attempt ended, and the status stays.
+    "revoked": ("approved", "rejected", "executed"),
+    "assessed": ("backups_checked", "revoked"),
+    "backups_checked": ("planned", "revoked"),
+    "planned": ("executed", "revoked"),
+    "executed": ("executed", "confirmed", "not_restored", "revoked"),  # the SOP: repeat until it succeeds
+    "not_restored": ("executed", "closed", "revoked"),  # restored again (or given up), on the record
     "confirmed": ("closed",),
     "closed": (),
 }
@@ -65,6 +67,7 @@ STANDARD_MINUTES: Final[dict[str, dict[str, int | None]]] = {
         "received": 1,
         "approved": 2,
         "rejected": 2,
+        "revoked": None,
         "assessed": None,
         "backups_checked": None,
         "planned": 10,
@@ -78,6 +81,7 @@ STANDARD_MINUTES: Final[dict[str, dict[str, int | None]]] = {
         "received": None,
         "approved": 15,
         "rejected": 15,
+        "revoked": None,
         "assessed": None,
         "backups_checked": None,
         "planned": 60,
@@ -99,20 +103,17 @@ class BadRequestInput(Exception):
 
 @dataclass
 class Config:
-    actors: dict[str, set[str]] = field(default_factory=dict)
+    """The service's settings (its config.yml). Who may act in which role is never here: roles
+    are the service's accounts (pulih admin user)."""
+
     approval_validity_hours: int = 72
     standard_minutes: dict[str, dict[str, int | None]] = field(
         default_factory=lambda: {k: dict(v) for k, v in STANDARD_MINUTES.items()}
     )
     store: str | None = None
-    # Lets PULIH_ACTOR name the actor instead of the OS user: for the demo and tests only.
-    allow_actor_override: bool = False
     # The SOP: repeat the restore until it succeeds; pulih tries this often, this far apart.
     restore_attempts: int = 3
     restore_retry_seconds: float = 30.0
-
-    def roles_of(self, actor: str) -> set[str]:
-        return self.actors.get(actor, set())
 
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -140,16 +141,8 @@ def checked_text(
     return value
 
 
-def config_path() -> Path:
-    env = os.environ.get("PULIH_CONFIG")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "pulih" / "config.yml"
-
-
-def load_config(path: Path | None = None) -> Config:
-    path = path or config_path()
+def load_config(path: Path) -> Config:
+    """The settings in the service's config.yml (defaults where it names none)."""
     if not path.exists():
         return Config()
     try:
@@ -158,15 +151,11 @@ def load_config(path: Path | None = None) -> Config:
         raise BadRequestInput(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise BadRequestInput(f"{path}: must be a mapping (actors, approval_validity_hours, ...)")
-    actors: dict[str, set[str]] = {}
-    for name, roles in (raw.get("actors") or {}).items():
-        roles = [roles] if isinstance(roles, str) else list(roles or [])
-        unknown = sorted(set(roles) - set(ROLES))
-        if unknown:
-            raise BadRequestInput(
-                f"{path}: actor '{name}': unknown role(s) {', '.join(unknown)} (roles: {', '.join(ROLES)})"
-            )
-        actors[str(name)] = set(roles)
+    if "actors" in raw or "allow_actor_override" in raw:
+        raise BadRequestInput(
+            f"{path}: 'actors' and 'allow_actor_override' are gone: roles are the service's accounts "
+            "(pulih admin user add NAME --role ROLE), and nobody names their own actor"
+        )
 
     def number(key: str, default: float, low: float, high: float) -> float:
         value = raw.get(key, default)
@@ -180,10 +169,8 @@ def load_config(path: Path | None = None) -> Config:
     if store is not None and not isinstance(store, str):
         raise BadRequestInput(f"{path}: field 'store': must be a database URL, not {type(store).__name__}")
     config = Config(
-        actors=actors,
         store=store,
         approval_validity_hours=int(number("approval_validity_hours", 72, 1, 720)),
-        allow_actor_override=raw.get("allow_actor_override", False) is True,
         restore_attempts=int(number("restore_attempts", 3, 1, 20)),
         restore_retry_seconds=float(number("restore_retry_seconds", 30, 0, 3600)),
     )
@@ -192,13 +179,6 @@ def load_config(path: Path | None = None) -> Config:
             raise BadRequestInput(f"{path}: standard_minutes: unknown procedure '{procedure}'")
         config.standard_minutes[procedure].update(minutes or {})
     return config
-
-
-def current_actor(config: Config) -> str:
-    override = os.environ.get("PULIH_ACTOR")
-    if override and config.allow_actor_override:
-        return override
-    return getpass.getuser()
 
 
 def _load(conn: sa.Connection, request_id: str, *, lock: bool = False) -> dict[str, Any]:
@@ -211,6 +191,50 @@ def _load(conn: sa.Connection, request_id: str, *, lock: bool = False) -> dict[s
     return dict(row)
 
 
+def check_new(
+    *, procedure: str, skpd: str, contact: str, reason: str, reason_text: str, restore_point: str | None
+) -> None:
+    """A new request's own fields, checked before anything else is asked of it."""
+    checked_text(
+        skpd,
+        "--skpd",
+        limit=64,
+        pattern=_SLUG,
+        hint="an SKPD code of the register (letters, digits, '._-')",
+    )
+    checked_text(contact, "--contact", limit=256)
+    checked_text(reason_text, "--reason-text", limit=2000, lines=True)
+    checked_text(restore_point or "", "--restore-point", limit=32)
+    if procedure not in PROCEDURES:
+        raise BadRequestInput(f"unknown procedure '{procedure}' (recovery or backup_restore)")
+    if reason not in REASONS:
+        raise BadRequestInput(f"unknown reason '{reason}' ({', '.join(REASONS)})")
+    if reason == "other" and not reason_text.strip():
+        raise BadRequestInput("reason 'other' needs a text (--reason-text)")
+    if restore_point:
+        try:
+            parse_iso(restore_point if "T" in restore_point else restore_point + "T23:59:59+00:00")
+        except ValueError:
+            raise BadRequestInput(
+                f"restore point '{restore_point}' is not a date or time (ISO 8601)"
+            ) from None
+
+
+def _last_step(store: Store, request_id: str) -> dict[str, Any]:
+    with store.engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.select(steps_table)
+                .where(steps_table.c.request_id == request_id)
+                .order_by(steps_table.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row else {"actor": "?", "at": "?", "note": ""}
+
+
 class Requests:
     """The request record and its rules; ``clock`` is injectable for tests."""
 
@@ -220,7 +244,7 @@ class Requests:
         config: Config,
         clock: Callable[[], dt.datetime] = now,
         *,
-        roles_of: Callable[[str], set[str]] | None = None,
+        roles_of: Callable[[str], set[str]],
         roles_from: str | None = None,
         audit_context: dict[str, Any] | None = None,
     ) -> None:
@@ -228,8 +252,8 @@ class Requests:
         # How the actor was proved (socket, token and its id): on every step's audit entry, so an
         # auditor can tell a step done with a token an admin minted from one done in person.
         self.audit_context = audit_context or {}
-        # Whose roles: the service's accounts (roles_of), else the config's actors.
-        self.roles_of = roles_of or config.roles_of
+        # Whose roles: the service's accounts.
+        self.roles_of = roles_of
         self.roles_from = roles_from
 
     # ---------------------------------------------------------------- helpers
@@ -240,7 +264,7 @@ class Requests:
             held = ", ".join(sorted(self.roles_of(actor))) or "none"
             raise Refused(
                 f"{actor} may not record '{step}': it needs the role '{role}' "
-                f"(theirs: {held}; roles come from {self.roles_from or config_path()})"
+                f"(theirs: {held}; roles come from {self.roles_from or 'the accounts'})"
             )
         return role
 
@@ -252,6 +276,7 @@ class Requests:
         note: str,
         check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         rows: Callable[[sa.Connection], None] | None = None,
+        audit: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One step in one transaction: the status checked and changed, the step, `rows` (more
         rows of the step, e.g. an approval) and the audit entry, or nothing at all."""
@@ -273,7 +298,10 @@ class Requests:
                     f"request {request_id} is '{request['status']}': '{step}' is out of order (next: {then})"
                 )
             changes = check(request) if check else {}
-            changes["status"] = step
+            # An attempt's end after a revocation is on the record, but the request stays revoked.
+            changes["status"] = (
+                request["status"] if (step, request["status"]) == ("executed", "revoked") else step
+            )
             conn.execute(sa.update(requests_table).where(requests_table.c.id == request_id).values(**changes))
             if rows is not None:
                 rows(conn)
@@ -291,6 +319,7 @@ class Requests:
                     "role": role,
                     "note": note,
                     "changes": {k: v for k, v in changes.items() if k != "status"},
+                    **(audit or {}),
                     **self.audit_context,
                 },
                 at=at,
@@ -334,32 +363,17 @@ class Requests:
         restore_point: str | None = None,
         target: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        checked_text(
-            skpd,
-            "--skpd",
-            limit=64,
-            pattern=_SLUG,
-            hint="an SKPD code of the register (letters, digits, '._-')",
+        check_new(
+            procedure=procedure,
+            skpd=skpd,
+            contact=contact,
+            reason=reason,
+            reason_text=reason_text,
+            restore_point=restore_point,
         )
-        checked_text(contact, "--contact", limit=256)
-        checked_text(reason_text, "--reason-text", limit=2000, lines=True)
-        checked_text(restore_point or "", "--restore-point", limit=32)
         role = self._require_role(actor, "filed")
-        if procedure not in PROCEDURES:
-            raise BadRequestInput(f"unknown procedure '{procedure}' (recovery or backup_restore)")
-        if reason not in REASONS:
-            raise BadRequestInput(f"unknown reason '{reason}' ({', '.join(REASONS)})")
-        if reason == "other" and not reason_text.strip():
-            raise BadRequestInput("reason 'other' needs a text (--reason-text)")
         if not scope:
             raise BadRequestInput("a request names at least one data item (--item ASSET_ID:ITEM)")
-        if restore_point:
-            try:
-                parse_iso(restore_point if "T" in restore_point else restore_point + "T23:59:59+00:00")
-            except ValueError:
-                raise BadRequestInput(
-                    f"restore point '{restore_point}' is not a date or time (ISO 8601)"
-                ) from None
         target = target or {"kind": "in_place"}
         at = self.clock()
         with self.store.transaction() as conn:
@@ -421,8 +435,16 @@ class Requests:
         return self._step(actor, request_id, "received", note)
 
     def approve(
-        self, actor: str, request_id: str, *, valid_hours: int | None = None, note: str = ""
+        self,
+        actor: str,
+        request_id: str,
+        *,
+        valid_hours: int | None = None,
+        note: str = "",
+        targets: list[str] | None = None,
     ) -> dict[str, Any]:
+        """Approve for `valid_hours`; `targets`: the live targets (engine://address:port/name)
+        the request resolves to in the register now, which every restore under it must keep to."""
         hours = valid_hours or self.config.approval_validity_hours
         if hours <= 0:
             raise BadRequestInput("an approval is valid for a positive number of hours")
@@ -449,10 +471,12 @@ class Requests:
                     at=iso(at),
                     expires_at=iso(at + dt.timedelta(hours=hours)),
                     note=note,
+                    targets=None if targets is None else json.dumps(targets),
                 )
             )
 
-        return self._step(actor, request_id, "approved", note, check, approval)
+        audit = None if targets is None else {"targets": targets}
+        return self._step(actor, request_id, "approved", note, check, approval, audit)
 
     def reject(self, actor: str, request_id: str, reason: str) -> dict[str, Any]:
         if not reason.strip():
@@ -464,6 +488,13 @@ class Requests:
             return {"rejected_reason": reason}
 
         return self._step(actor, request_id, "rejected", reason, check)
+
+    def revoke(self, actor: str, request_id: str, reason: str) -> dict[str, Any]:
+        """Take an approval back: every restore of the request stops at its next gate (before
+        its next attempt, or right before its next swap) until it is approved again."""
+        if not reason.strip():
+            raise BadRequestInput("a revocation needs its reason: the operator and requester are told why")
+        return self._step(actor, request_id, "revoked", reason)
 
     def assess(
         self,
@@ -582,7 +613,13 @@ class Requests:
             if request.get(key):
                 request[key] = json.loads(request[key])
         request["steps"] = [dict(s) for s in steps]
-        request["approvals"] = [{k: v for k, v in a.items() if k != "request_id"} for a in approvals]
+        request["approvals"] = [
+            {
+                **{k: v for k, v in a.items() if k != "request_id"},
+                "targets": json.loads(a["targets"] or "null"),
+            }
+            for a in approvals
+        ]
         request["timing"] = self.timing(request)
         return request
 
@@ -624,6 +661,25 @@ class Requests:
 
     # ---------------------------------------------------------------- the gate
 
+    def _within_approved_targets(self, request_id: str, run_targets: list[str]) -> None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(approvals_table.c.targets)
+                .where(approvals_table.c.request_id == request_id)
+                .order_by(approvals_table.c.id.desc())
+                .limit(1)
+            ).first()
+        if row is None or row.targets is None:
+            return  # an approval from before targets were recorded: scope and target decide
+        approved = set(json.loads(row.targets))
+        beyond = sorted(set(run_targets) - approved)
+        if beyond:
+            raise Refused(
+                f"the restore would change {', '.join(beyond)}, which the approval of request "
+                f"{request_id} did not cover (it covers {', '.join(sorted(approved)) or 'nothing'}); "
+                "the register changed since: ask the approver to approve again"
+            )
+
     def gate(
         self,
         actor: str,
@@ -631,8 +687,11 @@ class Requests:
         *,
         run_scope: list[dict[str, str]],
         target: dict[str, Any] | None = None,
+        run_targets: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Allow a restore run only as the record says; raise Refused with the reason otherwise."""
+        """Allow a restore run only as the record says; raise Refused with the reason otherwise.
+        `run_targets`: the live targets the run would change, resolved from the register now;
+        each must be one the approval resolved when it was given."""
         if "operator" not in self.roles_of(actor):
             raise Refused(f"{actor} may not run restores: it needs the role 'operator'")
         at = self.clock()
@@ -649,6 +708,12 @@ class Requests:
                 self._distinct(conn, actor, request_id, "operator")
             if request["status"] == "rejected":
                 raise Refused(f"request {request_id} was rejected ({request['rejected_reason']})")
+            if request["status"] == "revoked":
+                last = _last_step(self.store, request_id)
+                raise Refused(
+                    f"the approval of request {request_id} was revoked by {last['actor']} at {last['at']} "
+                    f"({last['note']}); nothing more is restored until it is approved again"
+                )
             if request["status"] not in ("planned", "executed", "not_restored"):
                 raise Refused(
                     f"request {request_id} is '{request['status']}': a restore runs only once it is "
@@ -678,6 +743,8 @@ class Requests:
                     f"target {json.dumps(target)} differs from the approved target "
                     f"{json.dumps(approved_target)}"
                 )
+            if run_targets is not None:
+                self._within_approved_targets(request_id, run_targets)
         except Refused as exc:
             decision["allowed"], decision["reason"] = False, str(exc)
             with self.store.transaction() as conn:

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 GENESIS = "0" * 64
 
 metadata = sa.MetaData()
@@ -130,6 +130,9 @@ approvals_table = sa.Table(  # added in schema version 4: one row per approval (
     sa.Column("at", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.String(32), nullable=False),
     sa.Column("note", sa.Text, nullable=False),
+    # Added in schema version 5: the live targets the approval covers, resolved from the register
+    # when it was given (JSON list of engine://address:port/name); the gate holds a run to them.
+    sa.Column("targets", sa.Text),
 )
 
 
@@ -163,7 +166,12 @@ def _v3(conn: Connection) -> None:
 
 def _v4(conn: Connection) -> None:
     """Version 4: approvals as a list; the approval each request already has becomes its first."""
-    approvals_table.create(conn, checkfirst=True)
+    approvals_v4 = sa.Table(  # as it was in version 4: without the targets of version 5
+        "pulih_approvals",
+        sa.MetaData(),
+        *(c._copy() for c in approvals_table.columns if c.name != "targets"),
+    )
+    approvals_v4.create(conn, checkfirst=True)
     conn.execute(
         sa.text(
             "INSERT INTO pulih_approvals (request_id, approver, at, expires_at, note) "
@@ -173,7 +181,12 @@ def _v4(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: Connection) -> None:
+    """Version 5: an approval records the resolved targets it covers."""
+    conn.execute(sa.text("ALTER TABLE pulih_approvals ADD COLUMN targets TEXT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 
 
 def now() -> dt.datetime:
