@@ -4,9 +4,10 @@ page per run, written for every run — also one that failed or was interrupted.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
+import pwd
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ from pulih.fsutil import atomic_write_text
 FORMAT = "pulih.run_report/1"
 # Called with every written report: the CLI puts each run on the record (store, audit log).
 RECORDERS: list[Callable[[RunReport, Path], None]] = []
+
+
+# A run's id: its start (UTC), its kind and four hex digits; never a path.
+RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z_]+-[0-9a-f]{4}$")
 
 
 def state_dir() -> Path:
@@ -48,7 +53,9 @@ class RunReport:
     finished_at: dt.datetime | None = None
     status: str = "running"
     exit_code: int | None = None
-    operator: str = field(default_factory=getpass.getuser)
+    # The account a service's run is for; a local tool's report names the OS user the kernel
+    # says runs it (never USER or LOGNAME, which the caller sets).
+    operator: str = field(default_factory=lambda: pwd.getpwuid(os.getuid()).pw_name)
     inventory: str | None = None
     limit: str | None = None
     check_mode: bool = False

@@ -41,8 +41,15 @@ class RestoreItem:
 
     @property
     def refused(self) -> bool:
-        """Refused before anything was touched: another attempt would be refused again."""
-        return bool(self.result and not self.result.get("ok") and self.result.get("phase") == "checks")
+        """Refused before anything was touched: another attempt would be refused again (the
+        backup's checks), or the approval no longer holds (the gate right before the swap)."""
+        return bool(
+            self.result and not self.result.get("ok") and self.result.get("phase") in ("checks", "gate")
+        )
+
+    @property
+    def gate_refused(self) -> bool:
+        return bool(self.result and not self.result.get("ok") and self.result.get("phase") == "gate")
 
     @property
     def pending(self) -> bool:
@@ -97,7 +104,12 @@ def items_for(
 
 
 def attempt_vars(
-    items: list[RestoreItem], *, request_id: str, target: dict[str, Any], restore_point: str | None
+    items: list[RestoreItem],
+    *,
+    request_id: str,
+    target: dict[str, Any],
+    restore_point: str | None,
+    gate: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The --limit and extra vars of one attempt, for the items still pending."""
     scope: dict[str, dict[str, str]] = {}
@@ -110,6 +122,8 @@ def attempt_vars(
         "pulih_restore_target": target,
         "pulih_restore_point": restore_point or "",
     }
+    if gate:  # the service's socket and job: the role asks the gate again right before each swap
+        extravars["pulih_restore_gate"] = gate
     return ",".join(sorted(scope)), extravars
 
 

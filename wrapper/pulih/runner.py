@@ -230,7 +230,8 @@ def run_playbook(
         hosts=watcher.hosts,
         artifacts_dir=str(result.config.artifact_dir),
         registered=watcher.registered,
-        signal=caught[0] if caught else None,
+        # A signal here, else why the caller cancelled it (a service's job: who asked).
+        signal=caught[0] if caught else getattr(cancelled, "reason", None),
         message=_ansible_error(run_dir) if status != "succeeded" else None,
     )
 

@@ -26,6 +26,15 @@ from pulih.store import Store, accounts_table, iso, now, parse_iso, tokens_table
 ROLES = ("requester", "receiver", "approver", "operator", "auditor", "admin")
 # What a token may be used for; an account on the socket may do all its roles allow.
 SCOPES = ("read", "backup", "request", "approve", "restore", "admin")
+# The scopes each role's steps need: what a password login's token may do.
+ROLE_SCOPES: dict[str, tuple[str, ...]] = {
+    "requester": ("request", "read"),
+    "receiver": ("approve", "read"),
+    "approver": ("approve", "read"),
+    "operator": ("backup", "restore", "read"),
+    "auditor": ("read",),
+    "admin": ("admin", "read"),
+}
 TOKEN_PREFIX = "pulih_"  # noqa: S105 - a prefix, no secret
 _NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 _SKPD = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -238,6 +247,28 @@ class Accounts:
             return None
         account = _account(row)
         return None if account.disabled else account
+
+    def login(self, name: str, password: str, *, hours: int = 12) -> tuple[str, dict[str, Any]]:
+        """A password login: a token of the account's own scopes (from its roles), for `hours`.
+        A wrong name and a wrong password are one answer; both go on the audit log."""
+        account = self.check_password(name, password)
+        if account is None:
+            with self.store.transaction() as conn:
+                self.store.append_audit(
+                    conn, actor="-", action="login_failed", request_id=None, payload={"name": name[:64]}
+                )
+            raise AccountError(
+                "refused", "auth.login", "wrong account name or password (or the account is disabled)"
+            )
+        scopes = sorted({scope for role in account.roles for scope in ROLE_SCOPES[role]})
+        secret, record = self.create_token(
+            account.name, account.name, scopes=scopes, expires_in=dt.timedelta(hours=hours)
+        )
+        with self.store.transaction() as conn:
+            self.store.append_audit(
+                conn, actor=account.name, action="login", request_id=None, payload={"token": record["id"]}
+            )
+        return secret, record
 
     # ---------------------------------------------------------------- tokens
 

@@ -10,23 +10,28 @@ are. Every refusal has one envelope::
 where ``code`` is the exit code the CLI gives it (2 bad input, 3 refused)."""
 
 import datetime as dt
+import os
 import pwd
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from pulih import report as reports
 from pulih.exitcodes import Exit
-from pulih.requests import Config, Requests
+from pulih.requests import Config, Refused, Requests
 from pulih.service.accounts import ROLES, SCOPES, AccountError, Accounts, Caller
 from pulih.service.jobs import JobRefused, Jobs
 from pulih.service.peer import EXTENSION, Peer
+from pulih.service.requests_api import acting
 from pulih.service.requests_api import router as requests_router
-from pulih.store import Store
+from pulih.service.restores import RestoreOrder
+from pulih.store import Store, now
 
 API = "/v1"
 DEMO_ACTOR_HEADER = "x-pulih-demo-actor"  # honoured only by pulih serve --demo-actors
@@ -77,6 +82,32 @@ class NewJob(BaseModel):
     items: list[str] = Field(default_factory=list, max_length=200)
     verify: bool = True
     check: bool = False
+    age_recipients: list[str] = Field(default_factory=list, max_length=20)  # public keys: no secret
+    backups: list[str] = Field(default_factory=list, max_length=200)  # verify these backup ids
+
+
+class NewRestore(BaseModel):
+    request: str = Field(max_length=64)
+    items: list[str] = Field(default_factory=list, max_length=200)
+    backups: list[str] = Field(default_factory=list, max_length=200)
+    target: dict[str, Any] | None = None
+    attempts: int | None = Field(default=None, ge=1, le=20)
+    check: bool = False
+
+
+class CancelJob(BaseModel):
+    reason: str = Field(default="", max_length=64)  # e.g. Ctrl-C or SIGTERM at the client
+
+
+class GateQuestion(BaseModel):
+    host: str = Field(max_length=255)
+    item: str = Field(max_length=64)
+
+
+class Login(BaseModel):
+    name: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+    hours: int = Field(default=12, ge=1, le=24)
 
 
 class NewToken(BaseModel):
@@ -85,8 +116,21 @@ class NewToken(BaseModel):
     expires_in: str = Field(default="90d", max_length=8)
 
 
-def create_app(store: Store, *, demo: bool = False, register: Path | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    *,
+    demo: bool = False,
+    register: Path | None = None,
+    config: Config | None = None,
+    socket_path: Path | None = None,
+    age_identity: str | None = None,
+    clock: Callable[[], dt.datetime] = now,
+) -> FastAPI:
+    """`config`: the service's settings (approval validity, restore attempts); `socket_path`:
+    its own Unix socket, which its restore jobs' playbooks use to ask the gate before a swap;
+    `clock`: the record's time (a property test moves it on)."""
     accounts = Accounts(store)
+    settings = config or Config()
 
     def roles_of(name: str) -> set[str]:
         try:
@@ -96,7 +140,7 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
         return set() if account.disabled else set(account.roles)
 
     requests = Requests(
-        store, Config(), roles_of=roles_of, roles_from="the service's accounts (pulih admin user)"
+        store, settings, clock, roles_of=roles_of, roles_from="the service's accounts (pulih admin user)"
     )
     app = FastAPI(
         title="pulih",
@@ -121,7 +165,8 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
     @app.exception_handler(JobRefused)
     async def job_refused(request: Request, exc: JobRefused) -> JSONResponse:
         status = {Exit.BAD_INPUT: 400, Exit.REFUSED: 409}.get(exc.code, 503)
-        return await api_error(request, ApiError(status, exc.code, exc.message_id, str(exc)))
+        details = {"run_id": exc.run_id} if exc.run_id else {}
+        return await api_error(request, ApiError(status, exc.code, exc.message_id, str(exc), **details))
 
     @app.exception_handler(AccountError)
     async def account_error(request: Request, exc: AccountError) -> JSONResponse:
@@ -225,6 +270,13 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
     def health() -> dict[str, Any]:
         return {"status": "ok", "demo": demo}
 
+    @app.post(f"{API}/login")
+    def login(body: Login) -> dict[str, Any]:
+        """A password login (the desk's, or a script's without a token): a token of the
+        account's own scopes, for at most a day; the token is shown once."""
+        secret, record = accounts.login(body.name, body.password, hours=body.hours)
+        return {**record, "token": secret}
+
     @app.get(f"{API}/whoami")
     def whoami(who: Authenticated) -> dict[str, Any]:
         return {
@@ -321,8 +373,15 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
             extravars["pulih_backup_verify"] = body.verify
             if body.items:
                 extravars["pulih_backup_items"] = body.items
-        elif body.items:
-            extravars["pulih_verify_items"] = body.items
+            if body.age_recipients:
+                extravars["pulih_backup_age_recipients"] = body.age_recipients
+        else:
+            if body.items:
+                extravars["pulih_verify_items"] = body.items
+            if body.backups:
+                extravars["pulih_verify_backup_ids"] = body.backups
+        if age_identity:  # the service holds the private key; a caller never sends one
+            extravars["pulih_verify_age_identity_file"] = age_identity
         job = jobs.start(
             who.account.name,
             body.kind,
@@ -333,14 +392,18 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
         )
         return job.as_dict()
 
-    def may_read_jobs(who: Caller) -> None:
-        """Operators, auditors and admins see jobs, with any token that may read or run them."""
-        if not {"read", "backup"} & set(who.scopes):
-            raise ApiError(403, Exit.REFUSED, "auth.scope", "reading jobs needs a token with scope read")
+    def may_read(who: Caller, scopes: set[str], what: str) -> None:
+        """Jobs, runs, reports and the audit check: operators, auditors and admins, with a token
+        of one of `scopes`."""
+        if not scopes & set(who.scopes):
+            raise ApiError(403, Exit.REFUSED, "auth.scope", f"reading {what} needs a token with scope read")
         if not {"operator", "auditor", "admin"} & set(who.account.roles):
             raise ApiError(
                 403, Exit.REFUSED, "auth.role", f"{who.account.name} is no operator, auditor or admin"
             )
+
+    def may_read_jobs(who: Caller) -> None:
+        may_read(who, {"read", "backup", "restore"}, "jobs")
 
     @app.get(f"{API}/jobs")
     def list_jobs(who: Authenticated) -> dict[str, Any]:
@@ -358,15 +421,108 @@ def create_app(store: Store, *, demo: bool = False, register: Path | None = None
         return StreamingResponse(jobs.follow(jobs.get(job_id)), media_type="application/x-ndjson")
 
     @app.post(f"{API}/jobs/{{job_id}}/cancel")
-    def cancel_job(job_id: str, who: Authenticated) -> dict[str, Any]:
-        require(who, role="operator", scope="backup")
+    def cancel_job(job_id: str, who: Authenticated, body: CancelJob | None = None) -> dict[str, Any]:
         job = jobs.get(job_id)
+        require(who, role="operator", scope="restore" if job.kind == "restore" else "backup")
+        if not job.cancel.is_set():
+            why = body.reason if body and body.reason else "pulih jobs cancel"
+            job.cancel.reason = f"cancelled by {who.account.name}: {why}"
         job.cancel.set()
         with store.transaction() as conn:
             store.append_audit(
                 conn, actor=who.account.name, action="job_cancelled", request_id=None, payload={"job": job_id}
             )
         return job.as_dict()
+
+    @app.post(f"{API}/restores", status_code=202)
+    def start_restore(body: NewRestore, who: Authenticated) -> dict[str, Any]:
+        require(who, role="operator", scope="restore")
+        order = RestoreOrder(
+            request_id=body.request,
+            items=body.items,
+            backups=body.backups,
+            target=body.target,
+            attempts=body.attempts,
+            check=body.check,
+        )
+        job = jobs.start_restore(
+            who.account.name,
+            order,
+            acting(requests, who),
+            attempts=settings.restore_attempts,
+            retry_seconds=settings.restore_retry_seconds,
+            gate_socket=str(socket_path) if socket_path else None,
+            age_identity=age_identity,
+        )
+        return job.as_dict()
+
+    @app.post(f"{API}/internal/jobs/{{job_id}}/gate")
+    def gate_before_swap(job_id: str, body: GateQuestion, request: Request) -> JSONResponse:
+        """Asked by a restore job's playbook, right before it swaps an item in: only the
+        service's own processes (the kernel says so) ask, and only about a running restore."""
+        peer: Peer | None = (request.scope.get("extensions") or {}).get(EXTENSION)
+        if peer is None or peer.uid != os.getuid():
+            raise ApiError(403, Exit.REFUSED, "auth.internal", "only the service's own jobs ask this")
+        job = jobs.get(job_id)
+        if job.kind != "restore" or job.status != "running" or job.order is None:
+            return JSONResponse({"allowed": False, "reason": f"job {job_id} is no running restore"}, 403)
+        order: RestoreOrder = job.order
+        scope = [dict(zip(("asset_id", "item"), i.split(":", 1), strict=True)) for i in job.items]
+        try:
+            requests.gate(
+                job.account, order.request_id, run_scope=scope, target=order.target, run_targets=job.targets
+            )
+        except Refused as exc:
+            return JSONResponse({"allowed": False, "reason": str(exc)}, 403)
+        return JSONResponse({"allowed": True, "host": body.host, "item": body.item})
+
+    def may_read_record(who: Caller) -> None:
+        may_read(who, {"read"}, "the record")
+
+    @app.get(f"{API}/runs")
+    def runs(who: Authenticated) -> dict[str, Any]:
+        may_read_record(who)
+        keys = ("run_id", "kind", "status", "exit_code", "started_at", "operator", "request_id")
+        return {"runs": [{k: r.get(k) for k in keys} for r in reports.list_runs()]}
+
+    @app.get(f"{API}/runs/{{run_id}}", response_model=None)
+    def run_report(
+        run_id: str, who: Authenticated, format: str = "json", lang: str = "en"
+    ) -> dict[str, Any] | HTMLResponse:
+        may_read_record(who)
+        if not reports.RUN_ID.match(run_id):  # an id, never a path
+            raise ApiError(
+                400,
+                Exit.BAD_INPUT,
+                "run.id",
+                f"RUN_ID: {run_id!r} is not a run id "
+                "(like 20261121T020000Z-backup-1a2b; see pulih runs list)",
+            )
+        try:
+            doc = reports.load(run_id)
+        except (OSError, ValueError):
+            raise ApiError(404, Exit.BAD_INPUT, "run.unknown", f"no report for run {run_id!r}") from None
+        if format == "html":
+            return HTMLResponse(reports.render_html(doc, lang if lang in ("en", "id") else "en"))
+        return doc
+
+    @app.post(f"{API}/audit/verify")
+    def audit_verify(who: Authenticated) -> dict[str, Any]:
+        may_read_record(who)
+        problems = store.verify_audit()
+        count = len(store.audit_entries())
+        report = reports.RunReport(
+            kind="audit", command=["pulih", "audit", "verify"], operator=who.account.name
+        )
+        report.errors = [str(p) for p in problems]
+        report.finish("failed" if problems else "succeeded", int(Exit.FAILED if problems else Exit.OK))
+        report.write()
+        return {
+            "status": "tampered" if problems else "intact",
+            "entries": count,
+            "problems": [{"seq": p.seq, "message": p.message} for p in problems],
+            "run_id": report.run_id,
+        }
 
     app.include_router(requests_router(requests, Authenticated, register, ApiError))
     return app

@@ -1,9 +1,11 @@
 """Jobs of pulih serve: backups and verifications run by the service, under its own account,
 with its own register and content, for an authenticated caller (the report's operator).
 
-One job at a time per server: a job takes a lock on every registered server its --limit
-selects, and a second job that wants one of them is refused, naming the running job (exit 3),
-so two runs never interleave on one server. Each job has an event stream (the progress lines,
+One job at a time per target: a job locks every database or folder it may touch (address,
+port, engine, and database or path: a backup its servers' items, a restore the live targets
+it may replace), and a second job that wants one of them is refused, naming the running job
+(exit 3), so a backup never interleaves with a restore of the same item and two restores of
+one target never both run. Each job has an event stream (the progress lines,
 then its end with the report) that any number of clients follow; a client that goes away
 cancels nothing, a cancel does. A job the service did not finish (the service was killed) is
 found 'running' at the next start and marked 'interrupted'."""
@@ -16,7 +18,7 @@ import fnmatch
 import json
 import secrets
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,25 @@ from typing import Any
 from pulih import jobs as job_runs
 from pulih import register as reg
 from pulih import report as reports
+from pulih import restoring
 from pulih.exitcodes import Exit
+from pulih.requests import Refused, Requests
+from pulih.service import restores
 
 KINDS = {"backup": "backup.yml", "verify": "verify.yml"}
+
+
+class Cancel(threading.Event):
+    """A job's stop flag, with who asked and why (its report says so)."""
+
+    reason: str | None = None
 
 
 class JobRefused(Exception):
     def __init__(self, code: Exit, message_id: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message_id = code, message_id
+        self.run_id: str | None = None  # the report of a refused restore
 
 
 @dataclass
@@ -43,6 +55,9 @@ class Job:
     limit: str | None
     items: list[str]
     servers: list[str]
+    targets: list[str] = field(default_factory=list)  # what the job locks
+    request_id: str | None = None
+    order: Any = None  # a restore's RestoreOrder: what its gate is asked about
     status: str = "running"
     exit_code: int | None = None
     message: str | None = None
@@ -50,7 +65,7 @@ class Job:
     created_at: str = ""
     finished_at: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancel = field(default_factory=Cancel)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +75,8 @@ class Job:
             "limit": self.limit,
             "items": self.items,
             "servers": self.servers,
+            "targets": self.targets,
+            "request_id": self.request_id,
             "status": self.status,
             "exit_code": self.exit_code,
             "message": self.message,
@@ -90,7 +107,7 @@ class Jobs:
     def __init__(self, inventory: Path | None) -> None:
         self.inventory = inventory
         self._jobs: dict[str, Job] = {}
-        self._busy: dict[str, str] = {}  # server -> job id
+        self._busy: dict[str, str] = {}  # target -> job id
         self._lock = threading.Lock()
 
     def start(
@@ -125,27 +142,9 @@ class Jobs:
             limit=limit,
             items=items,
             servers=servers,
+            targets=[] if check else restores.item_keys(register, servers, items),
             created_at=reports.utcnow().isoformat().replace("+00:00", "Z"),
         )
-        with self._lock:
-            taken = {s: self._busy[s] for s in servers if s in self._busy}
-            if taken:
-                server, other = next(iter(sorted(taken.items())))
-                running = self._jobs[other]
-                raise JobRefused(
-                    Exit.REFUSED,
-                    "job.busy",
-                    f"{server} is busy with job {other} ({running.kind} by {running.account}); "
-                    "wait for it (pulih jobs follow) or cancel it",
-                )
-            for server in servers:
-                self._busy[server] = job.id
-            self._jobs[job.id] = job
-        thread = threading.Thread(target=self._run, args=(job, extravars, check), name=job.id, daemon=True)
-        thread.start()
-        return job
-
-    def _run(self, job: Job, extravars: dict[str, Any], check: bool) -> None:
         report = reports.RunReport(
             kind=job.kind,
             command=["pulih", job.kind, *(["--limit", job.limit] if job.limit else []), *job.items],
@@ -153,26 +152,10 @@ class Jobs:
             limit=job.limit,
             operator=job.account,
         )
-        job.run_id = report.run_id
-        job.emit({"type": "started", "job": job.id, "run_id": report.run_id})
-        try:
-            self._run_and_report(job, report, extravars, check)
-        finally:  # whatever happened, the servers are free again and followers learn the end
-            job.finished_at = reports.utcnow().isoformat().replace("+00:00", "Z")
-            if job.status == "running":
-                job.status, job.exit_code = "error", int(Exit.FAILED)
-            with self._lock:
-                for server in job.servers:
-                    if self._busy.get(server) == job.id:
-                        del self._busy[server]
-            job.emit({"type": "end", "job": job.as_dict(), "report": report.as_dict()})
 
-    def _run_and_report(
-        self, job: Job, report: reports.RunReport, extravars: dict[str, Any], check: bool
-    ) -> None:
-        try:
+        def work(report: reports.RunReport) -> job_runs.Ending:
             assert self.inventory is not None
-            ending = job_runs.run_job(
+            return job_runs.run_job(
                 report,
                 KINDS[job.kind],
                 inventory=self.inventory,
@@ -185,12 +168,145 @@ class Jobs:
                 progress=lambda what, text: job.emit({"type": what, "text": text}),
                 cancel=job.cancel,
             )
+
+        self._take(job)
+        self._launch(job, report, work)
+        return job
+
+    def start_restore(
+        self,
+        account: str,
+        order: restores.RestoreOrder,
+        requests: Requests,
+        *,
+        attempts: int,
+        retry_seconds: float,
+        gate_socket: str | None,
+        age_identity: str | None,
+    ) -> Job:
+        """A restore under an approved request: its live targets locked, then the gate asked
+        (in the job, whose report says why when it refuses), then the attempts."""
+        report = reports.RunReport(
+            kind="restore_check" if order.check else "restore",
+            command=["pulih", "restore", "--request", order.request_id, *order.items],
+            check_mode=order.check,
+            request_id=order.request_id,
+            operator=account,
+        )
+        try:
+            if self.inventory is None:
+                raise JobRefused(Exit.FAILED, "service.register", "the service's config names no register")
+            try:
+                register = reg.load_inventory(self.inventory)
+                record = requests.get(order.request_id)
+                scope = restores.scope_of(order.items, register) if order.items else record["scope"]
+                targets = restores.restore_keys(register, scope, order.target or record["target"])
+            except reg.RegisterError as exc:
+                raise JobRefused(
+                    Exit.FAILED,
+                    "service.register",
+                    "the service's register is invalid: " + str(exc.problems[0]),
+                ) from None
+            except Refused as exc:
+                raise JobRefused(Exit.REFUSED, "record.refused", f"refused: {exc}") from None
+            except (restoring.RestoreInputError, KeyError, StopIteration) as exc:
+                raise JobRefused(
+                    Exit.BAD_INPUT,
+                    "restore.input",
+                    str(exc)
+                    if isinstance(exc, restoring.RestoreInputError)
+                    else f"request {order.request_id} names an item the register no longer holds",
+                ) from None
+            by_id = {a.asset_id: a.hostname for a in register.hosts()}
+            job = Job(
+                id=f"job-{secrets.token_hex(4)}",
+                kind=report.kind,
+                account=account,
+                limit=None,
+                items=[f"{s['asset_id']}:{s['item']}" for s in scope],
+                servers=sorted({by_id[s["asset_id"]] for s in scope if s["asset_id"] in by_id}),
+                targets=[] if order.check else targets,
+                request_id=order.request_id,
+                order=order,
+                created_at=reports.utcnow().isoformat().replace("+00:00", "Z"),
+            )
+            self._take(job)
+        except JobRefused as exc:  # refused before it began: still a report, on the record
+            report.errors.append(str(exc))
+            report.finish("refused" if exc.code == Exit.REFUSED else "error", int(exc.code))
+            report.write()
+            exc.run_id = report.run_id
+            raise
+        run = restores.RestoreRun(
+            requests=requests,
+            actor=account,
+            order=order,
+            register_path=self.inventory,
+            attempts=order.attempts or attempts,
+            retry_seconds=retry_seconds,
+            gate_socket=gate_socket,
+            job_id=job.id,
+            progress=lambda what, text: job.emit({"type": what, "text": text}),
+            cancel=job.cancel,
+            age_identity=age_identity,
+        )
+        self._launch(job, report, run.run)
+        return job
+
+    def _take(self, job: Job) -> None:
+        """Lock the job's targets, or refuse it naming the job that holds one."""
+        with self._lock:
+            taken = {t: self._busy[t] for t in job.targets if t in self._busy}
+            if taken:
+                target, other = next(iter(sorted(taken.items())))
+                running = self._jobs[other]
+                raise JobRefused(
+                    Exit.REFUSED,
+                    "job.busy",
+                    f"{target} is busy with job {other} ({running.kind} by {running.account}"
+                    + (f", request {running.request_id}" if running.request_id else "")
+                    + "); wait for it (pulih jobs follow) or cancel it",
+                )
+            for target in job.targets:
+                self._busy[target] = job.id
+            self._jobs[job.id] = job
+
+    def _launch(
+        self, job: Job, report: reports.RunReport, work: Callable[[reports.RunReport], job_runs.Ending]
+    ) -> None:
+        job.run_id = report.run_id
+        thread = threading.Thread(target=self._run, args=(job, report, work), name=job.id, daemon=True)
+        thread.start()
+
+    def _run(
+        self, job: Job, report: reports.RunReport, work: Callable[[reports.RunReport], job_runs.Ending]
+    ) -> None:
+        job.emit({"type": "started", "job": job.id, "run_id": report.run_id})
+        try:
+            self._run_and_report(job, report, work)
+        finally:  # whatever happened, the targets are free again and followers learn the end
+            job.finished_at = reports.utcnow().isoformat().replace("+00:00", "Z")
+            if job.status == "running":
+                job.status, job.exit_code = "error", int(Exit.FAILED)
+            with self._lock:
+                for target in job.targets:
+                    if self._busy.get(target) == job.id:
+                        del self._busy[target]
+            job.emit({"type": "end", "job": job.as_dict(), "report": report.as_dict()})
+
+    def _run_and_report(
+        self, job: Job, report: reports.RunReport, work: Callable[[reports.RunReport], job_runs.Ending]
+    ) -> None:
+        try:
+            ending = work(report)
         except Exception as exc:  # a job never takes the service down; it ends, with the cause
             ending = job_runs.Ending("error", Exit.FAILED, f"{type(exc).__name__}: {exc}")
         if ending.message:
             report.errors.append(ending.message)
         report.finish(ending.status, int(ending.code))
-        job.status, job.exit_code, job.message = ending.status, int(ending.code), ending.message
+        # The status last: a reader who sees it no longer 'running' sees its exit code too.
+        job.exit_code, job.message = int(ending.code), ending.message
+        job.status = ending.status
         try:
             report.write()
         except Exception as exc:  # the job's end is still told; the report's fate with it

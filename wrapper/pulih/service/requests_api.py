@@ -14,9 +14,24 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from pulih import register as reg
+from pulih import restoring
 from pulih.exitcodes import Exit
-from pulih.requests import BadRequestInput, Refused, Requests
+from pulih.requests import BadRequestInput, Refused, Requests, check_new
+from pulih.service import repository
 from pulih.service.accounts import Caller
+from pulih.service.restores import restore_keys
+
+
+def acting(requests: Requests, who: Caller) -> Requests:
+    """The record's rules for this caller: their steps' audit entries say how they were proved."""
+    return Requests(
+        requests.store,
+        requests.config,
+        requests.clock,
+        roles_of=requests.roles_of,
+        roles_from=requests.roles_from,
+        audit_context={"via": who.via, **({"token": who.token_id} if who.token_id else {})},
+    )
 
 
 class ScopeItem(BaseModel):
@@ -25,13 +40,14 @@ class ScopeItem(BaseModel):
 
 
 class NewRequest(BaseModel):
-    procedure: str = Field(default="recovery", max_length=32)
-    skpd: str = Field(max_length=64)
-    contact: str = Field(max_length=256)
+    # Generous bounds here; the record's own limits (pulih.requests.check_new) name the field.
+    procedure: str = Field(default="recovery", max_length=256)
+    skpd: str = Field(max_length=4096)
+    contact: str = Field(max_length=4096)
     scope: list[ScopeItem] = Field(min_length=1, max_length=200)
-    reason: str = Field(max_length=32)
-    reason_text: str = Field(default="", max_length=2000)
-    restore_point: str | None = Field(default=None, max_length=32)
+    reason: str = Field(max_length=256)
+    reason_text: str = Field(default="", max_length=16384)
+    restore_point: str | None = Field(default=None, max_length=4096)
     target: dict[str, Any] | None = None
 
 
@@ -45,6 +61,17 @@ class Approval(Note):
 
 class Rejection(BaseModel):
     reason: str = Field(max_length=2000)
+
+
+class BackupCheck(Note):
+    query: bool = True  # read the repository (default), or only record the note
+
+
+class Plan(Note):
+    backups: dict[str, str] = Field(max_length=200)  # ASSET_ID:ITEM -> BACKUP_ID
+    window: str = Field(default="", max_length=256)
+    unverified: str | None = Field(default=None, max_length=2000)  # the reason to plan one anyway
+    query: bool = True  # check and protect the backups in the repository
 
 
 class Assessment(Note):
@@ -71,10 +98,33 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
         try:
             result: dict[str, Any] = call()
         except Refused as exc:
-            raise api_error(403, Exit.REFUSED, "record.refused", str(exc)) from None
+            raise api_error(403, Exit.REFUSED, "record.refused", f"refused: {exc}") from None
         except BadRequestInput as exc:
             raise api_error(400, Exit.BAD_INPUT, "record.input", str(exc)) from None
         return result
+
+    def the_register() -> reg.Register:
+        if register_path is None:
+            raise api_error(
+                503, Exit.FAILED, "service.register", "the service's config names no register: ask an admin"
+            )
+        try:
+            return reg.load_inventory(register_path)
+        except reg.RegisterError as exc:
+            raise api_error(
+                503,
+                Exit.FAILED,
+                "service.register",
+                "the service's register is invalid: " + str(exc.problems[0]),
+            ) from None
+
+    def repo(call: Any) -> Any:
+        """A repository question; its refusal in the service's envelope."""
+        try:
+            return call()
+        except repository.RepositoryError as exc:
+            status = 409 if exc.code == Exit.UNUSABLE else 503
+            raise api_error(status, exc.code, exc.message_id, str(exc)) from None
 
     def own_items(who: Caller, skpd: str, scope: list[ScopeItem]) -> None:
         """A requester files for their own SKPD's registered items, and only those."""
@@ -83,19 +133,7 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
             raise api_error(
                 403, Exit.REFUSED, "request.skpd", f"{who.account.name} files for SKPD {mine}, not {skpd!r}"
             )
-        if register_path is None:
-            raise api_error(
-                503, Exit.FAILED, "service.register", "the service's config names no register: ask an admin"
-            )
-        try:
-            register = reg.load_inventory(register_path)
-        except reg.RegisterError as exc:
-            raise api_error(
-                503,
-                Exit.FAILED,
-                "service.register",
-                "the service's register is invalid: " + str(exc.problems[0]),
-            ) from None
+        register = the_register()
         for wanted in scope:
             asset = register.by_id(wanted.asset_id)
             if asset is None or wanted.item not in {d.name for d in asset.data}:
@@ -113,17 +151,6 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
                     f"{wanted.asset_id}:{wanted.item} belongs to SKPD {asset.skpd}, not {skpd}",
                 )
 
-    def acting(who: Caller) -> Requests:
-        """The record's rules for this caller: their steps' audit entries say how they were proved."""
-        return Requests(
-            requests.store,
-            requests.config,
-            requests.clock,
-            roles_of=requests.roles_of,
-            roles_from=requests.roles_from,
-            audit_context={"via": who.via, **({"token": who.token_id} if who.token_id else {})},
-        )
-
     def hidden(who: Caller, request_id: str) -> None:
         """A requester sees only their SKPDs' requests: another's is answered exactly as one
         that does not exist, so its id, status and requester stay unknown."""
@@ -134,14 +161,49 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
         except Refused:
             skpd = None
         if skpd not in who.account.skpds:
-            raise api_error(403, Exit.REFUSED, "record.refused", f"there is no request {request_id!r}")
+            raise api_error(
+                403, Exit.REFUSED, "record.refused", f"refused: there is no request {request_id!r}"
+            )
 
     @routes.post("/v1/requests", status_code=201)
     def file_request(body: NewRequest, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "request")
+        try:
+            check_new(
+                procedure=body.procedure,
+                skpd=body.skpd,
+                contact=body.contact,
+                reason=body.reason,
+                reason_text=body.reason_text,
+                restore_point=body.restore_point,
+            )
+        except BadRequestInput as exc:
+            raise api_error(400, Exit.BAD_INPUT, "record.input", str(exc)) from None
+        if "requester" not in who.account.roles:  # before the SKPD: the first reason is the role
+            held = ", ".join(who.account.roles) or "none"
+            raise api_error(
+                403,
+                Exit.REFUSED,
+                "record.refused",
+                f"refused: {actor} may not file a request: it needs the role 'requester' (theirs: {held})",
+            )
         own_items(who, body.skpd, body.scope)
+        target = body.target or {"kind": "in_place"}
+        if target.get("kind") == "alternate":
+            hosts = {a.hostname for a in the_register().hosts()}
+            if target.get("host") not in hosts:
+                raise api_error(
+                    400,
+                    Exit.BAD_INPUT,
+                    "request.target",
+                    f"--target: {target.get('host')} is not a registered server in operation",
+                )
+        elif target != {"kind": "in_place"}:
+            raise api_error(
+                400, Exit.BAD_INPUT, "request.target", "--target: in-place or alternate:HOST[:NAME]"
+            )
         return record(
-            lambda: acting(who).new(
+            lambda: acting(requests, who).new(
                 actor,
                 procedure=body.procedure,
                 skpd=body.skpd,
@@ -150,7 +212,7 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
                 reason=body.reason,
                 reason_text=body.reason_text,
                 restore_point=body.restore_point,
-                target=body.target,
+                target=target,
             )
         )
 
@@ -170,44 +232,133 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
     @routes.post("/v1/requests/{request_id}/receive")
     def receive(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
-        return record(lambda: acting(who).receive(actor, request_id, body.note))
+        return record(lambda: acting(requests, who).receive(actor, request_id, body.note))
 
     @routes.post("/v1/requests/{request_id}/approve")
     def approve(request_id: str, body: Approval, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
+        request = record(lambda: requests.get(request_id))
+        try:  # what the approval covers, resolved now: the gate holds every restore to it
+            targets = restore_keys(the_register(), request["scope"], request["target"])
+        except (restoring.RestoreInputError, KeyError, StopIteration):
+            raise api_error(
+                400,
+                Exit.BAD_INPUT,
+                "request.register",
+                f"request {request_id} names an item or target the register no longer holds: reject it",
+            ) from None
         return record(
-            lambda: acting(who).approve(actor, request_id, valid_hours=body.valid_hours, note=body.note)
+            lambda: acting(requests, who).approve(
+                actor, request_id, valid_hours=body.valid_hours, note=body.note, targets=targets
+            )
         )
 
     @routes.post("/v1/requests/{request_id}/reject")
     def reject(request_id: str, body: Rejection, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
-        return record(lambda: acting(who).reject(actor, request_id, body.reason))
+        return record(lambda: acting(requests, who).reject(actor, request_id, body.reason))
+
+    @routes.post("/v1/requests/{request_id}/revoke")
+    def revoke(request_id: str, body: Rejection, who: authenticated) -> dict[str, Any]:
+        actor = scoped(who, "approve")
+        return record(lambda: acting(requests, who).revoke(actor, request_id, body.reason))
 
     @routes.post("/v1/requests/{request_id}/assess")
     def assess(request_id: str, body: Assessment, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "restore")
         return record(
-            lambda: acting(who).assess(
+            lambda: acting(requests, who).assess(
                 actor, request_id, data_exists=body.data_exists, damage=body.damage, note=body.note
             )
         )
+
+    @routes.get("/v1/backups")
+    def backups(who: authenticated, asset: str | None = None, item: str | None = None) -> dict[str, Any]:
+        """The repository's list: for operators, auditors and admins."""
+        scoped(who, "read")
+        if not {"operator", "auditor", "admin"} & set(who.account.roles):
+            raise api_error(
+                403, Exit.REFUSED, "auth.role", f"{who.account.name} is no operator, auditor or admin"
+            )
+        listed = repo(lambda: repository.listing(register_path_or_fail(), asset=asset, item=item))
+        return {"status": "ok", "backups": listed}
+
+    @routes.post("/v1/requests/{request_id}/check-backups")
+    def check_backups(request_id: str, body: BackupCheck, who: authenticated) -> dict[str, Any]:
+        actor = scoped(who, "restore")
+        scope = record(lambda: requests.get(request_id))["scope"]
+        found = repo(lambda: repository.found_for(register_path_or_fail(), scope)) if body.query else []
+        return record(lambda: acting(requests, who).check_backups(actor, request_id, found, body.note))
+
+    @routes.post("/v1/requests/{request_id}/plan")
+    def plan(request_id: str, body: Plan, who: authenticated) -> dict[str, Any]:
+        """Each named backup must be in the repository and verified (exit 4 otherwise, unless
+        `unverified` says why); it is then protected from retention until the request closes."""
+        actor = scoped(who, "restore")
+        if body.unverified is not None and not body.unverified.strip():
+            raise api_error(
+                400,
+                Exit.BAD_INPUT,
+                "plan.unverified",
+                "--unverified needs a reason, which goes on the record",
+            )
+        if not body.query and body.unverified is None:
+            raise api_error(
+                400,
+                Exit.BAD_INPUT,
+                "plan.no_query",
+                "--no-query plans without asking the repository whether the backups exist and verified: "
+                "say why with --unverified REASON",
+            )
+        record(lambda: requests.get(request_id))  # an unknown request is refused before the repository
+        note = body.note
+        if body.query:
+            repo(
+                lambda: repository.protect(
+                    register_path_or_fail(),
+                    request_id,
+                    body.backups,
+                    allow_unverified=body.unverified is not None,
+                )
+            )
+        if body.unverified is not None:
+            how = (
+                "planned without asking the repository" if not body.query else "planned although not verified"
+            )
+            note = f"{note} [{how}: {body.unverified.strip()}]".strip()
+        return record(
+            lambda: acting(requests, who).plan(
+                actor, request_id, backups=body.backups, window=body.window, note=note, protected=body.query
+            )
+        )
+
+    def register_path_or_fail() -> Path:
+        the_register()
+        assert register_path is not None
+        return register_path
 
     @routes.post("/v1/requests/{request_id}/confirm")
     def confirm(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "request")
         hidden(who, request_id)
-        return record(lambda: acting(who).confirm(actor, request_id, body.note))
+        return record(lambda: acting(requests, who).confirm(actor, request_id, body.note))
 
     @routes.post("/v1/requests/{request_id}/not-restored")
     def not_restored(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "request")
         hidden(who, request_id)
-        return record(lambda: acting(who).not_restored(actor, request_id, body.note))
+        return record(lambda: acting(requests, who).not_restored(actor, request_id, body.note))
 
     @routes.post("/v1/requests/{request_id}/close")
     def close(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "approve")
-        return record(lambda: acting(who).close(actor, request_id, body.note))
+        closed = record(lambda: acting(requests, who).close(actor, request_id, body.note))
+        warnings = []
+        if (closed.get("plan") or {}).get("protected"):
+            try:
+                repository.protect(register_path_or_fail(), request_id, {}, lift=True)
+            except repository.RepositoryError as exc:  # closed all the same; its backups stay protected
+                warnings.append(str(exc))
+        return {**closed, "warnings": warnings}
 
     return routes

@@ -123,19 +123,29 @@ def serve(state: State, listen: str | None = None, *, demo_actors: bool = False)
     reports.RECORDERS[:] = [_recorder(store)]
     mark_interrupted(store, state.root / "runs")
     register = state.config.get("register")
-    app = create_app(store, demo=demo, register=Path(str(register)) if register else None)
+    identity = state.config.get("age_identity")
+    # The Unix socket is always open: local callers, and the service's own restore jobs, which
+    # ask the gate through it right before each swap. HOST:PORT is a second listener.
+    path = Path(listen[len("unix:") :]) if listen and listen.startswith("unix:") else state.socket
+    app = create_app(
+        store,
+        demo=demo,
+        register=Path(str(register)) if register else None,
+        config=state.settings(),
+        socket_path=path,
+        age_identity=str(identity) if identity else None,
+    )
+    sockets = [unix_socket(path)]
     if listen and not listen.startswith("unix:"):
         host, _, port = listen.rpartition(":")
-        config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
-        uvicorn.Server(config).run()
-        return
-    path = Path(listen[len("unix:") :]) if listen else state.socket
-    sock = unix_socket(path)
+        tcp = socket.create_server((host or "127.0.0.1", int(port)), reuse_port=False)
+        sockets.append(tcp)
     config = uvicorn.Config(app, http=PeerCredentialsProtocol, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(server.serve(sockets=sockets))
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from pulih.fsutil import atomic_write_text
+from pulih.requests import BadRequestInput, Config, load_config
 from pulih.service.accounts import AccountError, Accounts
 from pulih.store import Store, meta_table
 
@@ -56,6 +57,13 @@ class State:
 
     def open_store(self) -> Store:
         return Store(self.store_url)
+
+    def settings(self) -> Config:
+        """The service's settings in config.yml: approval validity, restore attempts and retry."""
+        try:
+            return load_config(self.root / "config.yml")
+        except BadRequestInput as exc:
+            raise StateError(str(exc)) from None
 
 
 def _ids(user: str, group: str) -> tuple[int, int]:
@@ -199,6 +207,13 @@ def check(state: State) -> list[str]:
     register = state.config.get("register")
     if register and not Path(str(register)).exists():
         problems.append(f"register {register}: not found (the config's 'register')")
+    identity = state.config.get("age_identity")
+    if identity:
+        private(Path(str(identity)), 0o600)
+    try:
+        state.settings()
+    except StateError as exc:
+        problems.append(str(exc))
     try:
         store = state.open_store()
         if not any("admin" in a.roles and not a.disabled for a in Accounts(store).all()):

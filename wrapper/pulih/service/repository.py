@@ -1,0 +1,95 @@
+"""What the service asks the backup repository for a request: which backups exist (verified or
+not), and the protection of planned backups from retention until the request closes. Each is
+one playbook run on the service's register, under the service's keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pulih import report as reports
+from pulih.exitcodes import Exit
+from pulih.runner import RunOutcome, run_playbook
+
+
+class RepositoryError(Exception):
+    def __init__(self, code: Exit, message_id: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message_id = code, message_id
+
+
+def why(outcome: RunOutcome) -> str:
+    """What went wrong in a run, from its hosts' last errors, else its status."""
+    return (
+        "; ".join(e for h in outcome.hosts.values() for e in h.errors[-2:])
+        or outcome.message
+        or outcome.status
+    )
+
+
+def listing(register: Path, *, asset: str | None = None, item: str | None = None) -> list[dict[str, Any]]:
+    """The published backups, with their manifests and last verification."""
+    extravars = {k: v for k, v in {"pulih_list_asset": asset, "pulih_list_item": item}.items() if v}
+    run_dir = reports.state_dir() / "runs" / reports.new_run_id("list") / "runner"
+    outcome = run_playbook("backups_list.yml", inventory=register, run_dir=run_dir, extravars=extravars)
+    if outcome.status != "succeeded":
+        raise RepositoryError(
+            Exit.FAILED, "repository.unreachable", f"cannot read the repository: {why(outcome)}"
+        )
+    backups: list[dict[str, Any]] = outcome.registered.get("backups", [])
+    return backups
+
+
+def found_for(register: Path, scope: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The backups of a request's items, as the check-backups step records them."""
+    wanted = {(s["asset_id"], s["item"]) for s in scope}
+    return [
+        {
+            "asset_id": b["asset_id"],
+            "item": b["item"],
+            "backup_id": b["backup_id"],
+            "verified": b["verified"],
+            "kind": (b.get("manifest") or {}).get("kind"),
+        }
+        for b in listing(register)
+        if (b["asset_id"], b["item"]) in wanted
+    ]
+
+
+def protect(
+    register: Path,
+    request_id: str,
+    plan: dict[str, str],
+    *,
+    allow_unverified: bool = False,
+    lift: bool = False,
+) -> None:
+    """Check the planned backups in the repository and protect them from retention (or lift
+    the request's protection). RepositoryError exit 4 when one is missing or not verified,
+    exit 1 when the repository cannot be reached."""
+    named = []
+    for key, backup_id in plan.items():
+        asset_id, _, item = key.partition(":")
+        named.append({"asset_id": asset_id, "item": item, "backup_id": backup_id})
+    run_dir = reports.state_dir() / "runs" / reports.new_run_id("protect") / "runner"
+    outcome = run_playbook(
+        "protect.yml",
+        inventory=register,
+        run_dir=run_dir,
+        extravars={
+            "pulih_protect_request_id": request_id,
+            "pulih_protect_backups": named,
+            "pulih_protect_allow_unverified": allow_unverified,
+            "pulih_protect_state": "absent" if lift else "present",
+        },
+    )
+    results = outcome.registered.get("protect", [])
+    refused = [r for r in results if r.get("failed") and (r.get("missing") or r.get("unverified"))]
+    if refused:
+        raise RepositoryError(Exit.UNUSABLE, "repository.backup_refused", f"refused: {refused[0].get('msg')}")
+    if outcome.status != "succeeded" or not results:
+        raise RepositoryError(
+            Exit.FAILED,
+            "repository.unreachable",
+            f"cannot reach the repository to change the protection of the planned backups: {why(outcome)}",
+        )
