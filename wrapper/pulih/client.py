@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -29,6 +29,7 @@ class ServiceError(Exception):
     code: Exit
     message_id: str
     message: str
+    details: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.message
@@ -57,8 +58,11 @@ def _client(timeout: float) -> httpx.Client:
     )
 
 
-def call(method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 60) -> Any:
-    """The service's JSON answer, or ServiceError with its code, id and message."""
+def call(
+    method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 60, raw: bool = False
+) -> Any:
+    """The service's JSON answer (its text with `raw`), or ServiceError with its code, id and
+    message."""
     try:
         with _client(timeout) as client:
             response = client.request(method, f"/v1{path}", json=body)
@@ -69,6 +73,8 @@ def call(method: str, path: str, body: dict[str, Any] | None = None, *, timeout:
             f"cannot reach pulih serve at {server()}: {' '.join(str(exc).split()) or type(exc).__name__} "
             "(is the service running, and may you use its socket? PULIH_SERVER names another)",
         ) from None
+    if raw and response.is_success:
+        return response.text
     try:
         doc = response.json()
     except ValueError:
@@ -107,8 +113,10 @@ def _error_of(response: httpx.Response) -> ServiceError:
     if not isinstance(error, dict):
         return ServiceError(Exit.FAILED, "client.unexpected", f"{server()} answered {response.status_code}")
     code = error.get("code")
+    details = error.get("details")
     return ServiceError(
         Exit(code) if code in {int(e) for e in Exit} else Exit.FAILED,
         str(error.get("id")),
         str(error.get("message")),
+        details if isinstance(details, dict) else {},
     )

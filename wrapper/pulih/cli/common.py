@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from pulih import jobs
 from pulih import register as reg
+from pulih.client import ServiceError, call
 from pulih.exitcodes import Exit
 
 # A table read through a pipe is not cut at 80 columns.
@@ -61,3 +62,13 @@ def print_outcome(doc: dict[str, Any], where: str, *, as_json: bool) -> None:
                 soft_wrap=True,
             )
     err.print(f"{doc['kind']} {doc['status']}: {where}", soft_wrap=True)
+
+
+def call_service(
+    method: str, path: str, body: dict[str, Any] | None = None, *, as_json: bool, timeout: float = 60
+) -> Any:
+    """The service's answer, or the command stops with its refusal's message and exit code."""
+    try:
+        return call(method, path, body, timeout=timeout)
+    except ServiceError as exc:
+        fail(exc.message, exc.code, as_json=as_json)

@@ -3,40 +3,57 @@
 from __future__ import annotations
 
 import json
+import signal
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
 
-from pulih.cli.common import JsonOpt, err, fail, out, print_outcome
-from pulih.client import ServiceError, call, follow
+from pulih.cli.common import JsonOpt, call_service, err, fail, out, print_outcome
+from pulih.client import ServiceError, follow
 
 jobs_app = typer.Typer(help="Jobs of the service: start, list, show, follow, cancel.", no_args_is_help=True)
 
 
 def _call(method: str, path: str, body: dict[str, Any] | None, as_json: bool) -> Any:
-    try:
-        return call(method, path, body)
-    except ServiceError as exc:
-        fail(exc.message, exc.code, as_json=as_json)
+    return call_service(method, path, body, as_json=as_json)
 
 
-def _follow(job_id: str, as_json: bool) -> NoReturn:
-    """Print the job's progress until it ends; Ctrl-C asks the service to cancel it (a client
-    that merely goes away cancels nothing)."""
+class _Stopped(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _stop_on(signum: int, _frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def follow_to_end(job_id: str, as_json: bool) -> NoReturn:
+    """Print the job's progress until it ends; Ctrl-C and SIGTERM (systemd, cron, timeout) ask
+    the service to cancel it, and the job's end is still shown; a client that merely goes away
+    (killed, its terminal lost) cancels nothing."""
+    signal.signal(signal.SIGTERM, _stop_on)
     end: dict[str, Any] | None = None
+    shown = 0  # events printed: following again after a cancel starts from the first
     while end is None:
         try:
-            for event in follow(f"/jobs/{job_id}/events"):
+            for index, event in enumerate(
+                e for e in follow(f"/jobs/{job_id}/events") if e["type"] != "alive"
+            ):
+                if index < shown:
+                    continue
+                shown += 1
                 if event["type"] == "task":
                     err.print(f"{job_id}: {event['text']}", soft_wrap=True, style="dim")
                 elif event["type"] in ("stream", "host"):
                     err.print(f"  {event['text']}", soft_wrap=True)
                 elif event["type"] == "end":
                     end = event
-        except KeyboardInterrupt:
-            _call("POST", f"/jobs/{job_id}/cancel", None, as_json)
-            err.print(f"{job_id}: cancel asked; waiting for the job to stop", soft_wrap=True)
+        except (KeyboardInterrupt, _Stopped) as stop:
+            why = stop.name if isinstance(stop, _Stopped) else "Ctrl-C"
+            _call("POST", f"/jobs/{job_id}/cancel", {"reason": why}, as_json)
+            err.print(f"{job_id}: cancel asked ({why}); waiting for the job to stop", soft_wrap=True)
         except ServiceError as exc:
             fail(exc.message, exc.code, as_json=as_json)
     job, report = end["job"], end["report"]
@@ -69,13 +86,13 @@ def start(
         err.print(f"job {job['id']} started ({kind} of {', '.join(job['servers'])})", soft_wrap=True)
         return
     err.print(f"job {job['id']}: {kind} of {', '.join(job['servers'])}", soft_wrap=True)
-    _follow(job["id"], as_json)
+    follow_to_end(job["id"], as_json)
 
 
 @jobs_app.command("follow")
 def follow_job(job_id: str, as_json: JsonOpt = False) -> None:
     """Follow a job to its end (from its first event)."""
-    _follow(job_id, as_json)
+    follow_to_end(job_id, as_json)
 
 
 @jobs_app.command("show")

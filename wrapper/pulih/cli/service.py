@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pulih.cli.common import JsonOpt, err, fail, out, shown
+from pulih.cli.common import JsonOpt, call_service, err, fail, out, shown
 from pulih.cli.jobs import jobs_app
-from pulih.client import ServiceError, call
 from pulih.exitcodes import Exit
 
 admin_app = typer.Typer(
@@ -29,15 +28,8 @@ admin_app.add_typer(policy_app, name="policy")
 StateOpt = Annotated[Path, typer.Option("--state", help="The service's state folder.")]
 
 
-def _refused(exc: ServiceError, as_json: bool) -> NoReturn:
-    fail(exc.message, exc.code, as_json=as_json)
-
-
 def _call(method: str, path: str, body: dict[str, Any] | None, as_json: bool) -> Any:
-    try:
-        return call(method, path, body)
-    except ServiceError as exc:
-        _refused(exc, as_json)
+    return call_service(method, path, body, as_json=as_json)
 
 
 def _print(doc: Any, as_json: bool, line: str) -> None:
@@ -111,7 +103,8 @@ def serve(
             drop_to_owner(loaded.root)  # as the service sees its files; root leaves none of its own
             problems = states.check(loaded)
             if as_json:
-                print(json.dumps({"state": str(state), "problems": problems}, indent=2))
+                doc = {"status": "error" if problems else "ok", "state": str(state), "problems": problems}
+                print(json.dumps({**doc, "message": "; ".join(problems)}, indent=2))
             for problem in problems:
                 err.print(f"[red]problem:[/] {escape(shown(problem))}", markup=True, soft_wrap=True)
             if problems:
@@ -124,6 +117,29 @@ def serve(
         run_server(loaded, listen, demo_actors=demo_actors)
     except states.StateError as exc:
         fail(str(exc), Exit.BAD_INPUT, as_json=as_json)
+
+
+def login(
+    name: Annotated[str, typer.Argument(help="The account's name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    hours: Annotated[int, typer.Option(min=1, max=24, help="How long the token holds.")] = 12,
+    as_json: JsonOpt = False,
+) -> None:
+    """Log in with the account's password: prints a token of its roles' scopes (PULIH_TOKEN)."""
+    import getpass
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass("password: ")
+    doc = _call("POST", "/login", {"name": name, "password": password, "hours": hours}, as_json)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(doc["token"])
+    err.print(
+        f"token {doc['id']} for {name} ({', '.join(doc['scopes'])}), until {doc['expires_at']}",
+        soft_wrap=True,
+    )
 
 
 def whoami(as_json: JsonOpt = False) -> None:
@@ -280,6 +296,7 @@ def policy_set(
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
+    app.command("login")(login)
     app.command("whoami")(whoami)
     app.add_typer(admin_app, name="admin")
     app.add_typer(jobs_app, name="jobs")

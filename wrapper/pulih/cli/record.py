@@ -1,0 +1,508 @@
+"""The gated commands, as clients of pulih serve: requests step by step, restores, backups and
+verifications, the repository's list, runs and reports, the audit log. Each parses, calls the
+service and prints; who the caller is, their roles, the register and the keys are the
+service's. The SOP's logic is in pulih.requests and pulih.service, once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pulih import forms
+from pulih import report as reports
+from pulih.cli.common import JsonOpt, call_service, err, fail, out, print_outcome, shown
+from pulih.cli.jobs import follow_to_end
+from pulih.client import ServiceError, call
+from pulih.exitcodes import Exit
+from pulih.fsutil import atomic_write_text
+
+request_app = typer.Typer(help="Requests, step by step as the SOPs run them.", no_args_is_help=True)
+backups_app = typer.Typer(help="The backups in the repository.", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs and their reports.", no_args_is_help=True)
+report_app = typer.Typer(help="Show a run's report.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+
+# Playbook runs (the repository's list, the protection of planned backups) take a while.
+SLOW = 900.0
+
+# A gated command's register is the service's: -i is refused, so nobody believes it counts.
+NoInventory = Annotated[
+    Path | None,
+    typer.Option("-i", "--inventory", hidden=True, help="Refused: the service's register counts."),
+]
+RequestId = Annotated[str, typer.Argument(help="The request's id (pulih request list).")]
+NoteOpt = Annotated[str, typer.Option("--note", help="What you want on the record.")]
+ItemOpt = Annotated[list[str] | None, typer.Option("--item", help="Only this data item (repeatable).")]
+
+
+def refuse_inventory(inventory: Path | None, as_json: bool) -> None:
+    if inventory is not None:
+        fail(
+            "-i/--inventory: a gated command runs on the service's register (the one its config "
+            "names), never on one the caller names; -i is for pulih register check|show|import",
+            Exit.BAD_INPUT,
+            as_json=as_json,
+        )
+
+
+def _shown_request(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+    else:
+        err.print(escape(shown(f"{record['id']}: {record['status']}")), soft_wrap=True)
+    for warning in record.get("warnings") or []:
+        err.print(f"[yellow]warning:[/] {escape(shown(warning))}", markup=True, soft_wrap=True)
+
+
+def _step(path: str, body: dict[str, Any], as_json: bool, *, timeout: float = 60) -> None:
+    _shown_request(call_service("POST", path, body, as_json=as_json, timeout=timeout), as_json)
+
+
+def _scope(items: list[str], as_json: bool) -> list[dict[str, str]]:
+    scope = []
+    for text in items:
+        asset_id, _, item = text.partition(":")
+        if not asset_id or not item:
+            fail(f"--item {text!r}: write ASSET_ID:ITEM as in the register", Exit.BAD_INPUT, as_json=as_json)
+        scope.append({"asset_id": asset_id, "item": item})
+    return scope
+
+
+def _target(text: str, as_json: bool) -> dict[str, str]:
+    if text in ("in-place", "in_place"):
+        return {"kind": "in_place"}
+    kind, _, rest = text.partition(":")
+    host, _, name = rest.partition(":")
+    if kind != "alternate" or not host:
+        fail(
+            f"--target {text!r}: write in-place, alternate:HOST or alternate:HOST:DATABASE_OR_PATH",
+            Exit.BAD_INPUT,
+            as_json=as_json,
+        )
+    return {"kind": "alternate", "host": host, **({"name": name} if name else {})}
+
+
+@request_app.command("new")
+def request_new(
+    item: Annotated[list[str], typer.Option("--item", help="ASSET_ID:ITEM to restore (repeatable).")],
+    skpd: Annotated[str, typer.Option(help="The requesting agency.")],
+    contact: Annotated[str, typer.Option(help="How to reach the requester.")],
+    reason: Annotated[str, typer.Option(help="disaster, error, accidental_deletion or other.")],
+    procedure: Annotated[
+        str, typer.Option(help="recovery (SOP A, Form PPD) or backup_restore (SOP B).")
+    ] = "recovery",
+    reason_text: Annotated[str, typer.Option(help="In your own words (required with 'other').")] = "",
+    restore_point: Annotated[str | None, typer.Option(help="Wanted restore point, ISO date or time.")] = None,
+    target: Annotated[str, typer.Option(help="in-place, or alternate:HOST[:NAME].")] = "in-place",
+    inventory: NoInventory = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """File a request (step 1 of the SOPs): the data items, the reason, the target."""
+    refuse_inventory(inventory, as_json)
+    body = {
+        "procedure": procedure,
+        "skpd": skpd,
+        "contact": contact,
+        "scope": _scope(item, as_json),
+        "reason": reason,
+        "reason_text": reason_text,
+        "restore_point": restore_point,
+        "target": _target(target, as_json),
+    }
+    _step("/requests", body, as_json)
+
+
+@request_app.command("receive")
+def request_receive(request_id: RequestId, note: NoteOpt = "", as_json: JsonOpt = False) -> None:
+    """Record that the request was received (sub-coordinator / Aptika)."""
+    _step(f"/requests/{request_id}/receive", {"note": note}, as_json)
+
+
+@request_app.command("approve")
+def request_approve(
+    request_id: RequestId,
+    valid_hours: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=720, help="How long the approval holds, 1 to 720 hours (default: the service's)."
+        ),
+    ] = None,
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve a received request, for a limited time; never by its requester."""
+    _step(f"/requests/{request_id}/approve", {"valid_hours": valid_hours, "note": note}, as_json)
+
+
+@request_app.command("reject")
+def request_reject(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why: the requester is told.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Reject a received request, with the reason the requester will see."""
+    _step(f"/requests/{request_id}/reject", {"reason": reason}, as_json)
+
+
+@request_app.command("revoke")
+def request_revoke(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why: the operator and the requester are told.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Take an approval back: a running restore stops at its next gate, before anything live
+    changes, and nothing more is restored until the request is approved again."""
+    _step(f"/requests/{request_id}/revoke", {"reason": reason}, as_json)
+
+
+@request_app.command("assess")
+def request_assess(
+    request_id: RequestId,
+    damage: Annotated[str, typer.Option(help="none, disaster, error, accidental_deletion or other.")],
+    exists: Annotated[bool, typer.Option("--exists/--missing", help="Does the data still exist?")] = True,
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Form PD: does the data still exist, and what damaged it."""
+    _step(f"/requests/{request_id}/assess", {"data_exists": exists, "damage": damage, "note": note}, as_json)
+
+
+@request_app.command("check-backups")
+def request_check_backups(
+    request_id: RequestId,
+    inventory: NoInventory = None,
+    query: Annotated[
+        bool,
+        typer.Option("--query/--no-query", help="Read the repository (default) or only record your note."),
+    ] = True,
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Record which backups exist for the request's data items, verified or not."""
+    refuse_inventory(inventory, as_json)
+    _step(f"/requests/{request_id}/check-backups", {"query": query, "note": note}, as_json, timeout=SLOW)
+
+
+@request_app.command("plan")
+def request_plan(
+    request_id: RequestId,
+    backup: Annotated[list[str], typer.Option("--backup", help="ASSET_ID:ITEM=BACKUP_ID (repeatable).")],
+    window: Annotated[str, typer.Option(help="When the restore will run.")] = "",
+    unverified: Annotated[
+        str | None,
+        typer.Option(
+            "--unverified",
+            metavar="REASON",
+            help="Plan a backup whose verification did not succeed; the reason goes on the record.",
+        ),
+    ] = None,
+    inventory: NoInventory = None,
+    query: Annotated[
+        bool,
+        typer.Option(
+            "--query/--no-query",
+            help="Check and protect the backups in the repository (default), or only record the plan "
+            "(then the backups are not protected from retention; needs --unverified REASON).",
+        ),
+    ] = True,
+    note: NoteOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan the restore: which backup for which item, and when.
+
+    Each named backup must be in the repository and verified (exit 4 otherwise, unless
+    --unverified REASON); it is then protected from retention until the request closes.
+    """
+    refuse_inventory(inventory, as_json)
+    plan = {}
+    for text in backup:
+        key, _, value = text.partition("=")
+        asset_id, _, item = key.partition(":")
+        if not (value and asset_id and item):
+            fail(f"--backup {text!r}: write ASSET_ID:ITEM=BACKUP_ID", Exit.BAD_INPUT, as_json=as_json)
+        plan[key] = value
+    if unverified is not None and not unverified.strip():
+        fail("--unverified needs a reason, which goes on the record", Exit.BAD_INPUT, as_json=as_json)
+    if not query and unverified is None:
+        fail(
+            "--no-query plans without asking the repository whether the backups exist and verified: "
+            "say why with --unverified REASON",
+            Exit.BAD_INPUT,
+            as_json=as_json,
+        )
+    body = {"backups": plan, "window": window, "unverified": unverified, "query": query, "note": note}
+    _step(f"/requests/{request_id}/plan", body, as_json, timeout=SLOW)
+
+
+@request_app.command("confirm")
+def request_confirm(
+    request_id: RequestId,
+    note: NoteOpt = "",
+    not_restored: Annotated[
+        bool, typer.Option("--not-restored", help="The data is not back: say what is missing in --note.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The requester confirms the result, or answers that it is not restored (with a note)."""
+    step = "not-restored" if not_restored else "confirm"
+    _step(f"/requests/{request_id}/{step}", {"note": note}, as_json)
+
+
+@request_app.command("close")
+def request_close(
+    request_id: RequestId, inventory: NoInventory = None, note: NoteOpt = "", as_json: JsonOpt = False
+) -> None:
+    """Close a confirmed request; its planned backups are no longer protected from retention."""
+    refuse_inventory(inventory, as_json)
+    _step(f"/requests/{request_id}/close", {"note": note}, as_json, timeout=SLOW)
+
+
+@request_app.command("show")
+def request_show(request_id: RequestId, as_json: JsonOpt = False) -> None:
+    """A request with every step: who, in which role, when, standard time beside actual time."""
+    record = call_service("GET", f"/requests/{request_id}", as_json=as_json)
+    if as_json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+        return
+    out.print(
+        f"[bold]{escape(record['id'])}[/] {record['procedure']} — {record['status']}; requested by "
+        f"{escape(record['requester'])} ({escape(record['skpd'])})"
+    )
+    scope = ", ".join(f"{s['asset_id']}:{s['item']}" for s in record["scope"])
+    out.print(escape(f"scope: {scope}; target: {json.dumps(record['target'])}"))
+    if record["rejected_reason"]:
+        out.print(f"[red]rejected:[/] {escape(record['rejected_reason'])}")
+    elif record["approved_by"]:
+        out.print(
+            f"approved by {escape(record['approved_by'])} at {record['approved_at']}, "
+            f"valid until {record['approval_expires_at']}"
+        )
+    table = Table()
+    for column in ("step", "who", "role", "when (UTC)", "standard min", "actual min", "note"):
+        table.add_column(column)
+    for row, step in zip(record["timing"], record["steps"], strict=True):
+        actual = "" if row["actual_minutes"] is None else str(row["actual_minutes"])
+        table.add_row(
+            row["step"],
+            escape(row["actor"]),
+            row["role"],
+            row["at"],
+            "" if row["standard_minutes"] is None else str(row["standard_minutes"]),
+            f"[red]{actual} (overrun)[/]" if row["overrun"] else actual,
+            escape(shown(step["note"])),
+        )
+    out.print(table)
+
+
+@request_app.command("list")
+def request_list(as_json: JsonOpt = False) -> None:
+    """Every request you may see, and where it stands."""
+    rows = call_service("GET", "/requests", as_json=as_json)["requests"]
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    table = Table(title="Requests")
+    for column in ("id", "procedure", "status", "requester", "SKPD", "filed (UTC)"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["procedure"],
+            row["status"],
+            escape(row["requester"]),
+            row["skpd"],
+            row["created_at"],
+        )
+    out.print(table)
+
+
+@request_app.command("form")
+def request_form(
+    request_id: RequestId,
+    form: Annotated[str, typer.Option(help="ppd (the request) or pd (the recovery work).")] = "ppd",
+    lang: Annotated[str, typer.Option(help="en or id.")] = "en",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the HTML here.")] = None,
+) -> None:
+    """Print Form PPD or Form PD of a request as HTML, in English or Indonesian."""
+    if form not in ("ppd", "pd") or lang not in forms.LANGS:
+        fail("--form is ppd or pd, --lang is en or id", Exit.BAD_INPUT)
+    html = forms.render(call_service("GET", f"/requests/{request_id}", as_json=False), form, lang)
+    if output is None:
+        print(html)
+    else:
+        atomic_write_text(output, html)
+        err.print(f"wrote {output}", soft_wrap=True)
+
+
+def _refused_run(exc: ServiceError, as_json: bool) -> NoReturn:
+    """A job the service refused before it began: its report when the service wrote one."""
+    run_id = exc.details.get("run_id")
+    if run_id:
+        try:
+            doc = call("GET", f"/runs/{run_id}")
+        except ServiceError:
+            doc = None
+        if doc:
+            print_outcome(doc, f"run {run_id}", as_json=as_json)
+            raise typer.Exit(int(exc.code))
+    fail(exc.message, exc.code, as_json=as_json)
+
+
+def start_and_follow(path: str, body: dict[str, Any], as_json: bool) -> NoReturn:
+    try:
+        job = call("POST", path, body)
+    except ServiceError as exc:
+        _refused_run(exc, as_json)
+    err.print(
+        escape(shown(f"job {job['id']}: {job['kind']} of {', '.join(job['servers']) or '-'}")), soft_wrap=True
+    )
+    follow_to_end(job["id"], as_json)
+
+
+def restore(
+    request: Annotated[str, typer.Option("--request", help="The approved request this restore carries out.")],
+    item: Annotated[
+        list[str] | None, typer.Option("--item", help="ASSET_ID:ITEM (default: the whole request).")
+    ] = None,
+    backup: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backup",
+            help="BACKUP_ID, or ASSET_ID:ITEM=BACKUP_ID (repeatable); default: the plan's, else the newest "
+            "verified backup at or before the request's restore point.",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="in-place or alternate:HOST[:NAME] (default: approved).")
+    ] = None,
+    attempts: Annotated[
+        int | None,
+        typer.Option(min=1, max=20, help="Attempts before giving up, 1 to 20 (default: the service's, 3)."),
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only ask the gate; change nothing.")] = False,
+    inventory: NoInventory = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore under an approved request, as a job of the service.
+
+    Each item is verified in a stage, the live data saved first, then swapped in; a failed
+    attempt is retried. The gate is asked before every attempt and right before every swap:
+    refused (exit 3) unless the record allows it.
+
+    Exit 0 restored and verified, 1 failed after every attempt, 2 bad input, 3 refused by the
+    gate (or the target is busy with another job), 4 the backup refused before anything was
+    touched, 5 the service cannot be reached, 130 interrupted or cancelled.
+    """
+    refuse_inventory(inventory, as_json)
+    body = {
+        "request": request,
+        "items": item or [],
+        "backups": backup or [],
+        "target": _target(target, as_json) if target else None,
+        "attempts": attempts,
+        "check": check,
+    }
+    start_and_follow("/restores", body, as_json)
+
+
+def backups_list(
+    asset: Annotated[str | None, typer.Option("--asset", help="Only this asset id.")] = None,
+    item: Annotated[str | None, typer.Option("--item", help="Only this data item.")] = None,
+    inventory: NoInventory = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List published backups, with size and last verification (read on the repository host)."""
+    refuse_inventory(inventory, as_json)
+    query = "&".join(f"{k}={v}" for k, v in (("asset", asset), ("item", item)) if v)
+    backups = call_service("GET", "/backups" + (f"?{query}" if query else ""), as_json=as_json, timeout=SLOW)[
+        "backups"
+    ]
+    if as_json:
+        print(json.dumps({"status": "ok", "backups": backups}, indent=2, ensure_ascii=False))
+        return
+    table = Table(title="Backups")
+    for column in ("asset", "item", "backup id", "kind", "bytes", "verified"):
+        table.add_column(column)
+    for entry in backups:
+        manifest = entry.get("manifest") or {}
+        size = sum(a.get("size", 0) for a in manifest.get("artifacts", []))
+        table.add_row(
+            entry["asset_id"],
+            entry["item"],
+            entry["backup_id"],
+            manifest.get("kind", "?"),
+            str(size),
+            "yes" if entry["verified"] else "[yellow]no[/]",
+        )
+    out.print(table)
+
+
+def runs_list(as_json: JsonOpt = False) -> None:
+    """The service's runs with a report, oldest first."""
+    runs = call_service("GET", "/runs", as_json=as_json)["runs"]
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return
+    table = Table(title="Runs")
+    for column in ("run", "kind", "status", "started (UTC)", "operator"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(run["run_id"], run["kind"], run["status"], run["started_at"], run.get("operator") or "")
+    out.print(table)
+
+
+def report_show(
+    run_id: Annotated[str, typer.Argument(help="The run's id (pulih runs list).")],
+    fmt: Annotated[str, typer.Option("--format", help="json or html")] = "json",
+    lang: Annotated[str, typer.Option("--lang", help="en or id (html)")] = "en",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a run's report (JSON, the default and with --json, or HTML)."""
+    if fmt not in ("json", "html") or lang not in ("en", "id"):
+        fail("--format is json or html, --lang is en or id", Exit.BAD_INPUT)
+    if not reports.RUN_ID.match(run_id):  # an id, never a path
+        fail(
+            f"RUN_ID: {run_id!r} is not a run id (like 20261121T020000Z-backup-1a2b; see pulih runs list)",
+            Exit.BAD_INPUT,
+        )
+    if fmt == "html":
+        try:
+            print(call("GET", f"/runs/{run_id}?format=html&lang={lang}", raw=True))
+        except ServiceError as exc:
+            fail(exc.message, exc.code)
+        return
+    print(json.dumps(call_service("GET", f"/runs/{run_id}", as_json=as_json), indent=2, ensure_ascii=False))
+
+
+def audit_verify(as_json: JsonOpt = False) -> None:
+    """Prove the audit log: every entry unchanged, none deleted, inserted or moved."""
+    doc = call_service("POST", "/audit/verify", as_json=as_json)
+    if as_json:
+        print(json.dumps({k: doc[k] for k in ("status", "entries", "problems")}, indent=2))
+    for problem in doc["problems"]:
+        err.print(
+            f"[red]tampered:[/] audit entry {problem['seq']}: {escape(shown(problem['message']))}",
+            markup=True,
+            soft_wrap=True,
+        )
+    if doc["problems"]:
+        raise typer.Exit(int(Exit.FAILED))
+    err.print(f"audit log intact: {doc['entries']} entries, each chained to the one before", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(request_app, name="request")
+    app.add_typer(backups_app, name="backups")
+    app.add_typer(runs_app, name="runs")
+    app.add_typer(report_app, name="report")
+    app.add_typer(audit_app, name="audit")
+    app.command("restore")(restore)
+    backups_app.command("list")(backups_list)
+    runs_app.command("list")(runs_list)
+    report_app.command("show")(report_show)
+    audit_app.command("verify")(audit_verify)
