@@ -24,11 +24,15 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration.client import Service  # the tests' service: budi, the operator, has a token
 
 from pulih import lab as lab_mod
 
@@ -122,15 +126,13 @@ def register_bench_items(inventory: Path, host: lab_mod.LabHost) -> None:
     register.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def pulih_backup(inventory: Path, state_dir: Path, item: str, verify: bool) -> tuple[float, float]:
-    env = {**os.environ, "PULIH_STATE_DIR": str(state_dir)}
+def pulih_backup(service: Service, item: str, verify: bool) -> tuple[float, float]:
+    env = {**service.environ(), "PULIH_TOKEN": service.tokens["budi"]}
     started = time.monotonic()
     result = subprocess.run(
         [
             "pulih",
             "backup",
-            "-i",
-            str(inventory),
             "--limit",
             "lab1",
             "--item",
@@ -160,8 +162,10 @@ def main() -> None:
     inventory = work / "inventory"
     lab = lab_mod.Lab(1, inventory_dir=inventory)
     state = lab.up()
+    service = Service(inventory)
     try:
         host = bench_data(state, inventory, args.pg_mib, args.mariadb_mib)
+        service.init()
         pg_env = {
             "PGHOST": host.address,
             "PGPORT": str(host.pg_port),
@@ -176,7 +180,6 @@ def main() -> None:
         )
         out = work / "out"
         out.mkdir()
-        state_dir = work / "state"
 
         def median(fn: object) -> float:
             return statistics.median(fn() for _ in range(args.runs))  # type: ignore[operator]
@@ -186,11 +189,11 @@ def main() -> None:
         figures["pg_dump -Fc -Z0 | zstd -T0"] = median(
             lambda: sh(f"pg_dump -Fc -Z0 | zstd -q -T0 -c > {out}/b.dump.zst", pg_env)
         )
-        runs = [pulih_backup(inventory, state_dir, "bench-pg", False) for _ in range(args.runs)]
+        runs = [pulih_backup(service, "bench-pg", False) for _ in range(args.runs)]
         figures["pulih backup (pg), whole run"] = statistics.median(r[0] for r in runs)
         figures["pulih backup (pg), data path"] = statistics.median(r[1] for r in runs)
         figures["pulih backup --verify (pg), whole run"] = median(
-            lambda: pulih_backup(inventory, state_dir, "bench-pg", True)[0]
+            lambda: pulih_backup(service, "bench-pg", True)[0]
         )
         figures["mariadb-dump | gzip"] = median(
             lambda: sh(f"mariadb-dump {my_args} | gzip > {out}/c.sql.gz", my_env)
@@ -198,11 +201,11 @@ def main() -> None:
         figures["mariadb-dump | zstd -T0"] = median(
             lambda: sh(f"mariadb-dump {my_args} | zstd -q -T0 -c > {out}/d.sql.zst", my_env)
         )
-        runs = [pulih_backup(inventory, state_dir, "bench-mariadb", False) for _ in range(args.runs)]
+        runs = [pulih_backup(service, "bench-mariadb", False) for _ in range(args.runs)]
         figures["pulih backup (mariadb), whole run"] = statistics.median(r[0] for r in runs)
         figures["pulih backup (mariadb), data path"] = statistics.median(r[1] for r in runs)
         figures["pulih backup --verify (mariadb), whole run"] = median(
-            lambda: pulih_backup(inventory, state_dir, "bench-mariadb", True)[0]
+            lambda: pulih_backup(service, "bench-mariadb", True)[0]
         )
 
         sizes = {p.name: p.stat().st_size / 2**20 for p in out.iterdir()}
@@ -228,6 +231,7 @@ def main() -> None:
                     f"pulih / {plain}: {mine / f[plain]:.2f}x"
                 )
     finally:
+        service.remove()
         lab.down()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 

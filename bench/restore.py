@@ -11,10 +11,10 @@ up once with pulih, then restores each backup:
   MariaDB     zstd -dc dump | mariadb fresh_db
               pulih restore, in place
 
-pulih's figures are given as the whole run (the approval gate, ansible-playbook start-up and
-every task included), its data path (stage and swap with both verifications, as the agent
-streams measured them) and the pre-restore backup it took first. Ratios are against the plain
-restores.
+pulih's figures are given as the whole run (through pulih serve: the approval gate,
+ansible-playbook start-up and every task included), its data path (stage and swap with both
+verifications, as the agent streams measured them) and the pre-restore backup it took first.
+Ratios are against the plain restores.
 
     python bench/restore.py [--pg-mib 500] [--mariadb-mib 250] [--runs 1]
 """
@@ -32,24 +32,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration.client import Service  # the tests' service: ani, sri, budi with tokens
+
 from backup import bench_data, sh
 from pulih import lab as lab_mod
 
-CONFIG = """\
-allow_actor_override: true   # the bench plays the SOP's people on one machine
-actors:
-  ani: [requester]
-  sri: [receiver, approver]
-  budi: [operator]
-"""
+SERVICE: Service | None = None
 
 
 def pulih(env: dict[str, str], actor: str, *args: str) -> dict[str, object]:
+    assert SERVICE is not None
     result = subprocess.run(
         ["pulih", *args, "--json"],
         capture_output=True,
         text=True,
-        env={**env, "PULIH_ACTOR": actor},
+        env={**env, "PULIH_TOKEN": SERVICE.tokens[actor]},
         check=False,
     )
     if result.returncode != 0:
@@ -67,7 +65,7 @@ def planned_request(env: dict[str, str], key: str, backup_id: str) -> str:
             "--item",
             key,
             "--skpd",
-            "bench",
+            "dinkes",
             "--contact",
             "-",
             "--reason",
@@ -102,17 +100,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pulih-bench-"))
     inventory = work / "inventory"
-    (work / "config.yml").write_text(CONFIG)
     lab = lab_mod.Lab(1, inventory_dir=inventory)
     state = lab.up()
+    global SERVICE
+    SERVICE = Service(inventory)
     try:
         host = bench_data(state, inventory, args.pg_mib, args.mariadb_mib)
-        env = {
-            **os.environ,
-            "PULIH_STATE_DIR": str(work / "state"),
-            "PULIH_INVENTORY": str(inventory),
-            "PULIH_CONFIG": str(work / "config.yml"),
-        }
+        env = SERVICE.init().environ()
         made = pulih(
             env,
             "budi",
@@ -185,6 +179,7 @@ def main() -> None:
                 f"data path and pre-restore backup {(path + pre) / f[plain]:.2f}x"
             )
     finally:
+        SERVICE.remove()
         lab.down()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 

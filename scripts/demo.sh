@@ -3,9 +3,11 @@
 #  1. the example data center's asset register: shown, checked against the SOP, read as inventory;
 #  2. a throwaway lab of two servers (real sshd, PostgreSQL and MariaDB on loopback) audited
 #     over SSH against its own register, after one of them drifted from it;
-#  3. the whole SOP on lab1's sample data of a fictional agency: a verified backup, damage, a
-#     recovery request filed, received, approved by a second person, assessed, planned,
-#     restored (verified, the damage saved as a pre-restore backup), confirmed and closed.
+#  3. the whole SOP on lab1's sample data of a fictional agency, through a pulih serve the demo
+#     starts (state and socket in reports/demo/service; ani, sri and budi as accounts with
+#     tokens): a verified backup, damage, a recovery request filed, received, approved by a
+#     second person, assessed, planned, restored (verified, the damage saved as a pre-restore
+#     backup), confirmed and closed; and spoof attempts refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -39,7 +41,6 @@ lab_inventory=$(mktemp -d /tmp/pulih-demo-XXXXXX)
 service_pid='' service_state=''
 cleanup() {
   if [[ -n $service_pid ]]; then kill "$service_pid" 2>/dev/null || true; wait "$service_pid" 2>/dev/null || true; fi
-  [[ -z $service_state ]] || rm -rf "$service_state"
   python -m pulih.lab down --inventory-dir "$lab_inventory" >/dev/null
   rm -rf "$lab_inventory"
 }
@@ -56,19 +57,30 @@ step "6. ansible-playbook playbooks/register_audit.yml over SSH"
 ansible-playbook -i "$lab_inventory" playbooks/register_audit.yml \
   -e "pulih_register_report_path=$PWD/$reports/register_audit.json"
 
-step "7. Last night's backup of lab1 (PostgreSQL, MariaDB, documents), verified by test restores"
-export PULIH_STATE_DIR=$PWD/$reports/state PULIH_CONFIG=$PWD/$reports/config.yml
-mkdir -p "$PULIH_STATE_DIR"
-cat > "$PULIH_CONFIG" <<'YAML'
-# demo only: PULIH_ACTOR plays the people of the SOP on one machine
-allow_actor_override: true
-restore_retry_seconds: 5
-actors:
-  ani: [requester, approver]  # BKPSDM's head: approves others' requests, never her own
-  sri: [receiver, approver]   # sub-coordinator, infrastructure and data center
-  budi: [operator]            # data-center staff
-YAML
-pulih backup -i "$lab_inventory" --limit lab1
+step "7. pulih serve: the service that alone holds the record, the register and the keys"
+if [[ $(id -u) -ne 0 ]]; then echo "demo: pulih serve --init runs as root (it makes the service account): run make demo as root" >&2; exit 1; fi
+# State and socket in the demo folder. The lab's servers accept this user's key, so the demo's
+# service runs as this user (an office's runs as the account 'pulih').
+service_state=$PWD/$reports/service
+rm -rf "$service_state"
+pulih serve --init --state "$service_state" --admin "$(id -un)" --user "$(id -un)" --register "$lab_inventory"
+echo "restore_retry_seconds: 5" >> "$service_state/config.yml"
+pulih serve --state "$service_state" & service_pid=$!
+export PULIH_SERVER=unix:$service_state/pulih.sock
+for _ in $(seq 1 300); do pulih whoami >/dev/null 2>&1 && break; sleep 0.1; done
+pulih whoami
+# The SOP's people, as accounts with roles; each gets a token for this demo.
+pulih admin user add ani --role requester --role approver --skpd dinkes --email ani@dinkes.go.id
+pulih admin user add sri --role receiver --role approver
+pulih admin user add budi --role operator
+declare -A token
+token[ani]=$(pulih admin token create ani --scope request --scope approve --scope read --expires-in 1h)
+token[sri]=$(pulih admin token create sri --scope approve --scope read --expires-in 1h)
+token[budi]=$(pulih admin token create budi --scope backup --scope restore --scope read --expires-in 1h)
+as() { PULIH_TOKEN=${token[$1]} pulih "${@:2}"; }
+
+step "8. Last night's backup of lab1 (PostgreSQL, MariaDB, documents), verified by test restores: a job of the service"
+as budi backup --limit lab1
 
 counts() {
   python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 pg "SELECT count(*) FROM pegawai" app_lab1 | tr -d ' \n'
@@ -82,28 +94,27 @@ docs=$(python -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); print
        "$lab_inventory/lab.asset_register.yml")
 echo "lab1 now: $(counts)"
 
-step "8. Damage: an import script deletes employees, visits go missing, a letter is deleted"
+step "9. Damage: an import script deletes employees, visits go missing, a letter is deleted"
 python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 pg "DELETE FROM pegawai WHERE id > 40" app_lab1 >/dev/null
 python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 mariadb "DELETE FROM app_lab1.kunjungan WHERE id % 4 = 0" >/dev/null
 find "$docs" -type f | sort | head -1 | xargs rm -f
 echo "lab1 now: $(counts)"
 
-step "9. The SOP: Ani files a recovery request (Form PPD), Sri receives it"
-as() { PULIH_ACTOR=$1 pulih "${@:2}"; }
-rid=$(as ani request new -i "$lab_inventory" --item LAB-001:app-pg --item LAB-001:app-mariadb --item LAB-001:dokumen \
-      --skpd bkpsdm --contact ani@bkpsdm.go.id \
+step "10. The SOP: Ani (Dinkes) files a recovery request (Form PPD), Sri receives it"
+rid=$(as ani request new --item LAB-001:app-pg --item LAB-001:app-mariadb --item LAB-001:dokumen \
+      --skpd dinkes --contact ani@dinkes.go.id \
       --reason accidental_deletion --reason-text "data pegawai terhapus oleh impor" --json \
       | python -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 echo "filed $rid"
 as sri request receive "$rid"
-echo "Ani tries to approve her own request:"
-rc=0; as ani request approve "$rid" || rc=$?
+echo "Ani tries to approve her own request, claiming to be Sri (USER=sri LOGNAME=sri PULIH_ACTOR=sri):"
+rc=0; USER=sri LOGNAME=sri PULIH_ACTOR=sri as ani request approve "$rid" || rc=$?
 [[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
 as sri request approve "$rid" --valid-hours 24
 
-step "10. Budi assesses (Form PD), checks the backups, plans, and asks the gate"
+step "11. Budi assesses (Form PD), checks the backups, plans, and asks the gate"
 as budi request assess "$rid" --damage accidental_deletion --note "tabel pegawai kosong sebagian"
-as budi request check-backups "$rid" -i "$lab_inventory" --json > "$reports/request.json"
+as budi request check-backups "$rid" --json > "$reports/request.json"
 mapfile -t plan < <(python -c '
 import json, sys
 found = json.load(open(sys.argv[1]))["backups_found"]
@@ -114,47 +125,35 @@ for b in found:
 for key, backup_id in sorted(newest.items()):
     print(f"--backup={key}={backup_id}")
 ' "$reports/request.json")
-as budi request plan "$rid" "${plan[@]}" --window "malam ini" -i "$lab_inventory"
-as budi restore --request "$rid" --check -i "$lab_inventory"
+as budi request plan "$rid" "${plan[@]}" --window "malam ini"
+as budi restore --request "$rid" --check
 echo "and a restore of an item outside the request:"
-rc=0; as budi restore --request "$rid" --item LAB-002:app-pg --check -i "$lab_inventory" || rc=$?
+rc=0; as budi restore --request "$rid" --item LAB-002:app-pg --check || rc=$?
 [[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
 
-step "11. Budi restores: each item verified in a stage, the damaged data saved, then swapped in"
-as budi restore --request "$rid" -i "$lab_inventory" --json > "$reports/restore.json"
+step "12. Budi restores (a job of the service): each item verified in a stage, the damaged data saved, then swapped in"
+as budi restore --request "$rid" --json > "$reports/restore.json"
 echo "lab1 now: $(counts)"
 
-step "12. Ani confirms the data is back, Sri closes the request"
+step "13. Ani confirms the data is back, Sri closes the request"
 as ani request confirm "$rid" --note "data pegawai sudah kembali"
-as sri request close "$rid" -i "$lab_inventory"
+as sri request close "$rid"
 as budi request show "$rid"
 as budi request form "$rid" --form ppd --lang id -o "$reports/form-ppd-$rid.html"
 as budi request form "$rid" --form pd --lang id -o "$reports/form-pd-$rid.html"
 restore_run=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$reports/restore.json")
-pulih report show "$restore_run" --format html --lang id > "$reports/restore-$rid.html"
-pulih audit verify
+as budi report show "$restore_run" --format html --lang id > "$reports/restore-$rid.html"
+as budi audit verify
 
-step "13. pulih serve: who acts is the kernel's word, or a token's, never the environment's"
-if [[ $(id -u) -eq 0 ]]; then
-  service_state=$(mktemp -d /tmp/pulih-demo-service-XXXXXX) && rmdir "$service_state"
-  pulih serve --init --state "$service_state" --admin "$(id -un)" --register inventories/example
-  pulih serve --state "$service_state" & service_pid=$!
-  export PULIH_SERVER=unix:$service_state/pulih.sock
-  for _ in $(seq 1 300); do pulih whoami >/dev/null 2>&1 && break; sleep 0.1; done
-  pulih admin user add ani --role requester --skpd bkpsdm --email ani@bkpsdm.go.id
-  pulih admin user add sri --role receiver --role approver
-  ani_token=$(pulih admin token create ani --scope request --expires-in 1h)
-  echo "USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami, on the socket:"
-  USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami
-  echo "Ani's token, on the socket (it acts as Ani, with its scopes):"
-  PULIH_TOKEN=$ani_token pulih whoami
-  echo "Ani's token, used to list the accounts (an admin's step):"
-  rc=0; PULIH_TOKEN=$ani_token pulih admin user list || rc=$?
-  [[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
-  unset PULIH_SERVER
-else
-  echo "(skipped: pulih serve --init runs as root)"
-fi
+step "14. Who acts is the kernel's word, or a token's, never the environment's"
+echo "USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami, on the socket, without a token:"
+USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami
+echo "Ani's token, used to list the accounts (an admin's step):"
+rc=0; as ani admin user list || rc=$?
+[[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
+echo "A restore that names its own register (-i):"
+rc=0; as budi restore --request "$rid" -i "$lab_inventory" || rc=$?
+[[ $rc -eq 2 ]] || { echo "demo: expected bad input (exit 2), got $rc" >&2; exit 1; }
 
 step "Summary"
 python - "$reports/register_audit.json" "$reports/restore.json" <<'PY'
@@ -171,7 +170,7 @@ for item in restore["items"]:
           f"damaged state kept as pre-restore backup {item['restore']['pre_restore_backup_id']}")
 PY
 echo
-echo "Reports: $reports/register_check.json, $reports/register_audit.json, run reports in $reports/state/runs/,"
+echo "Reports: $reports/register_check.json, $reports/register_audit.json, run reports in $reports/service/runs/,"
 echo "         the restore report $reports/restore-$rid.html and the forms $reports/form-ppd-$rid.html"
 echo "         and $reports/form-pd-$rid.html (Indonesian)"
 echo "The lab is stopped on exit, every process by its PID."

@@ -4,6 +4,7 @@ retention, and the faults the issue names. Destructive tests come last."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -20,7 +21,7 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
-from tests.integration.client import pulih, report_of, schema
+from tests.integration.client import Service, descendants, pulih, report_of, schema
 from tests.integration.plain import ansible_playbook
 from tests.integration.tricky import PWNED, TRICKY_DB, TRICKY_TABLE, make_tricky_data
 
@@ -33,10 +34,21 @@ def env(tmp_path_factory):
     inventory = base / "inventory"
     lab = lab_mod.Lab(2, inventory_dir=inventory)
     state = lab.up()
-    environ = {**os.environ, "PULIH_STATE_DIR": str(base / "state"), "PULIH_INVENTORY": str(inventory)}
-    outputs: list[str] = []
-    yield {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
-    lab.down()
+    service = Service(inventory)
+    try:
+        service.init()
+        outputs: list[str] = []
+        yield {
+            "state": state,
+            "inventory": inventory,
+            "environ": {**service.environ(), "PULIH_TOKEN": service.tokens["budi"]},
+            "service": service,
+            "outputs": outputs,
+            "base": base,
+        }
+    finally:
+        service.remove()
+        lab.down()
 
 
 def repository(env):
@@ -382,19 +394,19 @@ def test_encrypted_backup_needs_the_key_only_to_verify(env, tmp_path):
     )
     without = report_of(pulih(env, "verify", "--backup", ids["app-pg"], "--json", check=1))
     assert "is encrypted: give the age identity" in without["items"][0]["error"]
+    # A caller never sends the key: the service holds it, named in its config.
+    refused = pulih(env, "verify", "--backup", ids["app-pg"], "--identity", str(key), check=2)
+    assert "No such option: --identity" in refused.stderr
+    service = env["service"]
+    held = service.state / "age.key"
+    held.write_text(key.read_text())
+    held.chmod(0o600)
+    with (service.state / "config.yml").open("a") as config:
+        config.write(f"age_identity: {held}\n")
+    service.stop()
+    service.start()
     with_key = report_of(
-        pulih(
-            env,
-            "verify",
-            "--backup",
-            ids["app-pg"],
-            "--backup",
-            ids["dokumen"],
-            "--identity",
-            str(key),
-            "--json",
-            check=0,
-        )
+        pulih(env, "verify", "--backup", ids["app-pg"], "--backup", ids["dokumen"], "--json", check=0)
     )
     assert all(i["ok"] for i in with_key["items"]) and len(with_key["items"]) == 2
 
@@ -457,13 +469,18 @@ def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_listed(env):
                 partial = candidate
         time.sleep(0.02)
     assert partial is not None, "the dump never got going"
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    service = env["service"]
+    for pid in [service.proc.pid, *descendants(service.proc.pid)]:  # a power cut: all at once
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    service.proc.wait()
+    run.wait(timeout=60)
     assert published(env, "LAB-001", "big-pg") == [], "a half-written backup is listed"
-    # The run is on the record as it was left: running, from its start.
+    service.start()
+    # The run is on the record as it was left, and the restarted service says it was cut short.
     runs = json.loads(pulih(env, "runs", "list", "--json", check=0).stdout)
     new = [r for r in runs if r["run_id"] not in runs_before]
-    assert [(r["kind"], r["status"]) for r in new] == [("backup", "running")]
+    assert [(r["kind"], r["status"]) for r in new] == [("backup", "interrupted")]
     # Nothing of the run keeps writing: the repository side notices its controller is gone,
     # stops the stream and removes what it had written.
     assert_stops_writing(folder, removed=True)

@@ -76,8 +76,9 @@ class Clock:
 def make_requests(store: Store, clock: Clock | None = None) -> Requests:
     return Requests(
         store,
-        Config(actors={k: set(v) for k, v in ACTORS.items()}, approval_validity_hours=24),
+        Config(approval_validity_hours=24),
         clock or Clock(),
+        roles_of=lambda actor: set(ACTORS.get(actor, ())),
     )
 
 

@@ -15,13 +15,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import jsonschema
 import pytest
 import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
-from tests.integration.client import pulih, report_of
+from tests.integration.client import Service, descendants, pulih, report_of, skpd_of
 from tests.integration.plain import ansible_playbook
 from tests.integration.trees import EXCLUDE, excluded, make_rich_tree, tree_state
 from tests.integration.tricky import (
@@ -36,15 +37,7 @@ from tests.integration.tricky import (
 
 pytestmark = pytest.mark.lab
 
-CONFIG = """\
-allow_actor_override: true   # tests only: PULIH_ACTOR names the actor
-restore_attempts: 3
-restore_retry_seconds: 1
-actors:
-  ani: [requester]
-  sri: [receiver, approver]
-  budi: [operator]
-"""
+SETTINGS = "restore_attempts: 3\nrestore_retry_seconds: 1\n"  # the service's config
 PG_PRINT = "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
 
 
@@ -52,19 +45,20 @@ PG_PRINT = "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("restore")
     inventory = base / "inventory"
-    (base / "config.yml").write_text(CONFIG)
     lab = lab_mod.Lab(2, inventory_dir=inventory)
     state = lab.up()
+    service = Service(inventory, SETTINGS)
     try:
-        environ = {
-            **os.environ,
-            "PULIH_STATE_DIR": str(base / "state"),
-            "PULIH_INVENTORY": str(inventory),
-            "PULIH_CONFIG": str(base / "config.yml"),
-            "PULIH_ACTOR": "budi",  # the operator, unless a step names another actor
-        }
+        service.init()
         outputs: list[str] = []
-        env = {"state": state, "inventory": inventory, "environ": environ, "outputs": outputs, "base": base}
+        env = {
+            "state": state,
+            "inventory": inventory,
+            "environ": service.environ(),
+            "service": service,
+            "outputs": outputs,
+            "base": base,
+        }
         # lab1's tree holds every kind of entry (hard links, sparse, fifo, symlinks, ACL, xattrs, a
         # socket) and files its exclude patterns leave out.
         make_rich_tree(files_root(env, "lab1"))
@@ -73,7 +67,8 @@ def env(tmp_path_factory):
         assert all(i["ok"] and i["verification"]["ok"] for i in backed_up["items"]), backed_up["items"]
         env["backups"] = {f"{i['asset_id']}:{i['item']}": i["backup_id"] for i in backed_up["items"]}
         yield env
-    finally:  # also when the setup above failed: no lab left running
+    finally:  # also when the setup above failed: no lab or service left running
+        service.remove()
         lab.down()
 
 
@@ -81,7 +76,8 @@ def planned_request(env, items, *, backups, target=None, plan=True, unverified=N
     """A request taken through the SOP up to its plan: filed by ani, received and approved by
     sri, assessed, backups checked and planned by budi (`plan=False`: all but the plan;
     `unverified`: the reason to plan backups that were not verified)."""
-    args = ["request", "new", "--skpd", "bkpsdm", "--contact", "ani@bkpsdm.go.id", "--reason", "error"]
+    skpd = skpd_of(env, items[0])
+    args = ["request", "new", "--skpd", skpd, "--contact", f"ani@{skpd}.go.id", "--reason", "error"]
     for item in items:
         args += ["--item", item]
     if target:
@@ -434,6 +430,99 @@ def protected(env):
     return doc["backups"]
 
 
+def api(env, actor, method, path, body=None):
+    """One call of the service's API as `actor` (for the tests that must act within a job's
+    run, faster than a command starts)."""
+    service = env["service"]
+    transport = httpx.HTTPTransport(uds=str(service.state / "pulih.sock"))
+    headers = {"Authorization": f"Bearer {service.tokens[actor]}"}
+    with httpx.Client(transport=transport, base_url="http://pulih", headers=headers, timeout=300) as client:
+        return client.request(method, f"/v1{path}", json=body)
+
+
+def follow_job(env, job_id, when=None, then=None):
+    """A job's events to its end; the first event for which when(event) holds runs then()."""
+    service = env["service"]
+    transport = httpx.HTTPTransport(uds=str(service.state / "pulih.sock"))
+    headers = {"Authorization": f"Bearer {service.tokens['budi']}"}
+    with (
+        httpx.Client(transport=transport, base_url="http://pulih", headers=headers, timeout=900) as client,
+        client.stream("GET", f"/v1/jobs/{job_id}/events") as events,
+    ):
+        for line in events.iter_lines():
+            event = json.loads(line)
+            if when is not None and when(event):
+                when = None
+                then()
+            if event["type"] == "end":
+                return event
+    raise AssertionError(f"job {job_id}'s events ended without its end")
+
+
+def test_one_restore_per_target_at_a_time_and_no_backup_of_it_meanwhile(env):
+    first = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])
+    second = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])
+    started = api(env, "budi", "POST", "/restores", {"request": first})
+    assert started.status_code == 202, started.text
+    job = started.json()
+    assert job["targets"] == [
+        f"postgresql://{host(env, 'lab1').address}:{host(env, 'lab1').pg_port}/app_lab1"
+    ]
+    try:
+        again = pulih(env, "restore", "--request", second, "--json", check=3)
+        said = again.stdout + again.stderr
+        assert f"is busy with job {job['id']} (restore by budi, request {first})" in said, said
+        backup = pulih(env, "backup", "--limit", "lab1", "--item", "app-pg", "--json", check=3)
+        assert f"is busy with job {job['id']}" in json.loads(backup.stdout)["message"]
+    finally:
+        end = follow_job(env, job["id"])
+    assert end["job"]["exit_code"] == 0, end["report"]["errors"]
+    refused_runs = [r for r in json.loads(pulih(env, "runs", "list", "--json", check=0).stdout)]
+    assert any(r["request_id"] == second and r["status"] == "refused" for r in refused_runs), "on the record"
+    # Once it ended, the target is free again.
+    assert report_of(pulih(env, "restore", "--request", second, "--json", check=0))["status"] == "succeeded"
+
+
+def test_an_approval_revoked_during_the_stage_stops_the_restore_before_the_swap(env):
+    state, lab1 = env["state"], host(env, "lab1")
+    rid = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])
+    state.psql(lab1, "UPDATE pegawai SET nama = 'sesudah cadangan' WHERE id = 2", "app_lab1")
+    live = pg_print(env, "lab1", "app_lab1")
+    job = api(env, "budi", "POST", "/restores", {"request": rid}).json()
+
+    def revoke():
+        done = api(env, "sri", "POST", f"/requests/{rid}/revoke", {"reason": "salah tabel"})
+        assert done.status_code == 200, done.text
+
+    end = follow_job(
+        env, job["id"], when=lambda e: e["type"] == "task" and "Stage the backup" in e["text"], then=revoke
+    )
+    report = end["report"]
+    assert end["job"]["exit_code"] == 3 and report["status"] == "refused", report["errors"]
+    (item,) = report["items"]
+    assert "refused right before the swap: the approval of request" in item["error"]
+    assert "was revoked by sri" in item["error"] and item["restore"]["phase"] == "gate"
+    assert pg_print(env, "lab1", "app_lab1") == live, "the live database changed"
+    assert leftovers(env, "lab1") == [], "the stage was left behind"
+    assert [s["step"] for s in record(env, rid)["steps"]][-2:] == ["revoked", "executed"]
+    assert len(report["attempts"]) == 1, "a refusal by the gate is not retried"
+    refused = pulih(env, "restore", "--request", rid, check=3)
+    assert "was revoked by sri" in refused.stderr
+
+
+def test_a_token_that_may_only_back_up_cannot_restore(env):
+    rid = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])
+    nightly = env["service"].admin("admin", "token", "create", "budi", "--scope", "backup").stdout.strip()
+    result = subprocess.run(
+        ["pulih", "restore", "--request", rid],
+        env={**env["environ"], "PULIH_TOKEN": nightly},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 3 and "'restore' needs a token with that scope" in result.stderr
+
+
 def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_closes(env):
     # An item of its own: retention keeping one backup must not prune the other tests' backups.
     lab2 = host(env, "lab2")
@@ -682,23 +771,10 @@ def test_secrets_live_only_in_the_agents_memory_and_die_with_it(env, tmp_path):
 # --------------------------------------------------------------------------- destructive
 
 
-def descendants(pid):
-    """Every process started under ``pid`` (ansible-runner starts ansible-playbook in a
-    session of its own, so a process group does not hold them all)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        kids = [child for child, parent in parents.items() if parent == current]
-        found += kids
-        frontier += kids
-    return found
-
-
-def test_sigkill_halfway_leaves_the_live_database_and_the_next_attempt_succeeds(env):
+def test_a_service_killed_mid_restore_leaves_the_live_database_and_the_next_attempt_succeeds(env):
+    """The service (and every process under it) SIGKILLed while the stage fills, as in a power
+    cut: the live database is as it was, the run is 'interrupted' at the service's restart,
+    and the next restore succeeds."""
     state, lab1 = env["state"], host(env, "lab1")
     state.psql(
         lab1,
@@ -721,13 +797,12 @@ def test_sigkill_halfway_leaves_the_live_database_and_the_next_attempt_succeeds(
         unverified="taken for this test just now",
     )
 
-    run = subprocess.Popen(
+    client = subprocess.Popen(
         ["pulih", "restore", "--request", rid],
-        env={**env["environ"], "PULIH_ACTOR": "budi"},
+        env={**env["environ"], "PULIH_TOKEN": env["service"].tokens["budi"]},
         cwd=PROJECT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     stage_sql = (
         "SELECT coalesce(max(pg_database_size(datname)), 0) FROM pg_database "
@@ -735,22 +810,27 @@ def test_sigkill_halfway_leaves_the_live_database_and_the_next_attempt_succeeds(
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and int(state.psql(lab1, stage_sql).strip() or 0) < 20 << 20:
-        assert run.poll() is None, "the restore ended before it could be killed"
+        assert client.poll() is None, "the restore ended before it could be killed"
         time.sleep(0.1)
     assert time.monotonic() < deadline, "the stage never filled"
-    victims = [run.pid, *descendants(run.pid)]
-    for pid in victims:  # the controller dies at once, as in a power cut
+    service = env["service"]
+    victims = [service.proc.pid, *descendants(service.proc.pid)]
+    for pid in victims:  # the service dies at once, with its playbook and SSH
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    run.wait()
+    service.proc.wait()
+    client.wait(timeout=60)  # the client learns it lost the service
     time.sleep(3)  # the repository host's side may still be feeding the agent
     assert state.psql(lab1, count_sql, "app_lab1").strip() == damaged, "the live database changed"
+    service.start()
     assert record(env, rid)["status"] == "planned", "a killed attempt recorded no outcome"
     killed = [
         json.loads(p.read_text())
         for p in (Path(env["environ"]["PULIH_STATE_DIR"]) / "runs").glob("*-restore-*/report.json")
     ]
-    assert [r["request_id"] for r in killed if r["status"] == "running"] == [rid], "the killed run shows"
+    interrupted = [r for r in killed if r["request_id"] == rid and r["status"] == "interrupted"]
+    assert len(interrupted) == 1, "the killed run is marked interrupted at the restart"
+    assert "the service stopped while this run was running" in interrupted[0]["errors"]
 
     doc = restore(env, rid, check=0)
     assert doc["items"][0]["ok"]
@@ -803,6 +883,24 @@ def test_a_partial_alternate_target_run_names_the_real_cause(env):
         line.startswith("failed: LAB-001:app-mariadb: on the alternate target lab2: ")
         for line in run.stderr.splitlines()
     )
+
+
+def test_an_approval_revoked_between_attempts_stops_the_next_attempt(env):
+    """lab2's MariaDB is down (the tests above stopped it): the first attempt fails, the
+    approval is revoked while the restore waits to try again, and no further attempt runs."""
+    rid = planned_request(env, ["LAB-002:app-mariadb"], backups=env["backups"])
+    job = api(env, "budi", "POST", "/restores", {"request": rid, "attempts": 3}).json()
+
+    def revoke():
+        api(env, "sri", "POST", f"/requests/{rid}/revoke", {"reason": "server diganti"}).raise_for_status()
+
+    end = follow_job(env, job["id"], when=lambda e: "attempt 1 of 3 failed" in e.get("text", ""), then=revoke)
+    report = end["report"]
+    assert end["job"]["exit_code"] == 3 and report["status"] == "refused"
+    assert [a["status"] for a in report["attempts"]] == ["failed"]
+    assert any("refused before attempt 2 of 3" in e and "revoked by sri" in e for e in report["errors"])
+    steps = [s["step"] for s in record(env, rid)["steps"]]
+    assert steps[-2:] == ["executed", "revoked"]
 
 
 def test_the_database_password_never_leaks(env):

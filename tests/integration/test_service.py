@@ -79,15 +79,15 @@ def service():
                 )
                 created.append(user)
         port = _free_port()
-        for listen in ([], ["--listen", f"127.0.0.1:{port}"]):
-            procs.append(
-                subprocess.Popen(
-                    [PULIH, "serve", "--state", str(state), *listen],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    cwd="/",
-                )
+        # One service: its Unix socket (always open) and an HTTP port beside it.
+        procs.append(
+            subprocess.Popen(
+                [PULIH, "serve", "--state", str(state), "--listen", f"127.0.0.1:{port}"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                cwd="/",
             )
+        )
         wait_until("the service's socket", lambda: connects(state / "pulih.sock"))
         wait_until("the service's HTTP port", lambda: _listens(port))
         env = {"state": state, "socket": f"unix:{state / 'pulih.sock'}", "http": f"http://127.0.0.1:{port}"}
@@ -152,6 +152,7 @@ def pulih_as(
     token: str | None = None,
     extra_env: dict[str, str] | None = None,
     check: int | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as OS user `user` (None: root), through runuser, with a clean
     environment plus `extra_env` (what a user could set to pass for someone else)."""
@@ -166,6 +167,7 @@ def pulih_as(
         timeout=60,
         cwd="/",
         check=False,
+        input=stdin,
     )
     assert "Traceback" not in run.stderr, run.stderr
     if check is not None:
@@ -588,3 +590,40 @@ def test_each_step_says_on_the_audit_log_how_its_actor_was_proved(service):
     ]
     token_ids = {p["token"] for _, _, p in payloads}
     assert len(token_ids) == 2 and all(t for t in token_ids), "each names the token it was done with"
+
+
+def test_a_password_login_gives_a_token_of_the_accounts_own_scopes(service):
+    password = "kata-sandi-yang-panjang-1"
+    admin(
+        service,
+        "admin",
+        "user",
+        "add",
+        "lina",
+        "--role",
+        "approver",
+        "--password-stdin",
+        stdin=password + "\n",
+        check=0,
+    )
+    login = pulih_as(
+        service,
+        None,
+        "login",
+        "lina",
+        "--password-stdin",
+        "--json",
+        server="http",
+        stdin=password + "\n",
+        check=0,
+    )
+    doc = json.loads(login.stdout)
+    assert doc["token"].startswith("pulih_") and doc["scopes"] == ["read", "approve"]
+    me = whoami(service, None, server="http", token=doc["token"])
+    assert (me["name"], me["via"], me["token"]) == ("lina", "token", doc["id"])
+    for name, wrong in (("lina", "salah-sandi-salah-sandi"), ("nobody", password)):
+        refused = pulih_as(
+            service, None, "login", name, "--password-stdin", server="http", stdin=wrong + "\n", check=3
+        )
+        assert "wrong account name or password" in refused.stderr
+    assert audit_actions(service)[-4:] == ["token_created", "login", "login_failed", "login_failed"]

@@ -1,6 +1,6 @@
 """Backups and verifications as jobs of pulih serve, on a lab of real servers: the service
 runs the playbooks with its own register and keys for an authenticated operator, one job per
-server at a time, and a service killed mid-job leaves the run 'interrupted' at its restart.
+target at a time, and a service killed mid-job leaves the run 'interrupted' at its restart.
 
 The lab's servers accept the lab's key, which root holds, so this service runs as root
 (`--init --user root`); an office's runs as `pulih`."""
@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,7 @@ import sqlalchemy as sa
 
 from pulih import lab as lab_mod
 from pulih.store import Store, runs_table
-from tests.conftest import PROJECT
-from tests.integration.client import connects, wait_until
+from tests.integration.client import Service, wait_until
 
 pytestmark = [
     pytest.mark.lab,
@@ -30,30 +28,7 @@ pytestmark = [
 PULIH = str(Path(sys.executable).parent / "pulih")
 
 
-class Service:
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        (self.state / "pulih.sock").unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            [PULIH, "serve", "--state", str(self.state)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd="/",
-        )
-        wait_until("the service's socket", lambda: connects(self.state / "pulih.sock"))
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)  # by PID
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+PEOPLE = {"budi": (["operator"], [], ["backup"]), "rita": (["auditor"], [], ["read"])}
 
 
 @pytest.fixture(scope="module")
@@ -62,44 +37,18 @@ def env(tmp_path_factory):
     inventory = base / "inventory"
     lab = lab_mod.Lab(1, inventory_dir=inventory)
     lab.up()
-    state = Path(tempfile.mkdtemp(prefix="pulih-svc-jobs-", dir="/tmp"))
-    state.rmdir()
-    service = Service(state)
+    service = Service(inventory, people=PEOPLE)
     try:
-        init = subprocess.run(
-            [
-                PULIH,
-                "serve",
-                "--init",
-                "--state",
-                str(state),
-                "--admin",
-                "root",
-                "--user",
-                "root",
-                "--register",
-                str(inventory),
-                "--content",
-                str(PROJECT),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert init.returncode == 0, init.stderr
-        service.start()
-        env = {"state": state, "service": service, "server": f"unix:{state / 'pulih.sock'}"}
-        run(env, None, "admin", "user", "add", "budi", "--role", "operator", check=0)
-        run(env, None, "admin", "user", "add", "rita", "--role", "auditor", check=0)
-        env["tokens"] = {
-            key: run(env, None, "admin", "token", "create", key[0], "--scope", key[1], check=0).stdout.strip()
-            for key in [("budi", "backup"), ("budi", "read"), ("rita", "read")]
-        }
+        service.init()
+        env = {"state": service.state, "service": service, "server": service.server}
+        env["tokens"] = {("budi", "backup"): service.tokens["budi"], ("rita", "read"): service.tokens["rita"]}
+        env["tokens"][("budi", "read")] = service.admin(
+            "admin", "token", "create", "budi", "--scope", "read"
+        ).stdout.strip()
         yield env
     finally:
-        service.stop()
+        service.remove()
         lab.down()
-        subprocess.run(["rm", "-rf", str(state)], check=False)
 
 
 def run(env, token, *args, check=None, timeout=600):
@@ -170,7 +119,8 @@ def test_who_may_start_a_job_is_the_services_to_say(env):
 def test_one_job_per_server_at_a_time(env):
     first = start_detached(env)
     second = run(env, ("budi", "backup"), "jobs", "start", "verify", "--limit", "lab1", "--json", check=3)
-    assert f"lab1 is busy with job {first['id']} (backup by budi)" in json.loads(second.stdout)["message"]
+    message = json.loads(second.stdout)["message"]
+    assert f"is busy with job {first['id']} (backup by budi)" in message, message
     followed = run(env, ("budi", "read"), "jobs", "follow", first["id"], "--json", check=0)
     assert json.loads(followed.stdout)["status"] == "succeeded"
     # Once it ended, the server is free again.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,36 @@ from hypothesis import strategies as st
 from pulih import cli
 from pulih import register as reg
 from tests.conftest import EXAMPLE_REGISTER, PROJECT
+from tests.integration.client import Service
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "corpus" / "bad_inputs.yml").read_text(encoding="utf-8"))
-REQUESTER_CONFIG = "allow_actor_override: true\nactors:\n  ani: [requester]\n"
+# One account that may take every step, so that each case meets the check it is about.
+ANYONE = {
+    "any": (
+        ["requester", "receiver", "approver", "operator", "auditor"],
+        ["bkpsdm", "dinkes", "bapenda", "diskominfo"],
+        ["request", "approve", "restore", "backup", "read"],
+    )
+}
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pulih serve --init runs as root")
 
 
-def materialize(case: dict[str, Any], tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+@pytest.fixture(scope="module")
+def service():
+    """The gated commands' service: the example register, and a vault password file that is
+    missing (the vault cases); its state folder is also the template of the {state} cases."""
+    served = Service(PROJECT / "inventories" / "example", people=ANYONE)
+    served.init()
+    served.stop()
+    served.start(ANSIBLE_VAULT_PASSWORD_FILE="/nonexistent/vault-pass")
+    try:
+        yield served
+    finally:
+        served.remove()
+
+
+def materialize(case: dict[str, Any], tmp_path: Path, service: Service) -> tuple[list[str], dict[str, str]]:
     """The case's files in tmp_path, and its command line and environment."""
     example = EXAMPLE_REGISTER.read_text(encoding="utf-8")
     inventory = tmp_path / "inventory"
@@ -48,14 +74,17 @@ def materialize(case: dict[str, Any], tmp_path: Path) -> tuple[list[str], dict[s
     elif text is not None:
         register.write_text(text, encoding="utf-8")
     (tmp_path / "empty").mkdir()
-    env: dict[str, str] = dict(case.get("env") or {})
-    config = case.get("config")
-    if config is not None:
-        path = tmp_path / "config.yml"
-        path.write_text(REQUESTER_CONFIG if config == "{requester}" else config, encoding="utf-8")
-        env["PULIH_CONFIG"] = str(path)
-        if config == "{requester}":
-            env["PULIH_ACTOR"] = "ani"
+    env: dict[str, str] = {
+        "PULIH_SERVER": service.server,
+        "PULIH_TOKEN": service.tokens["any"],
+        **(case.get("env") or {}),
+    }
+    state = tmp_path / "state"
+    if "serve_config" in case:  # a copy of the service's state folder, its config changed
+        shutil.copytree(service.state, state, symlinks=True, ignore=shutil.ignore_patterns("pulih.sock"))
+        config = state / "config.yml"
+        text = case["serve_config"] if case.get("replace") else config.read_text() + case["serve_config"]
+        config.write_text(text, encoding="utf-8")
     if "csv" in case:
         (tmp_path / "servers.csv").write_text(case["csv"], encoding="utf-8")
     places = {
@@ -64,6 +93,7 @@ def materialize(case: dict[str, Any], tmp_path: Path) -> tuple[list[str], dict[s
         "{csv}": str(tmp_path / "servers.csv"),
         "{out}": str(tmp_path / "out" / "dc.asset_register.yml"),
         "{empty_dir}": str(tmp_path / "empty"),
+        "{state}": str(state),
         "{long_skpd}": "s" * 129,
         "{long_text}": "x" * 2001,
     }
@@ -88,8 +118,8 @@ def test_the_corpus_holds_a_hundred_cases_with_distinct_ids():
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c["id"] for c in CORPUS])
-def test_bad_input_is_refused_in_one_line(case, tmp_path, monkeypatch, capsys):
-    args, env = materialize(case, tmp_path)
+def test_bad_input_is_refused_in_one_line(case, tmp_path, monkeypatch, capsys, service):
+    args, env = materialize(case, tmp_path, service)
     code, out, err = run(args, env, monkeypatch, capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     want = case.get("exit", 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -14,36 +15,42 @@ import jsonschema
 import pytest
 
 from tests.conftest import PROJECT
+from tests.integration.client import Service
 
-CONFIG = """\
-allow_actor_override: true   # tests only: PULIH_ACTOR names the actor
-approval_validity_hours: 24
-actors:
-  ani: [requester]
-  citra: [receiver, approver]
-  dewi: [approver, operator]
-  eko: [operator]
-"""
+SETTINGS = "approval_validity_hours: 24\n"
+# The people of these tests: roles, SKPDs, token scopes.
+PEOPLE = {
+    "ani": (["requester"], ["bkpsdm"], ["request", "read"]),
+    "fajar": (["requester", "approver"], ["bkpsdm"], ["request", "approve", "read"]),
+    "citra": (["receiver", "approver"], [], ["approve", "read"]),
+    "dewi": (["approver", "operator"], [], ["approve", "restore", "read"]),
+    "eko": (["operator"], [], ["restore", "backup", "read", "request"]),  # request: to meet the role check
+}
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pulih serve --init runs as root")
 
 
-@pytest.fixture
-def env(tmp_path):
-    config = tmp_path / "config.yml"
-    config.write_text(CONFIG)
-    return {
-        **os.environ,
-        "PULIH_CONFIG": str(config),
-        "PULIH_STATE_DIR": str(tmp_path / "state"),
-        "PULIH_INVENTORY": str(PROJECT / "inventories" / "example"),
-    }
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One service for the module (requests accumulate; each test uses its own), on a copy of
+    the example register that a test may edit."""
+    register = tmp_path_factory.mktemp("register") / "example"
+    shutil.copytree(PROJECT / "inventories" / "example", register)
+    service = Service(register, SETTINGS, people=PEOPLE)
+    try:
+        service.init()
+        yield {**service.environ(), "service": service, "register": register}
+    finally:
+        service.remove()
 
 
 def pulih(env, actor, *args):
+    environ = {k: v for k, v in env.items() if k not in ("service", "register")}
     return subprocess.run(
         [sys.executable, "-m", "pulih", *args],
         capture_output=True,
         text=True,
-        env={**env, "PULIH_ACTOR": actor},
+        env={**environ, "PULIH_TOKEN": env["service"].tokens[actor]},
         cwd=PROJECT,
         timeout=60,
         check=False,
@@ -109,21 +116,15 @@ def refused(result, words):
 
 
 def test_self_approval_exit_3(env):
-    rid = filed(env)
-    pulih(env, "citra", "request", "receive", rid)
-    env2 = {**env}
-    config = env["PULIH_CONFIG"]
-    with Path(config).open("a") as handle:
-        handle.write("  fajar: [requester, approver]\n")
     rid = pulih(
-        env2,
+        env,
         "fajar",
         "request",
         "new",
         "--item",
         "DC-SRV-2023-001:simpeg",
         "--skpd",
-        "x",
+        "bkpsdm",
         "--contact",
         "y",
         "--reason",
@@ -153,7 +154,9 @@ def test_rejected_request_exit_3_and_the_reason_is_shown(env):
 def test_expired_approval_exit_3(env):
     rid = planned(env)
     db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
-    with sqlite3.connect(db) as conn:  # the clock moved on: let the approval have run out
+    with sqlite3.connect(
+        db
+    ) as conn:  # the clock moved on (an edit only the test may make): let the approval have run out
         conn.execute(
             "UPDATE pulih_requests SET approval_expires_at = '2026-01-01T00:00:00Z' WHERE id = ?", (rid,)
         )
@@ -186,14 +189,14 @@ def test_unknown_item_is_bad_input(env):
         "--item",
         "DC-SRV-2023-001:nothing",
         "--skpd",
-        "x",
+        "bkpsdm",
         "--contact",
         "y",
         "--reason",
         "error",
     )
     assert result.returncode == 2
-    assert "no data item 'nothing'" in result.stderr
+    assert "DC-SRV-2023-001:nothing is not a registered data item" in result.stderr
 
 
 def test_the_gate_allows_a_planned_request_and_the_run_is_reported(env):
@@ -204,12 +207,9 @@ def test_the_gate_allows_a_planned_request_and_the_run_is_reported(env):
     assert doc["gate"]["allowed"] is True and doc["gate"]["actor"] == "eko"
     assert doc["status"] == "allowed" and doc["check_mode"] is True and doc["kind"] == "restore_check"
     schema = json.loads((PROJECT / "schemas" / "run_report.schema.json").read_text())
-    reports = [
-        json.loads(p.read_text()) for p in (Path(env["PULIH_STATE_DIR"]) / "runs").glob("*/report.json")
-    ]
-    for doc in reports:
-        jsonschema.validate(doc, schema)
-    assert {d["kind"] for d in reports} == {"restore_check"}
+    path = Path(env["PULIH_STATE_DIR"]) / "runs" / doc["run_id"] / "report.json"
+    jsonschema.validate(json.loads(path.read_text()), schema)
+    assert json.loads(path.read_text())["operator"] == "eko", "the service's report, its operator the caller"
 
 
 @pytest.mark.parametrize(
@@ -259,20 +259,6 @@ def test_form_pd_in_both_languages(env, lang, words):
         assert word in html, word
 
 
-def test_audit_verify_catches_an_edited_row(env):
-    planned(env)
-    assert pulih(env, "eko", "audit", "verify").returncode == 0
-    db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE pulih_audit SET actor = 'dewi' WHERE seq = 2")
-    result = pulih(env, "eko", "audit", "verify", "--json")
-    assert result.returncode == 1
-    doc = json.loads(result.stdout)
-    assert doc["status"] == "tampered"
-    assert doc["problems"][0]["seq"] == 2
-    assert "audit entry 2: its content was changed" in result.stderr
-
-
 def test_a_role_the_user_lacks_exit_3(env):
     refused(
         pulih(
@@ -295,26 +281,60 @@ def test_a_role_the_user_lacks_exit_3(env):
 
 def test_every_run_goes_on_the_record_and_the_audit_log(env):
     rid = planned(env)
-    pulih(env, "eko", "restore", "--request", rid, "--check")
-    check = pulih(
-        env,
-        "eko",
-        "register",
-        "check",
-        "-i",
-        str(PROJECT / "inventories" / "example"),
-        "--today",
-        "2026-11-21",
-    )
-    assert check.returncode == 1
+    checked = json.loads(pulih(env, "eko", "restore", "--request", rid, "--check", "--json").stdout)
     db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
     with sqlite3.connect(db) as conn:
-        kinds = [r[0] for r in conn.execute("SELECT kind FROM pulih_runs ORDER BY rowid")]
-        actions = [r[0] for r in conn.execute("SELECT action FROM pulih_audit ORDER BY seq")]
-    assert kinds == ["restore_check", "register_check"]
-    assert actions[-3:] == ["restore.allowed", "run.restore_check", "run.register_check"]
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM pulih_runs WHERE request_id = ?", (rid,))]
+        actions = [
+            r[0]
+            for r in conn.execute("SELECT action FROM pulih_audit WHERE request_id = ? ORDER BY seq", (rid,))
+        ]
+    assert kinds == ["restore_check"]
+    assert actions[-2:] == ["restore.allowed", "run.restore_check"]
     runs = json.loads(pulih(env, "eko", "runs", "list", "--json").stdout)
-    check_run = next(r["run_id"] for r in runs if r["kind"] == "register_check")  # ids of one second tie
-    html = pulih(env, "eko", "report", "show", check_run, "--format", "html", "--lang", "id").stdout
-    assert "Temuan register" in html and "DC-SRV-2022-004" in html
+    assert checked["run_id"] in [r["run_id"] for r in runs]
+    html = pulih(env, "eko", "report", "show", checked["run_id"], "--format", "html", "--lang", "id").stdout
+    assert rid in html and "eko" in html
     assert pulih(env, "eko", "audit", "verify").returncode == 0
+
+
+def test_gated_commands_refuse_a_register_named_by_the_caller(env):
+    for args in (["request", "list", "-i", "x"], ["restore", "--request", "PPD-2026-0001", "-i", "x"]):
+        result = pulih(env, "eko", *args)
+        if args[0] == "request":  # list takes no -i at all
+            assert result.returncode == 2 and "No such option" in result.stderr, result.stderr
+        else:
+            assert result.returncode == 2 and "never on one the caller names" in result.stderr, result.stderr
+
+
+def test_an_approval_holds_a_restore_to_the_targets_it_resolved(env):
+    """The register is edited after the approval so that the item points at another database:
+    the gate refuses, naming what the approval covered; nothing follows the edit silently."""
+    rid = planned(env)
+    shown = json.loads(pulih(env, "ani", "request", "show", rid, "--json").stdout)
+    assert shown["approvals"][-1]["targets"] == ["postgresql://10.20.1.11:5432/simpeg"]
+    path = env["register"] / "datacenter.asset_register.yml"
+    original = path.read_text()
+    path.write_text(original.replace("        database: simpeg\n", "        database: simpeg_lain\n", 1))
+    try:
+        refused(
+            pulih(env, "eko", "restore", "--request", rid, "--check"),
+            "the restore would change postgresql://10.20.1.11:5432/simpeg_lain, which the approval",
+        )
+    finally:
+        path.write_text(original)
+    assert pulih(env, "eko", "restore", "--request", rid, "--check").returncode == 0
+
+
+def test_audit_verify_catches_an_edited_row(env):
+    planned(env)
+    assert pulih(env, "eko", "audit", "verify").returncode == 0
+    db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE pulih_audit SET actor = 'dewi' WHERE seq = 2")
+    result = pulih(env, "eko", "audit", "verify", "--json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "tampered"
+    assert doc["problems"][0]["seq"] == 2
+    assert "audit entry 2: its content was changed" in result.stderr
