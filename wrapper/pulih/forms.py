@@ -7,6 +7,8 @@ from typing import Any, Final
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from pulih.requests import STEPS as SOP_STEPS
+
 LANGS: Final = ("en", "id")
 
 TEXT: Final[dict[str, dict[str, str]]] = {
@@ -97,35 +99,9 @@ TEXT: Final[dict[str, dict[str, str]]] = {
         "none": "-",
     },
 }
+# The steps' names come from the SOP's one table of steps.
 STEPS: Final[dict[str, dict[str, str]]] = {
-    "en": {
-        "filed": "filed",
-        "received": "received",
-        "approved": "approved",
-        "rejected": "rejected",
-        "revoked": "approval revoked",
-        "assessed": "assessed",
-        "backups_checked": "backups checked",
-        "planned": "planned",
-        "executed": "executed",
-        "confirmed": "confirmed",
-        "not_restored": "not restored (requester)",
-        "closed": "closed",
-    },
-    "id": {
-        "filed": "diajukan",
-        "received": "diterima",
-        "approved": "disetujui",
-        "rejected": "ditolak",
-        "revoked": "persetujuan dicabut",
-        "assessed": "diperiksa",
-        "backups_checked": "cadangan diperiksa",
-        "planned": "direncanakan",
-        "executed": "dilaksanakan",
-        "confirmed": "dikonfirmasi",
-        "not_restored": "belum pulih (pemohon)",
-        "closed": "selesai",
-    },
+    lang: {spec.name: spec.label[lang] for spec in SOP_STEPS} for lang in LANGS
 }
 REASONS: Final[dict[str, dict[str, str]]] = {
     "en": {

@@ -26,70 +26,119 @@ PROCEDURES: Final = {"recovery": "A", "backup_restore": "B"}
 ROLES: Final = ("requester", "receiver", "approver", "operator")
 REASONS: Final = ("disaster", "error", "accidental_deletion", "other")
 DAMAGE: Final = ("none", "disaster", "error", "accidental_deletion", "other")
-STEP_ROLE: Final = {
-    "filed": "requester",
-    "received": "receiver",
-    "approved": "approver",
-    "rejected": "approver",
-    "revoked": "approver",  # an approval taken back before the restore is done
-    "assessed": "operator",
-    "backups_checked": "operator",
-    "planned": "operator",
-    "executed": "operator",
-    "confirmed": "requester",
-    "not_restored": "requester",  # the requester's other answer: the data is not back
-    "closed": "receiver",
-}
-# The steps each status allows next.
-NEXT: Final[dict[str, tuple[str, ...]]] = {
-    "filed": ("received",),
-    "received": ("approved", "rejected"),
-    "approved": ("assessed", "revoked"),
-    "rejected": (),
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of the SOPs: who does it, what may follow it, its standard time in each
+    procedure (minutes; None: "depends on the size of the data" or not given), the form it is
+    written on (Form PPD, the request; Form PD, the work) and its name in each language. The
+    record, the forms, the CLI and the desk read the steps from this one table."""
+
+    name: str
+    role: str
+    next: tuple[str, ...]
+    minutes: dict[str, int | None]
+    form: str
+    label: dict[str, str]
+
+
+def _minutes(recovery: int | None, backup_restore: int | None) -> dict[str, int | None]:
+    return {"recovery": recovery, "backup_restore": backup_restore}
+
+
+# Procedure A's standard times: 2 + 1 + 2 + 10 + 5 = 20 minutes of fixed steps; its 10-minute
+# step is one of the unreadable steps 7-8 of the scan, which pulih reads as the plan. Procedure
+# B: verification and disposition 15 min, planning 1 hour, execution 1 day, confirmation 15 min.
+STEPS: Final[tuple[StepSpec, ...]] = (
+    StepSpec(
+        "filed", "requester", ("received",), _minutes(2, None), "ppd", {"en": "filed", "id": "diajukan"}
+    ),
+    StepSpec(
+        "received",
+        "receiver",
+        ("approved", "rejected"),
+        _minutes(1, None),
+        "ppd",
+        {"en": "received", "id": "diterima"},
+    ),
+    StepSpec(
+        "approved",
+        "approver",
+        ("assessed", "revoked"),
+        _minutes(2, 15),
+        "ppd",
+        {"en": "approved", "id": "disetujui"},
+    ),
+    StepSpec("rejected", "approver", (), _minutes(2, 15), "ppd", {"en": "rejected", "id": "ditolak"}),
     # Decided again (a new approval is assessed and planned anew); a restore that was running
     # when the approval was revoked still records how its attempt ended, and the status stays.
-    "revoked": ("approved", "rejected", "executed"),
-    "assessed": ("backups_checked", "revoked"),
-    "backups_checked": ("planned", "revoked"),
-    "planned": ("executed", "revoked"),
-    "executed": ("executed", "confirmed", "not_restored", "revoked"),  # the SOP: repeat until it succeeds
-    "not_restored": ("executed", "closed", "revoked"),  # restored again (or given up), on the record
-    "confirmed": ("closed",),
-    "closed": (),
-}
-# Standard times of the SOPs, in minutes (None: "depends on the size of the data" or not given).
-# Procedure A: 2 + 1 + 2 + 10 + 5 = 20 minutes of fixed steps; its 10-minute step is one of the
-# unreadable steps 7-8 of the scan, which pulih reads as the plan. Procedure B: verification and
-# disposition 15 min, planning 1 hour, execution 1 day, confirmation 15 min.
+    StepSpec(
+        "revoked",
+        "approver",
+        ("approved", "rejected", "executed"),
+        _minutes(None, None),
+        "ppd",
+        {"en": "approval revoked", "id": "persetujuan dicabut"},
+    ),
+    StepSpec(
+        "assessed",
+        "operator",
+        ("backups_checked", "revoked"),
+        _minutes(None, None),
+        "pd",
+        {"en": "assessed", "id": "diperiksa"},
+    ),
+    StepSpec(
+        "backups_checked",
+        "operator",
+        ("planned", "revoked"),
+        _minutes(None, None),
+        "pd",
+        {"en": "backups checked", "id": "cadangan diperiksa"},
+    ),
+    StepSpec(
+        "planned",
+        "operator",
+        ("executed", "revoked"),
+        _minutes(10, 60),
+        "pd",
+        {"en": "planned", "id": "direncanakan"},
+    ),
+    # The SOP: repeat the restore until it succeeds.
+    StepSpec(
+        "executed",
+        "operator",
+        ("executed", "confirmed", "not_restored", "revoked"),
+        _minutes(None, 1440),
+        "pd",
+        {"en": "executed", "id": "dilaksanakan"},
+    ),
+    StepSpec(
+        "confirmed",
+        "requester",
+        ("closed",),
+        _minutes(5, 15),
+        "pd",
+        {"en": "confirmed", "id": "dikonfirmasi"},
+    ),
+    # The requester's other answer: the data is not back; restored again (or given up), on the record.
+    StepSpec(
+        "not_restored",
+        "requester",
+        ("executed", "closed", "revoked"),
+        _minutes(5, 15),
+        "pd",
+        {"en": "not restored (requester)", "id": "belum pulih (pemohon)"},
+    ),
+    StepSpec("closed", "receiver", (), _minutes(None, None), "pd", {"en": "closed", "id": "selesai"}),
+)
+STEP: Final = {spec.name: spec for spec in STEPS}
+STEP_ROLE: Final = {spec.name: spec.role for spec in STEPS}
+# The steps each status allows next.
+NEXT: Final[dict[str, tuple[str, ...]]] = {spec.name: spec.next for spec in STEPS}
 STANDARD_MINUTES: Final[dict[str, dict[str, int | None]]] = {
-    "recovery": {
-        "filed": 2,
-        "received": 1,
-        "approved": 2,
-        "rejected": 2,
-        "revoked": None,
-        "assessed": None,
-        "backups_checked": None,
-        "planned": 10,
-        "executed": None,
-        "confirmed": 5,
-        "not_restored": 5,
-        "closed": None,
-    },
-    "backup_restore": {
-        "filed": None,
-        "received": None,
-        "approved": 15,
-        "rejected": 15,
-        "revoked": None,
-        "assessed": None,
-        "backups_checked": None,
-        "planned": 60,
-        "executed": 1440,
-        "confirmed": 15,
-        "not_restored": 15,
-        "closed": None,
-    },
+    procedure: {spec.name: spec.minutes[procedure] for spec in STEPS} for procedure in PROCEDURES
 }
 
 
