@@ -208,5 +208,50 @@ def test_the_api_answers_json_for_every_request_it_refuses(make_store, tmp_path,
         assert response.status_code == 403 and "token may" in json.dumps(response.json())
         response = machine.call("sri", "POST", "/restores", {"request": "PPD-2026-0404", "check": True})
         assert response.status_code == 403 and response.json()["error"]["id"] == "auth.scope"
+        # A restore's check run is cancelled only with a restore token, never a backup-only one.
+        job = machine.call("budi", "POST", "/restores", {"request": machine.planned[0], "check": True}).json()
+        machine.tokens["budi-backup"] = Accounts(machine.store).create_token(
+            "root", "budi", scopes=["backup", "read"], expires_in=dt.timedelta(hours=1)
+        )[0]
+        response = machine.call("budi-backup", "POST", f"/jobs/{job['id']}/cancel", {"reason": "x"})
+        assert job["kind"] == "restore_check" and response.status_code == 403, response.json()
+        assert response.json()["error"]["id"] == "auth.scope"
+        # The SOP's steps as the service runs them, with its configured standard times.
+        sop = machine.call("rita", "GET", "/sop").json()
+        step = {s["name"]: s for s in sop["steps"]}
+        assert step["approved"]["role"] == "approver" and step["executed"]["next"][0] == "executed"
+        assert step["planned"]["standard_minutes"] == {"recovery": 10, "backup_restore": 60}
+        assert step["revoked"]["label"]["id"] == "persetujuan dicabut" and step["closed"]["form"] == "pd"
+        assert machine.client.get("/v1/sop").status_code == 401
+    finally:
+        machine.teardown()
+
+
+def test_a_flood_of_refused_tokens_fills_the_audit_log_only_so_far(make_store, tmp_path, monkeypatch):
+    """Anyone who reaches the service can send wrong tokens: 30 refusals a minute are logged one
+    by one, then one entry says the rest are not, and the next minute's first counts them."""
+    monkeypatch.setenv("PULIH_STATE_DIR", str(tmp_path / "state"))
+    machine = ApiGateMachine.__new__(ApiGateMachine)
+    ApiGateMachine.store_factory = staticmethod(make_store)
+    RuleBasedStateMachine.__init__(machine)
+    machine.setup()
+
+    def refused_entries():
+        return [e for e in machine.store.audit_entries() if e["action"] in ("auth_failed", "auth_flood")]
+
+    try:
+        before = len(refused_entries())
+        for n in range(45):
+            bad = {"Authorization": f"Bearer pulih_wrong{n}"}
+            assert machine.client.get("/v1/whoami", headers=bad).status_code == 403
+        entries = refused_entries()[before:]
+        assert [e["action"] for e in entries] == ["auth_failed"] * 30 + ["auth_flood"]
+        # A valid token is not locked out by the flood.
+        assert machine.call("rita", "GET", "/whoami").json()["name"] == "rita"
+        machine.clock.at += dt.timedelta(seconds=61)
+        assert machine.client.get("/v1/whoami", headers={"Authorization": "Bearer x"}).status_code == 403
+        last = refused_entries()[-1]
+        assert last["action"] == "auth_failed" and json.loads(last["payload"])["not_logged_before"] == 14
+        assert machine.store.verify_audit() == []
     finally:
         machine.teardown()

@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from pulih import lab as lab_mod
 from pulih.requests import BadRequestInput, Config, Refused, Requests
+from pulih.service.accounts import AccountError, Accounts
 from pulih.store import SCHEMA_VERSION, Store, audit_table, iso, parse_iso
 
 ACTORS = {
@@ -538,6 +539,31 @@ def test_an_approve_and_a_reject_racing_exactly_one_wins(make_store):
             s["step"] for s in final["steps"]
         ].count("rejected") == 1
         for other in (approver, rejecter):
+            other.store.engine.dispose()
+    assert store.verify_audit() == []
+
+
+def test_the_last_two_admins_disabled_at_once_leave_one(make_store):
+    """20 trials: each of two admins disables the other at the same moment; exactly one wins
+    and the office keeps an admin (before the count locked the accounts, PostgreSQL let both)."""
+    store = make_store()
+    accounts = Accounts(store)
+    url = store.url
+    for trial in range(20):
+        one, two = f"admin-a{trial}", f"admin-b{trial}"
+        accounts.add("test", one, roles=["admin"])
+        accounts.add("test", two, roles=["admin"])
+        for other in [a for a in accounts.all() if "admin" in a.roles and a.name not in (one, two)]:
+            accounts.set_disabled("test", other.name, True)
+        first, second = Accounts(Store(url, upgrade=False)), Accounts(Store(url, upgrade=False))
+        results = _race(
+            lambda f=first, t=two, o=one: f.set_disabled(o, t, True),
+            lambda s=second, t=two, o=one: s.set_disabled(t, o, True),
+        )
+        refused = [r for r in results if isinstance(r, AccountError)]
+        assert len(refused) == 1 and refused[0].message_id == "account.last_admin", results
+        assert len([a for a in accounts.all() if "admin" in a.roles and not a.disabled]) == 1
+        for other in (first, second):
             other.store.engine.dispose()
     assert store.verify_audit() == []
 

@@ -13,6 +13,8 @@ import json
 import pwd
 import re
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,38 @@ _NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 _SKPD = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s]{1,128}@[^@\s]{1,127}$")
 _HASHER = PasswordHasher()
+
+
+class FailureBudget:
+    """How many refused logins a minute go on the audit log. Anyone who can reach the service
+    can send wrong tokens, so each one logged would let a stranger fill the store's disk and
+    bury the entries that matter: the first `per_minute` are logged, then one `auth_flood`
+    entry says the rest of that minute is not, and the next logged refusal counts what was left
+    out (`not_logged_before`)."""
+
+    def __init__(self, per_minute: int = 30, clock: Callable[[], dt.datetime] = now) -> None:
+        self.per_minute, self.clock = per_minute, clock
+        self._lock = threading.Lock()
+        self._minute = -1
+        self._logged = 0
+        self._dropped = 0
+
+    def admit(self) -> tuple[str, dict[str, Any]] | None:
+        """None: do not log this one; ('log', extra): log it with `extra` in its payload;
+        ('flood', extra): log the one entry that says the rest of this minute is left out."""
+        with self._lock:
+            minute = int(self.clock().timestamp() // 60)
+            if minute != self._minute:
+                self._minute, self._logged = minute, 0
+            self._logged += 1
+            if self._logged > self.per_minute + 1:
+                self._dropped += 1
+                return None
+            if self._logged == self.per_minute + 1:
+                return "flood", {"logged_this_minute": self.per_minute}
+            extra = {"not_logged_before": self._dropped} if self._dropped else {}
+            self._dropped = 0
+            return "log", extra
 
 
 class AccountError(Exception):
@@ -132,8 +166,37 @@ def unix_uid(user: str) -> int:
 
 
 class Accounts:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, failures: FailureBudget | None = None) -> None:
         self.store = store
+        self.failures = failures or FailureBudget()
+
+    def log_refusal(self, action: str, actor: str, payload: dict[str, Any]) -> None:
+        """A refused login or token on the audit log, within the failure budget."""
+        admitted = self.failures.admit()
+        if admitted is None:
+            return
+        kind, extra = admitted
+        with self.store.transaction() as conn:
+            if kind == "flood":
+                self.store.append_audit(
+                    conn,
+                    actor="-",
+                    action="auth_flood",
+                    request_id=None,
+                    payload={**extra, "why": "more refused logins this minute are not logged one by one"},
+                )
+            else:
+                self.store.append_audit(
+                    conn, actor=actor, action=action, request_id=None, payload={**payload, **extra}
+                )
+
+    def refuse_socket(self, uid: int, account: Account | None) -> None:
+        """An OS user on the socket with no account, or a disabled one: on the audit log."""
+        self.log_refusal(
+            "auth_failed",
+            account.name if account else "-",
+            {"via": "socket", "uid": uid, "why": "disabled" if account else "no account"},
+        )
 
     # ---------------------------------------------------------------- accounts
 
@@ -214,9 +277,15 @@ class Accounts:
         with self.store.transaction() as conn:
             account = self.get(name, conn)
             if disabled and "admin" in account.roles and not account.disabled:
+                # Every account row locked while counting: two admins disabled at once would each
+                # count two, and the office would be left with none (SQLite's transactions are
+                # already one at a time).
+                query = sa.select(accounts_table)
+                if conn.dialect.name == "postgresql":
+                    query = query.with_for_update()
                 admins = [
                     a
-                    for a in (_account(r) for r in conn.execute(sa.select(accounts_table)).all())
+                    for a in (_account(r) for r in conn.execute(query).all())
                     if "admin" in a.roles and not a.disabled
                 ]
                 if len(admins) <= 1:
@@ -253,10 +322,7 @@ class Accounts:
         A wrong name and a wrong password are one answer; both go on the audit log."""
         account = self.check_password(name, password)
         if account is None:
-            with self.store.transaction() as conn:
-                self.store.append_audit(
-                    conn, actor="-", action="login_failed", request_id=None, payload={"name": name[:64]}
-                )
+            self.log_refusal("login_failed", "-", {"name": name[:64]})
             raise AccountError(
                 "refused", "auth.login", "wrong account name or password (or the account is disabled)"
             )
@@ -348,14 +414,12 @@ class Accounts:
                 conn.execute(
                     sa.update(tokens_table).where(tokens_table.c.id == row.id).values(last_used_at=iso(now()))
                 )
-            else:
-                self.store.append_audit(
-                    conn,
-                    actor=account.name if account else "-",
-                    action="auth_failed",
-                    request_id=None,
-                    payload={"via": "token", "token": row.id if row else None, "why": why and why[0]},
-                )
+        if why is not None:
+            self.log_refusal(
+                "auth_failed",
+                account.name if account else "-",
+                {"via": "token", "token": row.id if row else None, "why": why[0]},
+            )
         if why is not None or row is None or account is None:
             raise AccountError("refused", *(why or ("token.unknown", "unknown token")))
         return Caller(account=account, via="token", scopes=tuple(json.loads(row.scopes)), token_id=row.id)

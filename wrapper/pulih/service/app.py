@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 
 from pulih import report as reports
 from pulih.exitcodes import Exit
-from pulih.requests import Config, Refused, Requests
-from pulih.service.accounts import ROLES, SCOPES, AccountError, Accounts, Caller
+from pulih.requests import PROCEDURES, STEPS, Config, Refused, Requests
+from pulih.service.accounts import ROLES, SCOPES, AccountError, Accounts, Caller, FailureBudget
 from pulih.service.jobs import JobRefused, Jobs
 from pulih.service.peer import EXTENSION, Peer
 from pulih.service.requests_api import acting
@@ -129,7 +129,7 @@ def create_app(
     """`config`: the service's settings (approval validity, restore attempts); `socket_path`:
     its own Unix socket, which its restore jobs' playbooks use to ask the gate before a swap;
     `clock`: the record's time (a property test moves it on)."""
-    accounts = Accounts(store)
+    accounts = Accounts(store, FailureBudget(clock=clock))
     settings = config or Config()
 
     def roles_of(name: str) -> set[str]:
@@ -232,18 +232,7 @@ def create_app(
                 user = pwd.getpwuid(peer.uid).pw_name
             except KeyError:
                 user = f"uid {peer.uid}"
-            with store.transaction() as conn:
-                store.append_audit(
-                    conn,
-                    actor=account.name if account else "-",
-                    action="auth_failed",
-                    request_id=None,
-                    payload={
-                        "via": "socket",
-                        "uid": peer.uid,
-                        "why": "disabled" if account else "no account",
-                    },
-                )
+            accounts.refuse_socket(peer.uid, account)
             why = "is disabled" if account else "has no pulih account"
             raise ApiError(403, Exit.REFUSED, "auth.no_account", f"OS user {user} {why}: ask an admin")
         return Caller(account=account, via="socket")
@@ -285,6 +274,27 @@ def create_app(
             "scopes": list(who.scopes),
             "token": who.token_id,
             "demo": demo,
+        }
+
+    @app.get(f"{API}/sop")
+    def sop(who: Authenticated) -> dict[str, Any]:
+        """The SOP's steps as the record runs them: role, what may follow, standard minutes per
+        procedure (the service's configured ones), the form and the names; the desk and the CLI
+        read them from here rather than keeping a copy."""
+        minutes = settings.standard_minutes
+        return {
+            "procedures": dict(PROCEDURES),
+            "steps": [
+                {
+                    "name": spec.name,
+                    "role": spec.role,
+                    "next": list(spec.next),
+                    "standard_minutes": {p: minutes[p].get(spec.name) for p in PROCEDURES},
+                    "form": spec.form,
+                    "label": dict(spec.label),
+                }
+                for spec in STEPS
+            ],
         }
 
     # ---------------------------------------------------------------- admin
@@ -423,7 +433,8 @@ def create_app(
     @app.post(f"{API}/jobs/{{job_id}}/cancel")
     def cancel_job(job_id: str, who: Authenticated, body: CancelJob | None = None) -> dict[str, Any]:
         job = jobs.get(job_id)
-        require(who, role="operator", scope="restore" if job.kind == "restore" else "backup")
+        # A restore's check run (restore_check) is a restore's as much as the restore itself.
+        require(who, role="operator", scope="restore" if job.kind.startswith("restore") else "backup")
         if not job.cancel.is_set():
             why = body.reason if body and body.reason else "pulih jobs cancel"
             job.cancel.reason = f"cancelled by {who.account.name}: {why}"
