@@ -522,7 +522,19 @@ def test_naming_the_actor_exists_only_in_demo_mode_on_a_demo_store(service):
     demo.rmdir()
     proc = None
     try:
-        admin(service, "serve", "--init", "--state", str(demo), "--admin", "root", "--demo-actors", check=0)
+        admin(
+            service,
+            "serve",
+            "--init",
+            "--state",
+            str(demo),
+            "--admin",
+            "root",
+            "--demo-actors",
+            "--register",
+            str(PROJECT / "inventories" / "example"),
+            check=0,
+        )
         run = admin(service, "serve", "--state", str(demo), check=2)
         assert "holds a demo store" in run.stderr and "a normal service never opens it" in run.stderr
         run = admin(
@@ -540,6 +552,28 @@ def test_naming_the_actor_exists_only_in_demo_mode_on_a_demo_store(service):
         admin(demo_env, "admin", "user", "add", "sri", "--role", "approver", check=0)
         me = whoami(demo_env, None, extra_env={"PULIH_DEMO_ACTOR": "sri"})
         assert (me["name"], me["via"], me["demo"]) == ("sri", "demo", True)
+        # Every form and report of a demo store says demo, in both languages.
+        admin(demo_env, "admin", "user", "add", "ani", "--role", "requester", "--skpd", "bkpsdm", check=0)
+        filed = pulih_as(
+            demo_env,
+            None,
+            *("request", "new", "--skpd", "bkpsdm", "--contact", "a", "--reason", "error"),
+            *("--item", "DC-SRV-2023-001:simpeg", "--json"),
+            extra_env={"PULIH_DEMO_ACTOR": "ani"},
+            check=0,
+        )
+        rid = json.loads(filed.stdout)["id"]
+        for form, lang, says in (("ppd", "en", "DEMO: a demonstration"), ("pd", "id", "DEMO: formulir")):
+            html = admin(demo_env, "request", "form", rid, "--form", form, "--lang", lang, check=0).stdout
+            assert says in html.split("<h1>")[0], html[:600]
+        audit = json.loads(admin(demo_env, "audit", "verify", "--json", check=0).stdout)
+        shown = json.loads(admin(demo_env, "report", "show", audit["run_id"], "--json", check=0).stdout)
+        assert shown["demo"] is True
+        html = admin(demo_env, "report", "show", audit["run_id"], "--format", "html", check=0).stdout
+        assert "DEMO: a demonstration" in html
+        # And a real store's do not.
+        real = json.loads(admin(service, "audit", "verify", "--json", check=0).stdout)["run_id"]
+        assert json.loads(admin(service, "report", "show", real, "--json", check=0).stdout)["demo"] is False
     finally:
         if proc is not None:
             proc.terminate()

@@ -54,6 +54,7 @@ TEXT: Final[dict[str, dict[str, str]]] = {
         "in_place": "in place",
         "alternate": "elsewhere",
         "none": "-",
+        "demo": "DEMO: a demonstration store's form, whose people a script played; no real request",
     },
     "id": {
         "ppd": "Formulir Permintaan Pemulihan Data (Form PPD)",
@@ -97,6 +98,7 @@ TEXT: Final[dict[str, dict[str, str]]] = {
         "in_place": "di tempat",
         "alternate": "di tempat lain",
         "none": "-",
+        "demo": "DEMO: formulir penyimpanan demonstrasi, pelakunya diperankan skrip; bukan permintaan nyata",
     },
 }
 # The steps' names come from the SOP's one table of steps.
@@ -123,10 +125,11 @@ REASONS: Final[dict[str, dict[str, str]]] = {
 _ENV = Environment(loader=PackageLoader("pulih", "templates"), autoescape=select_autoescape(["html", "j2"]))
 
 
-def render(request: dict[str, Any], form: str, lang: str) -> str:
-    """Form 'ppd' or 'pd' of a request (as Requests.get returns it), in 'en' or 'id'."""
+def render(request: dict[str, Any], form: str, lang: str, *, demo: bool = False) -> str:
+    """Form 'ppd' or 'pd' of a request (as Requests.get returns it), in 'en' or 'id'; a demo
+    store's form says so above everything else."""
     if form not in ("ppd", "pd") or lang not in LANGS:
         raise ValueError("form is ppd or pd, lang is en or id")
     return _ENV.get_template("form.html.j2").render(
-        r=request, form=form, lang=lang, t=TEXT[lang], steps=STEPS[lang], reasons=REASONS[lang]
+        r=request, form=form, lang=lang, t=TEXT[lang], steps=STEPS[lang], reasons=REASONS[lang], demo=demo
     )

@@ -67,6 +67,9 @@ class RunReport:
     request_id: str | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     gate: dict[str, Any] | None = None
+    # Run by a demo store's service (pulih serve --demo-actors), whose actors a script names:
+    # the report says so, so that nobody mistakes it for a record of real work.
+    demo: bool = False
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or new_run_id(self.kind)
@@ -102,6 +105,7 @@ class RunReport:
             "request_id": self.request_id,
             "attempts": self.attempts,
             "gate": self.gate,
+            "demo": self.demo,
         }
 
     def record_on(self, store: Any, path: Path, actor: str) -> None:
@@ -137,6 +141,7 @@ _ENV = Environment(loader=PackageLoader("pulih", "templates"), autoescape=select
 HEADINGS: dict[str, dict[str, str]] = {
     "en": {
         "title": "run",
+        "demo": "DEMO: a demonstration store's run, whose people a script played; no record of real work",
         "run": "Run",
         "status": "Status",
         "operator": "Operator",
@@ -174,6 +179,7 @@ HEADINGS: dict[str, dict[str, str]] = {
     },
     "id": {
         "title": "pelaksanaan",
+        "demo": "DEMO: penyimpanan demonstrasi, pelakunya diperankan skrip; bukan catatan kerja nyata",
         "run": "Pelaksanaan",
         "status": "Status",
         "operator": "Operator",

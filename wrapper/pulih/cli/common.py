@@ -65,10 +65,17 @@ def print_outcome(doc: dict[str, Any], where: str, *, as_json: bool) -> None:
 
 
 def call_service(
-    method: str, path: str, body: dict[str, Any] | None = None, *, as_json: bool, timeout: float = 60
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    as_json: bool,
+    timeout: float = 60,
+    raw: bool = False,
 ) -> Any:
-    """The service's answer, or the command stops with its refusal's message and exit code."""
+    """The service's answer (its text with `raw`), or the command stops with its refusal's
+    message and exit code."""
     try:
-        return call(method, path, body, timeout=timeout)
+        return call(method, path, body, timeout=timeout, raw=raw)
     except ServiceError as exc:
         fail(exc.message, exc.code, as_json=as_json)

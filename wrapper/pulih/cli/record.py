@@ -331,7 +331,9 @@ def request_form(
     """Print Form PPD or Form PD of a request as HTML, in English or Indonesian."""
     if form not in ("ppd", "pd") or lang not in forms.LANGS:
         fail("--form is ppd or pd, --lang is en or id", Exit.BAD_INPUT)
-    html = forms.render(call_service("GET", f"/requests/{request_id}", as_json=False), form, lang)
+    html = call_service(
+        "GET", f"/requests/{request_id}/form?form={form}&lang={lang}", as_json=False, raw=True
+    )
     if output is None:
         print(html)
     else:
@@ -471,10 +473,7 @@ def report_show(
             Exit.BAD_INPUT,
         )
     if fmt == "html":
-        try:
-            print(call("GET", f"/runs/{run_id}?format=html&lang={lang}", raw=True))
-        except ServiceError as exc:
-            fail(exc.message, exc.code)
+        print(call_service("GET", f"/runs/{run_id}?format=html&lang={lang}", as_json=False, raw=True))
         return
     print(json.dumps(call_service("GET", f"/runs/{run_id}", as_json=as_json), indent=2, ensure_ascii=False))
 
@@ -483,7 +482,7 @@ def audit_verify(as_json: JsonOpt = False) -> None:
     """Prove the audit log: every entry unchanged, none deleted, inserted or moved."""
     doc = call_service("POST", "/audit/verify", as_json=as_json)
     if as_json:
-        print(json.dumps({k: doc[k] for k in ("status", "entries", "problems")}, indent=2))
+        print(json.dumps({k: doc[k] for k in ("status", "entries", "problems", "run_id")}, indent=2))
     for problem in doc["problems"]:
         err.print(
             f"[red]tampered:[/] audit entry {problem['seq']}: {escape(shown(problem['message']))}",

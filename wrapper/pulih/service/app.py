@@ -373,7 +373,7 @@ def create_app(
         accounts.revoke_token(who.account.name, token_id)
         return {"id": token_id, "revoked": True}
 
-    jobs = Jobs(register)
+    jobs = Jobs(register, demo=demo)
 
     @app.post(f"{API}/jobs", status_code=202)
     def start_job(body: NewJob, who: Authenticated) -> dict[str, Any]:
@@ -523,7 +523,7 @@ def create_app(
         problems = store.verify_audit()
         count = len(store.audit_entries())
         report = reports.RunReport(
-            kind="audit", command=["pulih", "audit", "verify"], operator=who.account.name
+            kind="audit", command=["pulih", "audit", "verify"], operator=who.account.name, demo=demo
         )
         report.errors = [str(p) for p in problems]
         report.finish("failed" if problems else "succeeded", int(Exit.FAILED if problems else Exit.OK))
@@ -535,5 +535,5 @@ def create_app(
             "run_id": report.run_id,
         }
 
-    app.include_router(requests_router(requests, Authenticated, register, ApiError))
+    app.include_router(requests_router(requests, Authenticated, register, ApiError, demo=demo))
     return app

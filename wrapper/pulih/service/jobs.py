@@ -104,8 +104,9 @@ def _selected(register: reg.Register, limit: str | None) -> list[str]:
 
 
 class Jobs:
-    def __init__(self, inventory: Path | None) -> None:
+    def __init__(self, inventory: Path | None, *, demo: bool = False) -> None:
         self.inventory = inventory
+        self.demo = demo  # a demo store's service: every report says so
         self._jobs: dict[str, Job] = {}
         self._busy: dict[str, str] = {}  # target -> job id
         self._lock = threading.Lock()
@@ -151,6 +152,7 @@ class Jobs:
             check_mode=check,
             limit=job.limit,
             operator=job.account,
+            demo=self.demo,
         )
 
         def work(report: reports.RunReport) -> job_runs.Ending:
@@ -192,6 +194,7 @@ class Jobs:
             check_mode=order.check,
             request_id=order.request_id,
             operator=account,
+            demo=self.demo,
         )
         try:
             if self.inventory is None:

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from pulih import forms, restoring
 from pulih import register as reg
-from pulih import restoring
 from pulih.exitcodes import Exit
 from pulih.requests import BadRequestInput, Refused, Requests, check_new
 from pulih.service import repository
@@ -79,9 +80,11 @@ class Assessment(Note):
     damage: str = Field(max_length=32)
 
 
-def router(requests: Requests, authenticated: Any, register_path: Path | None, api_error: Any) -> APIRouter:
+def router(
+    requests: Requests, authenticated: Any, register_path: Path | None, api_error: Any, *, demo: bool = False
+) -> APIRouter:
     """`authenticated` is the app's caller dependency; `api_error(status, code, id, message)`
-    builds its error."""
+    builds its error; `demo`: a demo store's service, whose forms say so."""
     routes = APIRouter()
 
     def scoped(who: Caller, scope: str) -> str:
@@ -228,6 +231,19 @@ def router(requests: Requests, authenticated: Any, register_path: Path | None, a
         scoped(who, "read")
         hidden(who, request_id)
         return record(lambda: requests.get(request_id))
+
+    @routes.get("/v1/requests/{request_id}/form", response_class=HTMLResponse)
+    def request_form(
+        request_id: str, who: authenticated, form: str = "ppd", lang: str = "en"
+    ) -> HTMLResponse:
+        """Form PPD or Form PD of a request, printed by the service (which alone knows whether
+        its store is a demo's) for the CLI and the desk alike."""
+        scoped(who, "read")
+        hidden(who, request_id)
+        if form not in ("ppd", "pd") or lang not in forms.LANGS:
+            raise api_error(400, Exit.BAD_INPUT, "form.input", "form is ppd or pd, lang is en or id")
+        doc = record(lambda: requests.get(request_id))
+        return HTMLResponse(forms.render(doc, form, lang, demo=demo))
 
     @routes.post("/v1/requests/{request_id}/receive")
     def receive(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
