@@ -276,11 +276,45 @@ def test_the_pre_restore_backup_undoes_the_restore(env):
 # --------------------------------------------------------------------------- alternate targets
 
 
+def decoy_register(env) -> Path:
+    """The lab's register with lab2 moved onto lab1's address and ports: a restore that read it
+    would put lab2's copy on lab1."""
+    decoy = env["base"] / "decoy"  # the register alone: its group_vars hold the lab's password
+    decoy.mkdir(exist_ok=True)
+    path = decoy / lab_mod.REGISTER_FILE
+    doc = yaml.safe_load((env["inventory"] / lab_mod.REGISTER_FILE).read_text())
+    lab1, lab2 = (next(a for a in doc["assets"] if a["hostname"] == n) for n in ("lab1", "lab2"))
+    lab2.update(address=lab1["address"], ssh_port=lab1["ssh_port"])
+    for theirs, mine in zip(lab2["data"], lab1["data"], strict=False):
+        if theirs.get("engine") != "files":
+            theirs.update(host=mine["host"], port=mine["port"])
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return decoy
+
+
 def test_alternate_target_on_another_host_and_name_leaves_the_source_alone(env):
     rid = planned_request(
         env, ["LAB-001:app-pg"], backups=env["backups"], target="alternate:lab2:salinan pegawai"
     )
-    doc = restore(env, rid, check=0)
+    # A register, a config and a store named in the caller's environment are not the service's:
+    # the restore goes to the approved, resolved target all the same.
+    decoy = decoy_register(env)
+    decoyed = {
+        **env,
+        "environ": {
+            **env["environ"],
+            "PULIH_INVENTORY": str(decoy),
+            "PULIH_CONFIG": str(env["base"] / "decoy-config.yml"),
+            "PULIH_STORE": f"sqlite:///{env['base'] / 'decoy.db'}",
+        },
+    }
+    (env["base"] / "decoy-config.yml").write_text("restore_attempts: 1\nactors: {budi: [approver]}\n")
+    doc = restore(decoyed, rid, check=0)
+    on_lab1 = env["state"].psql(
+        host(env, "lab1"), "SELECT count(*) FROM pg_database WHERE datname = 'salinan pegawai'", "postgres"
+    )
+    assert on_lab1.strip() == "0", "the restore followed the register in the caller's environment"
+    assert not (env["base"] / "decoy.db").exists()
     item = doc["items"][0]
     assert item["restore"]["target_host"] == "lab2" and item["restore"]["target"] == "salinan pegawai"
     assert item["restore"]["replaced"] is False and item["restore"]["pre_restore_backup_id"] is None
@@ -901,6 +935,34 @@ def test_an_approval_revoked_between_attempts_stops_the_next_attempt(env):
     assert any("refused before attempt 2 of 3" in e and "revoked by sri" in e for e in report["errors"])
     steps = [s["step"] for s in record(env, rid)["steps"]]
     assert steps[-2:] == ["executed", "revoked"]
+
+
+def test_a_register_edited_between_attempts_stops_the_next_attempt(env):
+    """The same failing first attempt; then the service's register moves the item to another
+    port: the next attempt would go where the job holds no lock and the approval never
+    looked, so it does not run."""
+    rid = planned_request(env, ["LAB-002:app-mariadb"], backups=env["backups"])
+    path = env["inventory"] / lab_mod.REGISTER_FILE
+    before = path.read_text()
+    job = api(env, "budi", "POST", "/restores", {"request": rid, "attempts": 3}).json()
+    moved = host(env, "lab2").mariadb_port + 1
+
+    try:
+        end = follow_job(
+            env,
+            job["id"],
+            when=lambda e: "attempt 1 of 3 failed" in e.get("text", ""),
+            then=lambda: set_item(env, "LAB-002", "app-mariadb", port=moved),
+        )
+    finally:
+        path.write_text(before)
+    report = end["report"]
+    assert end["job"]["exit_code"] == 3 and report["status"] == "refused"
+    assert [a["status"] for a in report["attempts"]] == ["failed"]
+    assert any(
+        "refused before attempt 2" in e and "register changed while the job ran" in e and f":{moved}/" in e
+        for e in report["errors"]
+    ), report["errors"]
 
 
 def test_the_database_password_never_leaks(env):

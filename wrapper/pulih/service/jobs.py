@@ -252,6 +252,7 @@ class Jobs:
             progress=lambda what, text: job.emit({"type": what, "text": text}),
             cancel=job.cancel,
             age_identity=age_identity,
+            locked=job.targets,
         )
         self._launch(job, report, run.run)
         return job

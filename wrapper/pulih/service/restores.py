@@ -105,6 +105,18 @@ class RestoreRun:
     progress: Callable[[str, str], None]
     cancel: threading.Event
     age_identity: str | None = None
+    locked: list[str] = field(default_factory=list)  # the targets the job holds
+
+    def changed_targets(self, register: reg.Register, scope: list[dict[str, str]], target: Any) -> str | None:
+        """Why the register now resolves this restore to other targets than the job locked, or
+        None: an edit of the register during a job never sends an attempt somewhere unlocked."""
+        now = restore_keys(register, scope, target)
+        if self.order.check or now == self.locked:
+            return None
+        return (
+            "the service's register changed while the job ran: it now resolves the restore to "
+            f"{', '.join(now)}, and the job locked {', '.join(self.locked)}; start the restore again"
+        )
 
     def run(self, report: reports.RunReport) -> job_runs.Ending:
         order = self.order
@@ -146,7 +158,7 @@ class RestoreRun:
         # On disk and on the record before anything is touched: a service killed outright
         # leaves it 'running', and its next start marks it interrupted.
         report.write()
-        return self._attempts(report, record, run_items, decision, register, targets)
+        return self._attempts(report, record, run_items, decision, scope, targets)
 
     def _attempts(
         self,
@@ -154,20 +166,31 @@ class RestoreRun:
         record: dict[str, Any],
         run_items: list[restoring.RestoreItem],
         decision: dict[str, Any],
-        register: reg.Register,
+        scope: list[dict[str, str]],
         targets: list[str],
     ) -> job_runs.Ending:
         order, total = self.order, self.attempts
-        asset_ids = {a.hostname: a.asset_id for a in register.assets}
         gate = {"socket": self.gate_socket, "job": self.job_id} if self.gate_socket else None
         for attempt in range(1, total + 1):
+            # Today's register, read again for every attempt (the playbook reads it too).
+            try:
+                register = reg.load_inventory(self.register_path)
+                changed = self.changed_targets(register, scope, decision["target"])
+            except (reg.RegisterError, restoring.RestoreInputError, KeyError, StopIteration) as exc:
+                changed = f"the service's register no longer resolves the restore ({exc})"
+            if changed:
+                report.items = [restoring.report_item(i) for i in run_items]
+                return job_runs.Ending(
+                    "refused", Exit.REFUSED, f"refused before attempt {attempt}: {changed}"
+                )
+            asset_ids = {a.hostname: a.asset_id for a in register.assets}
             if attempt > 1:  # the gate again before every attempt: an approval may have gone meanwhile
                 try:
-                    scope = [{"asset_id": i.asset_id, "item": i.item} for i in run_items if i.pending]
+                    pending = [{"asset_id": i.asset_id, "item": i.item} for i in run_items if i.pending]
                     report.gate = self.requests.gate(
                         self.actor,
                         order.request_id,
-                        run_scope=scope,
+                        run_scope=pending,
                         target=order.target,
                         run_targets=targets,
                     )
