@@ -31,11 +31,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -47,6 +47,7 @@ PASSWORD_VAR = "pulih_lab_db_password"  # noqa: S105 - the name of the variable,
 STATE_FILE = "lab.json"
 LAB_VARS_FILE = Path("group_vars") / "all" / "pulih_lab.yml"
 REGISTER_FILE = "lab.asset_register.yml"
+T = TypeVar("T")
 
 
 class LabError(RuntimeError):
@@ -193,6 +194,30 @@ def _wait_for_port(address: str, port: int, what: str, log: Path, timeout: float
         time.sleep(0.05)
     tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
     raise LabError(f"{what} did not listen on {address}:{port} within {timeout:.0f}s: {' | '.join(tail)}")
+
+
+def _retry_until(
+    what: str,
+    attempt: Callable[[], T],
+    *,
+    timeout: float,
+    every: float = 0.2,
+    gone: Callable[[], str | None] = lambda: None,
+) -> T:
+    """`attempt()` until it returns without a LabError or the deadline passes: a server that
+    listens is not yet one that answers, least of all on a busy machine. `gone()` names why
+    waiting longer is pointless (the server exited), which ends the wait at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return attempt()
+        except LabError as exc:
+            why = gone()
+            if why is not None:
+                raise LabError(f"{what}: {why}") from None
+            if time.monotonic() + every > deadline:
+                raise LabError(f"{what}: not ready within {timeout:.0f}s; last: {exc}") from None
+        time.sleep(every)
 
 
 def _as_user(user: str) -> list[str]:
@@ -554,6 +579,20 @@ class Lab:
             )
         self._record(state, Proc(f"{host.name}/mariadb", child.pid, "mariadbd"))
         _wait_for_port(host.address, host.mariadb_port, f"{host.name}: MariaDB", log)
+
+        def exited() -> str | None:
+            if child.poll() is None:
+                return None
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            return f"mariadbd exited ({child.returncode}): {' | '.join(tail)}"
+
+        # The TCP port can listen before the socket accepts (ERROR 2002 ... (111) under load).
+        _retry_until(
+            f"{host.name}: MariaDB on {socket_path}",
+            lambda: state.mariadb(host, "SELECT 1", timeout=10),
+            timeout=120,
+            gone=exited,
+        )
         sql = f"""
             CREATE USER '{DB_USER}'@'127.0.0.0/255.0.0.0' IDENTIFIED BY '{state.db_password}';
             CREATE USER '{DB_USER}'@'localhost' IDENTIFIED BY '{state.db_password}';
