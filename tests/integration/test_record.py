@@ -277,6 +277,135 @@ def test_audit_verify_detects_and_names_tampering(make_store, how, statement, na
     assert problems[0].seq == named, [str(p) for p in problems]
 
 
+SIMPEG = [{"asset_id": "DC-1", "item": "simpeg"}]
+LATER = "2099-01-01T00:00:00Z"
+REVIVED = (
+    f"UPDATE pulih_requests SET status = 'planned', approved_by = 'dewi', approval_expires_at = '{LATER}'"
+)
+
+
+def rejected_request(requests: Requests) -> str:
+    rid = requests.new("ani", procedure="recovery", skpd="bkpsdm", contact="a", scope=SIMPEG, reason="error")[
+        "id"
+    ]
+    requests.receive("citra", rid)
+    requests.reject("dewi", rid, "not needed")
+    return rid
+
+
+def closed_request(requests: Requests) -> str:
+    rid = planned_request(requests)
+    requests.executed("eko", rid, outcome="succeeded")
+    requests.confirm("ani", rid)
+    requests.close("citra", rid)
+    return rid
+
+
+def filed_request(requests: Requests) -> str:
+    rid = requests.new("ani", procedure="recovery", skpd="bkpsdm", contact="a", scope=SIMPEG, reason="error")[
+        "id"
+    ]
+    requests.receive("citra", rid)
+    return rid
+
+
+# Edits of a request's row that anyone holding the store file can make, each of which the gate
+# let through while `pulih audit verify` said "intact" (the log itself is untouched).
+ROW_EDITS = {
+    "a forged approval": (
+        filed_request,
+        REVIVED,
+        {},
+        "status",
+    ),
+    "a widened scope": (
+        planned_request,
+        'UPDATE pulih_requests SET scope = \'[{"asset_id": "DC-1", "item": "simpeg"}, '
+        '{"asset_id": "DC-2", "item": "simpus"}]\'',
+        {"run_scope": [{"asset_id": "DC-2", "item": "simpus"}]},
+        "scope",
+    ),
+    "a changed target": (
+        planned_request,
+        'UPDATE pulih_requests SET target = \'{"kind": "alternate", "host": "x", "name": "y"}\'',
+        {"target": {"kind": "alternate", "host": "x", "name": "y"}},
+        "target",
+    ),
+    "an extended expiry": (
+        planned_request,
+        f"UPDATE pulih_requests SET approval_expires_at = '{LATER}'",
+        {},
+        "approval_expires_at",
+    ),
+    "a rejected request revived": (
+        rejected_request,
+        REVIVED,
+        {},
+        "status",
+    ),
+    "a closed request revived": (
+        closed_request,
+        "UPDATE pulih_requests SET status = 'executed'",
+        {},
+        "status",
+    ),
+    "an approver with no approver role": (
+        planned_request,
+        "UPDATE pulih_requests SET approved_by = 'eko'",
+        {},
+        "approved_by",
+    ),
+    "another requester": (planned_request, "UPDATE pulih_requests SET requester = 'budi'", {}, "requester"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(ROW_EDITS))
+def test_the_gate_refuses_a_request_row_the_audit_log_does_not_bear_out(make_store, edit):
+    make, statement, run, field = ROW_EDITS[edit]
+    clock = Clock()
+    store = make_store()
+    requests = make_requests(store, clock)
+    rid = make(requests)
+    tamper(store, statement + " WHERE id = :rid", rid=rid)
+    if edit == "an extended expiry":
+        clock.at += dt.timedelta(hours=25)
+    assert store.verify_audit() == [], "the log itself is intact: only the row changed"
+    with pytest.raises(Refused, match=rf"'s {field} is .* in its row and .* on the audit log"):
+        requests.gate("dewi", rid, run_scope=run.get("run_scope", SIMPEG), target=run.get("target"))
+    assert store.audit_entries()[-1]["action"] == "restore.refused"
+
+
+def test_the_gate_holds_a_run_to_the_targets_the_log_says_were_approved(make_store):
+    store = make_store()
+    requests = make_requests(store)
+    rid = planned_request(requests, plan=False)
+    requests.revoke("citra", rid, "re-approve with targets")
+    requests.approve("citra", rid, targets=["postgresql://10.0.0.1:5432/simpeg"])
+    requests.assess("eko", rid, data_exists=True, damage="error")
+    requests.check_backups("eko", rid, [{"item": "simpeg", "backup_id": "20261120T020000Z-0000"}])
+    requests.plan("eko", rid, backups={"DC-1:simpeg": "20261120T020000Z-0000"})
+    tamper(
+        store,
+        "UPDATE pulih_approvals SET targets = :t WHERE request_id = :rid",
+        t='["postgresql://x:1/y"]',
+        rid=rid,
+    )
+    with pytest.raises(Refused, match="would change postgresql://x:1/y, which the approval"):
+        requests.gate("dewi", rid, run_scope=SIMPEG, run_targets=["postgresql://x:1/y"])
+    allowed = requests.gate("dewi", rid, run_scope=SIMPEG, run_targets=["postgresql://10.0.0.1:5432/simpeg"])
+    assert allowed["allowed"]
+
+
+def test_the_gate_refuses_every_restore_while_the_audit_log_is_broken(make_store):
+    store = make_store()
+    requests = make_requests(store)
+    rid = planned_request(requests)
+    assert requests.gate("dewi", rid, run_scope=SIMPEG)["allowed"]
+    tamper(store, "UPDATE pulih_audit SET payload = '{}' WHERE seq = 2")
+    with pytest.raises(Refused, match=r"the audit log is not intact \(audit entry 2: its content was changed"):
+        requests.gate("dewi", rid, run_scope=SIMPEG)
+
+
 def test_audit_entries_chain(make_store):
     store = make_store()
     planned_request(make_requests(store))

@@ -20,7 +20,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 import yaml
 
-from pulih.store import Store, approvals_table, iso, now, parse_iso, requests_table, steps_table
+from pulih.store import Store, approvals_table, audit_table, iso, now, parse_iso, requests_table, steps_table
 
 PROCEDURES: Final = {"recovery": "A", "backup_restore": "B"}
 ROLES: Final = ("requester", "receiver", "approver", "operator")
@@ -282,6 +282,39 @@ def _last_step(store: Store, request_id: str) -> dict[str, Any]:
             .first()
         )
     return dict(row) if row else {"actor": "?", "at": "?", "note": ""}
+
+
+def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
+    """What decides a restore of a request, as its steps wrote it on the audit log: status,
+    requester, scope, target, approver, expiry and the approved targets. None: the log has no
+    filing of it. A key the log does not hold (an entry older than the key) is left out."""
+    with store.engine.connect() as conn:
+        rows = (
+            conn.execute(
+                sa.select(audit_table.c.action, audit_table.c.actor, audit_table.c.payload)
+                .where(audit_table.c.request_id == request_id, audit_table.c.action.like("request.%"))
+                .order_by(audit_table.c.seq)
+            )
+            .mappings()
+            .all()
+        )
+    state: dict[str, Any] | None = None
+    for row in rows:
+        step, payload = row["action"].removeprefix("request."), json.loads(row["payload"])
+        if step == "filed":
+            state = {"status": "filed", "requester": row["actor"], "approved_by": None}
+            state.update({k: payload[k] for k in ("scope", "target") if k in payload})
+            state.update(approval_expires_at=None, targets=None)
+            continue
+        if state is None or step not in STEP:
+            continue
+        if (step, state["status"]) != ("executed", "revoked"):  # as _step sets it
+            state["status"] = step
+        changes = payload.get("changes") or {}
+        state.update({k: changes[k] for k in ("approved_by", "approval_expires_at") if k in changes})
+        if step == "approved":
+            state["targets"] = payload.get("targets")
+    return state
 
 
 class Requests:
@@ -710,17 +743,42 @@ class Requests:
 
     # ---------------------------------------------------------------- the gate
 
-    def _within_approved_targets(self, request_id: str, run_targets: list[str]) -> None:
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(approvals_table.c.targets)
-                .where(approvals_table.c.request_id == request_id)
-                .order_by(approvals_table.c.id.desc())
-                .limit(1)
-            ).first()
-        if row is None or row.targets is None:
+    def _as_the_log_says(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The request as its chained audit entries say, or Refused naming where its row, which
+        anyone holding the store file can edit, disagrees with them (or the chain is broken)."""
+        problems = self.store.verify_audit()
+        if problems:
+            raise Refused(
+                f"the audit log is not intact ({problems[0]}): no restore runs until an auditor has "
+                "looked (pulih audit verify)"
+            )
+        chained = chained_request(self.store, request["id"])
+        if chained is None:
+            raise Refused(
+                f"request {request['id']} has no filing on the audit log: its row was not written by pulih"
+            )
+        row = {
+            "status": request["status"],
+            "requester": request["requester"],
+            "approved_by": request["approved_by"],
+            "approval_expires_at": request["approval_expires_at"],
+            "scope": json.loads(request["scope"]),
+            "target": json.loads(request["target"]),
+        }
+        for key, value in row.items():
+            if key in chained and chained[key] != value:
+                raise Refused(
+                    f"request {request['id']}'s {key} is {json.dumps(value)} in its row and "
+                    f"{json.dumps(chained[key])} on the audit log: the row was edited outside pulih; "
+                    "no restore runs under it until an auditor has looked"
+                )
+        return chained
+
+    @staticmethod
+    def _within_approved_targets(request_id: str, chained: dict[str, Any], run_targets: list[str]) -> None:
+        if chained.get("targets") is None:
             return  # an approval from before targets were recorded: scope and target decide
-        approved = set(json.loads(row.targets))
+        approved = set(chained["targets"])
         beyond = sorted(set(run_targets) - approved)
         if beyond:
             raise Refused(
@@ -755,6 +813,7 @@ class Requests:
             with self.store.engine.connect() as conn:
                 request = _load(conn, request_id)
                 self._distinct(conn, actor, request_id, "operator")
+            chained = self._as_the_log_says(request)
             if request["status"] == "rejected":
                 raise Refused(f"request {request_id} was rejected ({request['rejected_reason']})")
             if request["status"] == "revoked":
@@ -793,7 +852,7 @@ class Requests:
                     f"{json.dumps(approved_target)}"
                 )
             if run_targets is not None:
-                self._within_approved_targets(request_id, run_targets)
+                self._within_approved_targets(request_id, chained, run_targets)
         except Refused as exc:
             decision["allowed"], decision["reason"] = False, str(exc)
             with self.store.transaction() as conn:
