@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from pulih import lab as lab_mod
+from pulih.anchors import FileAnchor
 from pulih.requests import BadRequestInput, Config, Refused, Requests
 from pulih.service.accounts import AccountError, Accounts
-from pulih.store import SCHEMA_VERSION, Store, audit_table, iso, parse_iso
+from pulih.store import GENESIS, SCHEMA_VERSION, Store, _entry_hash, audit_table, iso, parse_iso
 
 ACTORS = {
     "ani": {"requester"},
@@ -402,8 +403,93 @@ def test_the_gate_refuses_every_restore_while_the_audit_log_is_broken(make_store
     rid = planned_request(requests)
     assert requests.gate("dewi", rid, run_scope=SIMPEG)["allowed"]
     tamper(store, "UPDATE pulih_audit SET payload = '{}' WHERE seq = 2")
-    with pytest.raises(Refused, match=r"the audit log is not intact \(audit entry 2: its content was changed"):
+    with pytest.raises(
+        Refused, match=r"the audit log is not intact \(audit entry 2: its content was changed"
+    ):
         requests.gate("dewi", rid, run_scope=SIMPEG)
+
+
+def rechain(store: Store, start: int, change) -> None:
+    """Rewrite the log from entry `start` on as a holder of the store could: `change` edits the
+    rows, then every hash from there is recomputed, so the chain alone holds."""
+    rows = [dict(r) for r in store.audit_entries()]
+    rows = change(rows)
+    with store.transaction() as conn:
+        conn.execute(sa.delete(audit_table))
+        prev = rows[0]["prev_hash"] if rows else GENESIS
+        for row in rows:
+            if row["seq"] >= start:
+                row["prev_hash"] = prev
+                row["hash"] = _entry_hash(
+                    prev,
+                    row["seq"],
+                    row["at"],
+                    row["actor"],
+                    row["action"],
+                    row["request_id"],
+                    row["payload"],
+                )
+            conn.execute(sa.insert(audit_table).values(**row))
+            prev = row["hash"]
+
+
+def edit_payload(seq):
+    def change(rows):
+        for row in rows:
+            if row["seq"] == seq:
+                row["payload"] = json.dumps({"role": "approver", "note": "rewritten"})
+        return rows
+
+    return change
+
+
+def forge_one(rows):
+    last = rows[-1]
+    return [*rows, {**last, "seq": last["seq"] + 1, "action": "request.approved", "actor": "dewi"}]
+
+
+ANCHORED_TAMPERING = {
+    # how: (rewrite, the entry named, what the message says)
+    "a middle entry edited, the rest re-chained": (lambda s: rechain(s, 3, edit_payload(3)), 3, "rewritten"),
+    "the tail truncated": (lambda s: tamper(s, "DELETE FROM pulih_audit WHERE seq > 5"), 6, "truncated"),
+    "every entry deleted": (lambda s: tamper(s, "DELETE FROM pulih_audit"), 1, "emptied"),
+    "a forged entry appended, chained": (
+        lambda s: rechain(s, len(s.audit_entries()) + 1, forge_one),
+        None,
+        "on no anchor",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", sorted(ANCHORED_TAMPERING))
+def test_an_anchor_outside_the_store_shows_a_rewritten_chain(make_store, tmp_path, how):
+    rewrite, named, says = ANCHORED_TAMPERING[how]
+    store = make_store()
+    store.anchors = [FileAnchor(tmp_path / "anchor.jsonl")]
+    requests = make_requests(store)
+    rid = planned_request(requests)
+    entries = store.audit_entries()
+    lines = (tmp_path / "anchor.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["hash"] == entries[-1]["hash"] and len(lines) == len(entries)
+    assert store.verify_audit() == []
+    rewrite(store)
+    unanchored = Store(store.url, upgrade=False)
+    assert unanchored.verify_audit() == [], "the chain alone says intact: that is why there are anchors"
+    unanchored.engine.dispose()
+    problems = store.verify_audit()
+    assert problems and says in problems[0].message, [str(p) for p in problems]
+    assert problems[0].seq == (named or len(entries) + 1), [str(p) for p in problems]
+    with pytest.raises(Refused, match="the audit log is not intact"):
+        requests.gate("dewi", rid, run_scope=SIMPEG)
+
+
+def test_an_anchor_that_cannot_be_read_fails_the_check(make_store, tmp_path):
+    store = make_store()
+    store.anchors = [FileAnchor(tmp_path / "anchor.jsonl")]
+    planned_request(make_requests(store))
+    (tmp_path / "anchor.jsonl").unlink()
+    problems = [str(p) for p in store.verify_audit()]
+    assert problems == [f"anchor file {tmp_path / 'anchor.jsonl'}: cannot be read: No such file or directory"]
 
 
 def test_audit_entries_chain(make_store):

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from pulih.store import Store, tokens_table
 from tests.conftest import PROJECT
+from tests.integration import test_record as record_tests
 from tests.integration.client import connects, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates OS users and runs the service's account")
@@ -51,6 +52,7 @@ def service():
     state = Path(tempfile.mkdtemp(prefix="pulih-svc-", dir="/tmp"))
     state.rmdir()  # --init makes it
     procs: list[subprocess.Popen] = []
+    anchors: Path | None = None
     try:
         run = subprocess.run(
             [
@@ -78,6 +80,11 @@ def service():
                     ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", *groups, user], check=True
                 )
                 created.append(user)
+        # The audit chain's anchor: a file outside the state folder that only the service appends to.
+        anchors = Path(tempfile.mkdtemp(prefix="pulih-anchor-", dir="/tmp"))
+        os.chown(anchors, state.stat().st_uid, state.stat().st_gid)
+        with (state / "config.yml").open("a") as config:
+            config.write(f"anchors:\n  - file: {anchors / 'audit.jsonl'}\n")
         port = _free_port()
         # One service: its Unix socket (always open) and an HTTP port beside it.
         procs.append(
@@ -91,6 +98,7 @@ def service():
         wait_until("the service's socket", lambda: connects(state / "pulih.sock"))
         wait_until("the service's HTTP port", lambda: _listens(port))
         env = {"state": state, "socket": f"unix:{state / 'pulih.sock'}", "http": f"http://127.0.0.1:{port}"}
+        env["anchor"] = anchors / "audit.jsonl"
         admin(
             env,
             "admin",
@@ -142,6 +150,8 @@ def service():
         for user in created:
             subprocess.run(["userdel", user], check=False)
         shutil.rmtree(state, ignore_errors=True)
+        if anchors is not None:
+            shutil.rmtree(anchors, ignore_errors=True)
 
 
 def pulih_as(
@@ -569,6 +579,7 @@ def test_naming_the_actor_exists_only_in_demo_mode_on_a_demo_store(service):
         audit = json.loads(admin(demo_env, "audit", "verify", "--json", check=0).stdout)
         shown = json.loads(admin(demo_env, "report", "show", audit["run_id"], "--json", check=0).stdout)
         assert shown["demo"] is True
+        assert shown["audit_head"]["seq"] >= 1 and len(shown["audit_head"]["hash"]) == 64
         html = admin(demo_env, "report", "show", audit["run_id"], "--format", "html", check=0).stdout
         assert "DEMO: a demonstration" in html
         # And a real store's do not.
@@ -661,3 +672,25 @@ def test_a_password_login_gives_a_token_of_the_accounts_own_scopes(service):
         )
         assert "wrong account name or password" in refused.stderr
     assert audit_actions(service)[-4:] == ["token_created", "login", "login_failed", "login_failed"]
+
+
+def test_an_anchor_beside_the_service_shows_a_chain_rewritten_in_its_store(service):
+    """Last: it leaves the service's chain rewritten. The chain alone would say intact."""
+    assert json.loads(admin(service, "audit", "verify", "--json", check=0).stdout)["status"] == "intact"
+    store = Store(f"sqlite:///{service['state'] / 'pulih.db'}", upgrade=False)
+    try:
+        heads = [json.loads(line) for line in service["anchor"].read_text().splitlines()]
+        entries = store.audit_entries()
+        assert heads[-1]["seq"] == entries[-1]["seq"] and heads[-1]["hash"] == entries[-1]["hash"]
+        record_tests.rechain(store, 3, record_tests.edit_payload(3))
+        chain_alone = Store(store.url, upgrade=False)
+        assert chain_alone.verify_audit() == []
+        chain_alone.engine.dispose()
+    finally:
+        store.engine.dispose()
+    doc = json.loads(admin(service, "audit", "verify", "--json", check=1).stdout)
+    assert doc["status"] == "tampered" and doc["problems"][0]["seq"] == 3, doc["problems"]
+    assert (
+        "rewritten" in doc["problems"][0]["message"]
+        and str(service["anchor"]) in doc["problems"][0]["message"]
+    )

@@ -70,6 +70,9 @@ class RunReport:
     # Run by a demo store's service (pulih serve --demo-actors), whose actors a script names:
     # the report says so, so that nobody mistakes it for a record of real work.
     demo: bool = False
+    # The audit chain's head once the run is on the record ({seq, hash, at}): with it, whoever
+    # holds the report can show later that the chain still holds the run's entry as it was.
+    audit_head: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or new_run_id(self.kind)
@@ -106,6 +109,7 @@ class RunReport:
             "attempts": self.attempts,
             "gate": self.gate,
             "demo": self.demo,
+            "audit_head": self.audit_head,
         }
 
     def record_on(self, store: Any, path: Path, actor: str) -> None:
@@ -132,6 +136,10 @@ class RunReport:
         atomic_write_text(self.run_dir / "report.html", render_html(doc))
         for recorder in RECORDERS:
             recorder(self, self.run_dir / "report.json")
+        if self.audit_head is not None and self.audit_head != doc["audit_head"]:  # recorded: say where
+            atomic_write_text(
+                self.run_dir / "report.json", json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n"
+            )
         return self.run_dir / "report.json"
 
 

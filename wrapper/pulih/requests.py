@@ -163,6 +163,9 @@ class Config:
     # The SOP: repeat the restore until it succeeds; pulih tries this often, this far apart.
     restore_attempts: int = 3
     restore_retry_seconds: float = 30.0
+    # Files the audit chain's head is appended to after every write (pulih.anchors): outside
+    # the store, where its holders cannot write.
+    anchors: list[str] = field(default_factory=list)
 
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -217,7 +220,15 @@ def load_config(path: Path) -> Config:
     store = raw.get("store")
     if store is not None and not isinstance(store, str):
         raise BadRequestInput(f"{path}: field 'store': must be a database URL, not {type(store).__name__}")
+    anchors = raw.get("anchors") or []
+    if not isinstance(anchors, list) or not all(
+        isinstance(a, dict) and set(a) == {"file"} and str(a["file"]).startswith("/") for a in anchors
+    ):
+        raise BadRequestInput(
+            f"{path}: field 'anchors': a list of {{file: /absolute/path}}, one per anchor of the audit chain"
+        )
     config = Config(
+        anchors=[a["file"] for a in anchors],
         store=store,
         approval_validity_hours=int(number("approval_validity_hours", 72, 1, 720)),
         restore_attempts=int(number("restore_attempts", 3, 1, 20)),

@@ -14,7 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from pulih.anchors import AnchorError, FileAnchor, problems_against
 
 SCHEMA_VERSION = 5
 GENESIS = "0" * 64
@@ -213,8 +216,8 @@ class AuditProblem:
     seq: int
     message: str
 
-    def __str__(self) -> str:
-        return f"audit entry {self.seq}: {self.message}"
+    def __str__(self) -> str:  # seq 0: a problem of an anchor, not of one entry
+        return f"audit entry {self.seq}: {self.message}" if self.seq else self.message
 
 
 def _sqlite_connect(dbapi: Any, _record: Any) -> None:
@@ -235,8 +238,10 @@ def _sqlite_begin(conn: Connection) -> None:
 class Store:
     """One connection pool to the record; every write in its own transaction."""
 
-    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str, *, upgrade: bool = True, anchors: Sequence[FileAnchor] = ()) -> None:
         self.url = url
+        # Where the chain's head goes after every write, and what verify_audit checks it against.
+        self.anchors = list(anchors)
         self.engine: Engine = sa.create_engine(url, future=True)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_connect)
@@ -286,8 +291,42 @@ class Store:
     def transaction(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             conn = conn.execution_options(pulih_write=True)
+            conn.info["pulih_appended"] = False
             with conn.begin():
                 yield conn
+            appended = conn.info.pop("pulih_appended", False)
+        if appended and self.anchors:  # committed: the new head goes outside the store
+            self.publish_head()
+
+    def head(self) -> dict[str, Any] | None:
+        """The chain's last entry: {seq, hash, at}, or None for an empty log."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(audit_table.c.seq, audit_table.c.hash, audit_table.c.at)
+                .order_by(audit_table.c.seq.desc())
+                .limit(1)
+            ).first()
+        return {"seq": row.seq, "hash": row.hash, "at": row.at} if row else None
+
+    def start_anchors(self) -> None:
+        """A newly configured anchor begins at today's head; one that exists is never written
+        to here (a head written outside the service must stay unanchored, and named)."""
+        head = self.head()
+        for anchor in self.anchors:
+            if head is not None and not anchor.path.exists():
+                anchor.append(head["seq"], head["hash"], head["at"])
+
+    def publish_head(self) -> None:
+        """Append the chain's head to every anchor. A failed anchor does not undo the write it
+        follows (that is committed); it leaves the head unanchored, which verify_audit names."""
+        head = self.head()
+        if head is None:
+            return
+        for anchor in self.anchors:
+            try:
+                anchor.append(head["seq"], head["hash"], head["at"])
+            except AnchorError as exc:
+                print(f"pulih: {exc}", file=sys.stderr)
 
     # ---------------------------------------------------------------- policy
 
@@ -328,6 +367,7 @@ class Store:
             sa.select(audit_table.c.seq, audit_table.c.hash).order_by(audit_table.c.seq.desc()).limit(1)
         ).first()
         seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
+        conn.info["pulih_appended"] = True  # Store.transaction publishes the head once committed
         when = iso(at or now())
         body = json.dumps(payload, sort_keys=True, ensure_ascii=False)
         digest = _entry_hash(prev, seq, when, actor, action, request_id, body)
@@ -383,7 +423,24 @@ class Store:
             if recomputed != row["hash"]:
                 problems.append(AuditProblem(seq, "its content was changed after it was written"))
             prev_hash, expected_seq = row["hash"], seq + 1
-        return problems
+        return problems + self._anchor_problems()
+
+    def _anchor_problems(self) -> list[AuditProblem]:
+        """Where the chain disagrees with its anchors; an anchor that cannot be read is itself a
+        problem (never a silent fall-back to the chain alone)."""
+        if not self.anchors:
+            return []
+        with self.engine.connect() as conn:
+            chain = [(r.seq, r.hash) for r in conn.execute(sa.select(audit_table.c.seq, audit_table.c.hash))]
+        found: list[AuditProblem] = []
+        for anchor in self.anchors:
+            try:
+                heads = anchor.heads()
+            except AnchorError as exc:
+                found.append(AuditProblem(0, str(exc)))
+                continue
+            found += [AuditProblem(seq, text) for seq, text in problems_against(chain, heads, anchor.name)]
+        return sorted(found, key=lambda p: p.seq)
 
     # ---------------------------------------------------------------- runs
 

@@ -70,6 +70,7 @@ def _recorder(store: Store) -> Callable[[reports.RunReport, Path], None]:
 
     def record(report: reports.RunReport, path: Path) -> None:
         report.record_on(store, path, report.operator)
+        report.audit_head = store.head()
 
     return record
 
@@ -120,6 +121,7 @@ def serve(state: State, listen: str | None = None, *, demo_actors: bool = False)
         raise StateError(
             "--demo-actors listens only on a Unix socket: a demo names its actors, so never on a network"
         )
+    store.start_anchors()
     reports.RECORDERS[:] = [_recorder(store)]
     mark_interrupted(store, state.root / "runs")
     register = state.config.get("register")

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from pulih.anchors import FileAnchor
 from pulih.fsutil import atomic_write_text
 from pulih.requests import BadRequestInput, Config, load_config
 from pulih.service.accounts import AccountError, Accounts
@@ -56,7 +57,8 @@ class State:
         return str(self.config.get("store") or f"sqlite:///{self.root / 'pulih.db'}")
 
     def open_store(self) -> Store:
-        return Store(self.store_url)
+        """The record, publishing its chain's head to the anchors config.yml names."""
+        return Store(self.store_url, anchors=[FileAnchor(Path(a)) for a in self.settings().anchors])
 
     def settings(self) -> Config:
         """The service's settings in config.yml: approval validity, restore attempts and retry."""
@@ -210,14 +212,17 @@ def check(state: State) -> list[str]:
     identity = state.config.get("age_identity")
     if identity:
         private(Path(str(identity)), 0o600)
+    anchors: list[FileAnchor] = []
     try:
-        state.settings()
+        anchors = [FileAnchor(Path(a)) for a in state.settings().anchors]
     except StateError as exc:
         problems.append(str(exc))
     try:
-        store = state.open_store()
+        store = Store(state.store_url, anchors=anchors)
         if not any("admin" in a.roles and not a.disabled for a in Accounts(store).all()):
             problems.append("the store has no enabled admin account")
+        missing = [a.path for a in store.anchors if not a.path.parent.is_dir()]
+        problems += [f"anchor file {path}: its folder does not exist" for path in missing]
         store.engine.dispose()
     except (AccountError, RuntimeError, Exception) as exc:
         problems.append(f"the store {state.store_url} cannot be opened: {' '.join(str(exc).split())}")
