@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import subprocess
 import threading
 
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from pulih import lab as lab_mod
-from pulih.anchors import FileAnchor
+from pulih.anchors import AuditKey, FileAnchor, signed_text
 from pulih.requests import BadRequestInput, Config, Refused, Requests
 from pulih.service.accounts import AccountError, Accounts
 from pulih.store import GENESIS, SCHEMA_VERSION, Store, _entry_hash, audit_table, iso, parse_iso
@@ -490,6 +491,59 @@ def test_an_anchor_that_cannot_be_read_fails_the_check(make_store, tmp_path):
     (tmp_path / "anchor.jsonl").unlink()
     problems = [str(p) for p in store.verify_audit()]
     assert problems == [f"anchor file {tmp_path / 'anchor.jsonl'}: cannot be read: No such file or directory"]
+
+
+def test_anchor_lines_are_signed_by_the_audit_key_and_verify_offline(make_store, tmp_path):
+    key = AuditKey.make(tmp_path / "audit_ed25519")
+    store = make_store()
+    store.anchors = [FileAnchor(tmp_path / "anchor.jsonl", key)]
+    requests = make_requests(store)
+    rid = planned_request(requests)
+    assert store.verify_audit() == []
+    last = json.loads((tmp_path / "anchor.jsonl").read_text().splitlines()[-1])
+    assert last["key"] == key.fingerprint() and "BEGIN SSH SIGNATURE" in last["signature"]
+    # Offline, with the standard tool alone: the README's command.
+    (tmp_path / "allowed_signers").write_text(
+        f'pulih-audit namespaces="pulih-audit" {key.public.read_text()}'
+    )
+    (tmp_path / "line.sig").write_text(last["signature"])
+    body = {k: last[k] for k in ("at", "format", "hash", "key", "seq")}
+    checked = subprocess.run(
+        [
+            *("ssh-keygen", "-Y", "verify", "-f", str(tmp_path / "allowed_signers")),
+            *("-I", "pulih-audit", "-n", "pulih-audit", "-s", str(tmp_path / "line.sig")),
+        ],
+        input=json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
+        capture_output=True,
+        check=False,
+    )
+    assert checked.returncode == 0 and b"Good" in checked.stdout, checked.stderr
+
+    # Whoever can write the store and append to the anchor, without the key: a forged entry,
+    # chained, and a line for it, unsigned or signed by another key.
+    rechain(store, len(store.audit_entries()) + 1, forge_one)
+    head = store.head()
+    forged = {"format": "pulih.anchor/1", "seq": head["seq"], "hash": head["hash"], "at": head["at"]}
+    other = AuditKey.make(tmp_path / "other_ed25519")
+    for line, says in (
+        (forged, "is not signed by the service's audit key"),
+        (
+            {
+                **forged,
+                "key": key.fingerprint(),
+                "signature": other.sign(signed_text({**forged, "key": key.fingerprint()})),
+            },
+            "its signature does not verify",
+        ),
+    ):
+        text = (tmp_path / "anchor.jsonl").read_text()
+        with (tmp_path / "anchor.jsonl").open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        problems = store.verify_audit()
+        assert problems and says in problems[0].message, [str(p) for p in problems]
+        with pytest.raises(Refused, match=says):  # the gate checks the newest line's signature
+            requests.gate("dewi", rid, run_scope=SIMPEG)
+        (tmp_path / "anchor.jsonl").write_text(text)
 
 
 def test_audit_entries_chain(make_store):

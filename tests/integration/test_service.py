@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from pulih.store import Store, tokens_table
 from tests.conftest import PROJECT
@@ -682,6 +683,8 @@ def test_an_anchor_beside_the_service_shows_a_chain_rewritten_in_its_store(servi
         heads = [json.loads(line) for line in service["anchor"].read_text().splitlines()]
         entries = store.audit_entries()
         assert heads[-1]["seq"] == entries[-1]["seq"] and heads[-1]["hash"] == entries[-1]["hash"]
+        pinned = yaml.safe_load((service["state"] / "config.yml").read_text())["audit_key"]
+        assert {h["key"] for h in heads} == {pinned} and all("SSH SIGNATURE" in h["signature"] for h in heads)
         record_tests.rechain(store, 3, record_tests.edit_payload(3))
         chain_alone = Store(store.url, upgrade=False)
         assert chain_alone.verify_audit() == []

@@ -105,6 +105,7 @@ def serve(state: State, listen: str | None = None, *, demo_actors: bool = False)
     # The service's runs and reports live in its state folder, on its record.
     os.environ["PULIH_STATE_DIR"] = str(state.root)
     os.environ["PULIH_HOME"] = str(state.config["content"])
+    state.check_audit_key()
     store = state.open_store()
     demo = is_demo(store)
     if demo and not demo_actors:

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pulih.anchors import FileAnchor
+from pulih.anchors import AnchorError, AuditKey, FileAnchor
 from pulih.fsutil import atomic_write_text
 from pulih.requests import BadRequestInput, Config, load_config
 from pulih.service.accounts import AccountError, Accounts
@@ -53,12 +53,41 @@ class State:
         return self.root / "ssh" / "id_ed25519"
 
     @property
+    def audit_key(self) -> AuditKey:
+        """The key that signs the audit chain's anchors: the service's own, apart from its SSH
+        login key, never sent to a server."""
+        return AuditKey(self.root / "ssh" / "audit_ed25519")
+
+    def check_audit_key(self) -> None:
+        """The audit key exists (a state made before it had one gets it now) and is the one the
+        config pins: a swapped key would sign a rewritten anchor."""
+        key = self.audit_key
+        try:
+            if not key.private.exists():
+                AuditKey.make(key.private)
+                pinned = {**self.config, "audit_key": key.fingerprint()}
+                yaml_text = yaml.safe_dump(pinned, sort_keys=False)
+                atomic_write_text(self.root / "config.yml", yaml_text, mode=0o600)
+                self.config.update(pinned)
+                return
+            found = key.fingerprint()
+        except AnchorError as exc:
+            raise StateError(str(exc)) from None
+        if self.config.get("audit_key") != found:
+            raise StateError(
+                f"the audit key {key.public} is {found}, and the config pins "
+                f"{self.config.get('audit_key') or 'none'}: put the pinned key back (an audit key is "
+                "never replaced silently)"
+            )
+
+    @property
     def store_url(self) -> str:
         return str(self.config.get("store") or f"sqlite:///{self.root / 'pulih.db'}")
 
     def open_store(self) -> Store:
         """The record, publishing its chain's head to the anchors config.yml names."""
-        return Store(self.store_url, anchors=[FileAnchor(Path(a)) for a in self.settings().anchors])
+        key = self.audit_key if self.audit_key.private.exists() else None
+        return Store(self.store_url, anchors=[FileAnchor(Path(a), key) for a in self.settings().anchors])
 
     def settings(self) -> Config:
         """The service's settings in config.yml: approval validity, restore attempts and retry."""
@@ -137,9 +166,11 @@ def init(
         check=True,
         capture_output=True,
     )
+    audit_key = AuditKey.make(root / "ssh" / "audit_ed25519")
     config: dict[str, Any] = {
         "register": str(register.resolve()) if register else None,
         "content": str(content.resolve()),
+        "audit_key": audit_key.fingerprint(),  # pinned: pulih serve refuses another key
     }
     if store_url:
         config["store"] = store_url
@@ -221,6 +252,12 @@ def check(state: State) -> list[str]:
         store = Store(state.store_url, anchors=anchors)
         if not any("admin" in a.roles and not a.disabled for a in Accounts(store).all()):
             problems.append("the store has no enabled admin account")
+        key = state.audit_key
+        if key.private.exists() and state.config.get("audit_key") != key.fingerprint():
+            problems.append(
+                f"the audit key {key.public} is {key.fingerprint()}, and the config pins "
+                f"{state.config.get('audit_key') or 'none'}"
+            )
         missing = [a.path for a in store.anchors if not a.path.parent.is_dir()]
         problems += [f"anchor file {path}: its folder does not exist" for path in missing]
         store.engine.dispose()
