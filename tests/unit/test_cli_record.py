@@ -13,8 +13,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import sqlalchemy as sa
 
+from pulih.store import Store
 from tests.conftest import PROJECT
+from tests.integration import test_record as record_tests
 from tests.integration.client import Service
 
 SETTINGS = "approval_validity_hours: 24\n"
@@ -153,14 +156,36 @@ def test_rejected_request_exit_3_and_the_reason_is_shown(env):
 
 def test_expired_approval_exit_3(env):
     rid = planned(env)
-    db = Path(env["PULIH_STATE_DIR"]) / "pulih.db"
-    with sqlite3.connect(
-        db
-    ) as conn:  # the clock moved on (an edit only the test may make): let the approval have run out
-        conn.execute(
-            "UPDATE pulih_requests SET approval_expires_at = '2026-01-01T00:00:00Z' WHERE id = ?", (rid,)
+    expired = "2026-01-01T00:00:00Z"
+    # The clock moved on: the approval's expiry rewritten in the request's row and in its audit
+    # entry, the chain recomputed from there (the gate decides from the log, and an edit of the
+    # row alone is refused as one). An edit only the test may make: this service has no anchor.
+    store = Store(f"sqlite:///{Path(env['PULIH_STATE_DIR']) / 'pulih.db'}", upgrade=False)
+    try:
+        approval = next(
+            e["seq"]
+            for e in store.audit_entries()
+            if (e["action"], e["request_id"]) == ("request.approved", rid)
         )
-    refused(pulih(env, "eko", "restore", "--request", rid, "--check"), "expired at 2026-01-01T00:00:00Z")
+
+        def expire(rows):
+            for row in rows:
+                if row["seq"] == approval:
+                    payload = json.loads(row["payload"])
+                    payload["changes"]["approval_expires_at"] = expired
+                    row["payload"] = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+            return rows
+
+        record_tests.rechain(store, approval, expire)
+        with store.transaction() as conn:
+            conn.execute(
+                sa.text("UPDATE pulih_requests SET approval_expires_at = :at WHERE id = :rid"),
+                {"at": expired, "rid": rid},
+            )
+        assert store.verify_audit() == []
+    finally:
+        store.engine.dispose()
+    refused(pulih(env, "eko", "restore", "--request", rid, "--check"), f"expired at {expired}")
 
 
 def test_out_of_scope_exit_3(env):
