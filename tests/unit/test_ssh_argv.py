@@ -76,14 +76,14 @@ def test_an_option_as_address_is_never_read_as_one(agent_stream, tmp_path):
 
 @pytest.mark.parametrize("word", ["-oProxyCommand=x", "a b", "x;y", "", "pulih\nx"])
 def test_the_module_refuses_what_is_not_a_plain_name(agent_stream, word):
-    assert not agent_stream._SSH_WORD.match(word)
+    assert not agent_stream.SSH_WORD.match(word)
 
 
 @pytest.mark.parametrize(
     "word", ["pulih", "root", "127.0.0.1", "simpeg-db01.kota.go.id", "fe80::1%eth0", "::1"]
 )
 def test_the_module_accepts_users_and_addresses(agent_stream, word):
-    assert agent_stream._SSH_WORD.match(word)
+    assert agent_stream.SSH_WORD.match(word)
 
 
 def test_the_post_swap_comparison_skips_excluded_paths_and_what_lies_in_excluded_folders(
@@ -100,8 +100,8 @@ def test_the_post_swap_comparison_skips_excluded_paths_and_what_lies_in_excluded
     ]
     listed.write_text("".join(json.dumps(e) + "\n" for e in entries))
     live = {"a.txt": entries[0]}
-    assert agent_stream._compare_files(str(listed), live, ["cache", "*.tmp"]) == []
-    assert agent_stream._compare_files(str(listed), live, []) == [
+    assert agent_stream.compare_files(str(listed), live, ["cache", "*.tmp"]) == []
+    assert agent_stream.compare_files(str(listed), live, []) == [
         "b.tmp: in the file list, not restored",
         "cache: in the file list, not restored",
         "cache/s1: in the file list, not restored",

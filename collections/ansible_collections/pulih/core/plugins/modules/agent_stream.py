@@ -149,12 +149,8 @@ seconds:
 """
 
 import errno
-import fnmatch
-import hashlib
 import json
 import os
-import queue
-import re
 import subprocess
 import threading
 import time
@@ -162,211 +158,23 @@ import time
 import contextlib
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.pulih.core.plugins.module_utils.agent_io import (
+    CHUNK,
+    SAFE_PATH,
+    SSH_WORD,
+    AgentStderr,
+    ControllerWatch,
+    Hasher,
+    compare_counts,
+    compare_files,
+    size_text,
+    ssh_argv,
+)
 from ansible_collections.pulih.core.plugins.module_utils.repository import hold_writer_lock
-
-CHUNK = 1 << 20
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
-_SSH_WORD = re.compile(r"^[A-Za-z0-9_:.\[\]][A-Za-z0-9_:.%\[\]-]*$")  # never an option, never a space
-
-
-def _size(count):
-    return (
-        "%.1f GiB" % (count / float(1 << 30)) if count >= 1 << 27 else "%.1f MiB" % (count / float(1 << 20))
-    )
 
 
 def _ssh_argv(p):
-    argv = [
-        "ssh",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "ServerAliveInterval=15",
-        "-o",
-        "ServerAliveCountMax=4",
-        "-o",
-        "ControlMaster=no",
-        "-o",
-        "ControlPath=none",
-        "-p",
-        str(p["port"]),
-        # AES-GCM first: with AES-NI it costs a fraction of ChaCha20 on a bulk stream.
-        "-c",
-        "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
-    ]
-    if p["ssh_identity"]:
-        argv += ["-o", "IdentitiesOnly=yes", "-i", p["ssh_identity"]]
-    if p["ssh_known_hosts"]:
-        argv += ["-o", "UserKnownHostsFile=" + p["ssh_known_hosts"]]
-    # The user as the value of -l and the address after "--": nothing from the register can
-    # be read as an ssh option ("-oProxyCommand=..."). ssh hands the remote command to a
-    # shell: only plain paths go there, nothing from data.
-    return [*argv, "-l", p["user"], "--", p["address"], p["python"], p["agent"]]
-
-
-class _Hasher(threading.Thread):
-    """SHA-256 in its own thread (hashlib releases the GIL), overlapping the disk writes."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.digest = hashlib.sha256()
-        self.blocks = queue.Queue(maxsize=8)
-
-    def run(self):
-        for block in iter(self.blocks.get, None):
-            self.digest.update(block)
-
-
-class _Stderr(threading.Thread):
-    """Reads the agent's standard error: structured events and the tools' messages."""
-
-    def __init__(self, stream, events_handle):
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.events_handle = events_handle
-        self.events_digest = hashlib.sha256()
-        self.events_size = 0
-        self.result = None
-        self.files = {}
-        self.messages = []
-
-    def run(self):
-        for raw in iter(self.stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if not line.startswith("@@pulih "):
-                if line.strip():
-                    self.messages = ([*self.messages, line])[-40:]
-                continue
-            try:
-                event = json.loads(line[8:])
-            except ValueError:
-                continue
-            kind = event.pop("event", None)
-            if kind == "result":
-                self.result = event
-            elif kind == "file":
-                self.files[event["path"]] = event
-                if self.events_handle is not None:
-                    data = (json.dumps(event, sort_keys=True) + "\n").encode()
-                    self.events_handle.write(data)
-                    self.events_digest.update(data)
-                    self.events_size += len(data)
-
-
-class _ControllerWatch(threading.Thread):
-    """Stops the stream when the controller that started this module is gone.
-
-    Ansible reads a module's output only when it ends, so nothing else would tell a stream of
-    hours that nobody waits for it any more. Every few seconds this writes a newline to
-    standard output (Ansible skips whitespace before a module's JSON); once the controller
-    and its connection are gone the write fails, and the stream is killed, so that its
-    partial artifacts are removed and nothing of the run keeps writing.
-    """
-
-    def __init__(self, on_gone, every=1.0):
-        super().__init__(daemon=True)
-        self.on_gone, self.every = on_gone, every
-        self.done = threading.Event()
-        self.gone = False
-        self.lock = threading.Lock()  # no newline in the middle of the module's JSON
-
-    def beat(self):
-        """Whether the controller still reads our output (False once it is gone)."""
-        with self.lock:
-            if not self.gone and not self.done.is_set():
-                try:
-                    os.write(1, b"\n")
-                except OSError:
-                    self.gone = True
-                    self.on_gone()
-        return not self.gone
-
-    def run(self):
-        while not self.done.wait(self.every) and self.beat():
-            pass
-
-    def stop(self):
-        """No more beats (the module's JSON follows); False when the controller is gone."""
-        alive = self.beat()
-        with self.lock:
-            self.done.set()
-        return alive
-
-
-def _compare_counts(expected, actual):
-    diffs = []
-    for table in sorted(set(expected) | set(actual)):
-        if table not in actual:
-            diffs.append("table %s: in the manifest (%s rows), not restored" % (table, expected[table]))
-        elif table not in expected:
-            diffs.append("table %s: restored (%s rows), not in the manifest" % (table, actual[table]))
-        elif int(expected[table]) != int(actual[table]):
-            diffs.append(
-                "table %s: %s rows in the manifest, %s restored" % (table, expected[table], actual[table])
-            )
-    return diffs
-
-
-# What a file list says of an entry besides its type, and how a difference reads. A key is
-# compared when both sides have it (older lists have fewer; an agent that is not root lists no
-# owners, since it could not have restored them).
-_FILE_ATTRIBUTES = (
-    ("size", "size"),
-    ("sha256", "content (SHA-256)"),
-    ("target", "link target"),
-    ("sparse", "sparseness"),
-    ("mode", "mode"),
-    ("owner", "owner"),
-    ("group", "group"),
-    ("mtime", "modification time"),
-    ("xattrs", "extended attributes"),
-    ("acl_access", "ACL"),
-    ("acl_default", "default ACL"),
-)
-_MAX_DIFFERENCES = 25
-
-
-def _excluded(path, patterns):
-    """Whether the agent's walk leaves `path` out: a pattern matches it or a folder above it
-    (the walk never enters an excluded folder)."""
-    parts = path.split("/")
-    for depth in range(1, len(parts) + 1):
-        here = "/".join(parts[:depth])
-        if any(fnmatch.fnmatch(here, p) or fnmatch.fnmatch(parts[depth - 1], p) for p in patterns):
-            return True
-    return False
-
-
-def _compare_files(expected_path, actual, ignore=()):
-    """Differences between a file list (JSON lines) and the entries an agent listed; paths
-    that the patterns in `ignore` match are not compared (excluded paths kept in place)."""
-    expected = {}
-    with open(expected_path, "rb") as handle:
-        for raw in handle:
-            if raw.strip():
-                entry = json.loads(raw)
-                if not _excluded(entry["path"], ignore):
-                    expected[entry["path"]] = entry
-    diffs = []
-    for path in sorted(set(expected) | set(actual)):
-        want, got = expected.get(path), actual.get(path)
-        if got is None:
-            diffs.append("%s: in the file list, not restored" % path)
-        elif want is None:
-            diffs.append("%s: restored, not in the file list" % path)
-        elif want.get("type") != got.get("type"):
-            diffs.append(
-                "%s: a %s in the file list, a %s restored" % (path, want.get("type"), got.get("type"))
-            )
-        else:
-            for key, what in _FILE_ATTRIBUTES:
-                if key in want and key in got and want[key] != got[key]:
-                    diffs.append("%s: %s differs from the file list" % (path, what))
-    if len(diffs) > _MAX_DIFFERENCES:
-        diffs[_MAX_DIFFERENCES:] = ["and %d more differences" % (len(diffs) - _MAX_DIFFERENCES)]
-    return diffs
+    return ssh_argv(p, [p["python"], p["agent"]])
 
 
 def main():
@@ -396,13 +204,13 @@ def main():
     )
     p = module.params
     for key in ("agent", "python"):
-        if not _SAFE_PATH.match(p[key]):
+        if not SAFE_PATH.match(p[key]):
             module.fail_json(msg="%s must be a plain absolute path, got %r" % (key, p[key]))
     for folder in p["tool_path"]:
-        if not _SAFE_PATH.match(folder):
+        if not SAFE_PATH.match(folder):
             module.fail_json(msg="tool_path entries must be plain absolute paths, got %r" % folder)
     for key in ("user", "address"):
-        if not _SSH_WORD.match(p[key]):
+        if not SSH_WORD.match(p[key]):
             module.fail_json(msg="%s %r is not a user or host name ssh can be given safely" % (key, p[key]))
     if p["dest"] and os.path.exists(p["dest"]):
         module.fail_json(msg="%s already exists: a backup artifact is never overwritten" % p["dest"])
@@ -418,7 +226,7 @@ def main():
             module.fail_json(
                 msg="not enough room in the repository: %s free at %s, and this item's last backup "
                 "plus the margin (pulih_common_space_margin_percent) needs %s; free space or add disk, "
-                "nothing was streamed" % (_size(have), folder, _size(p["need_free_bytes"])),
+                "nothing was streamed" % (size_text(have), folder, size_text(p["need_free_bytes"])),
                 differences=[],
                 matches=False,
             )
@@ -464,14 +272,14 @@ def main():
         proc = subprocess.Popen(
             _ssh_argv(p), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        watch = _ControllerWatch(proc.kill)
+        watch = ControllerWatch(proc.kill)
         watch.start()
-        reader = _Stderr(proc.stderr, events_handle)
+        reader = AgentStderr(proc.stderr, events_handle)
         reader.start()
         timer = threading.Timer(p["timeout"], proc.kill)
         timer.daemon = True
         timer.start()
-        hasher, size = _Hasher(), 0
+        hasher, size = Hasher(), 0
         try:
             proc.stdin.write((json.dumps(request) + "\n").encode())
             if p["src"]:
@@ -524,9 +332,9 @@ def main():
             )
         diffs = []
         if p["expect_counts"] is not None:
-            diffs += _compare_counts(p["expect_counts"], reader.result.get("row_counts") or {})
+            diffs += compare_counts(p["expect_counts"], reader.result.get("row_counts") or {})
         if p["expect_files"]:
-            diffs += _compare_files(p["expect_files"], reader.files, p["expect_files_ignore"])
+            diffs += compare_files(p["expect_files"], reader.files, p["expect_files_ignore"])
         created = []  # complete: keep
         out = dict(
             changed=p["request"].get("mode") != "verify",
