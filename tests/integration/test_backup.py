@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -426,6 +427,123 @@ def test_one_flipped_byte_fails_exactly_that_backup(env):
     assert doc["status"] == "failed"
 
 
+def ssh_as(env, key, host, user, *words, stdin=b""):
+    """ssh with one key to a lab host, asking for `words`; its exit code and output."""
+    state = env["state"]
+    return subprocess.run(
+        [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            f"UserKnownHostsFile={state.known_hosts}",
+            "-i",
+            str(key),
+            "-p",
+            str(host.ssh_port),
+            "-l",
+            user,
+            "--",
+            host.address,
+            *words,
+        ],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_data_servers_key_runs_the_receiver_for_its_own_asset_only(env):
+    """Each data server pushes with its own key, which the repository accepts for the receiver
+    and its own asset only; no key the repository could hold opens a data server."""
+    state = env["state"]
+    lab1, lab2, repo = state.host("lab1"), state.host("lab2"), state.host("labrepo")
+    for host in ("lab1", "lab2"):
+        if not published(env, state.asset_id(state.host(host)), "app-pg"):
+            pulih(env, "backup", "--limit", host, "--item", "app-pg", "--no-verify", check=0)
+    key = state.receiver_key(lab1)
+    mine, theirs = published(env, "LAB-001", "app-pg")[-1], published(env, "LAB-002", "app-pg")[-1]
+
+    def receiver(*words, stdin=b""):
+        return ssh_as(env, key, repo, lab_mod.RECEIVER_ACCOUNT, *words, stdin=stdin)
+
+    for words in (["/bin/sh", "-c", "id"], ["cat", "/etc/shadow"], ["list", "app-pg;", "id"], []):
+        run = receiver(*words)
+        assert run.returncode == 2 and b"pulih receiver: " in run.stderr, (words, run.stderr)
+    listed = json.loads(receiver("list", "app-pg").stdout)["backups"]
+    assert {b["asset_id"] for b in listed} == {"LAB-001"} and mine in {b["backup_id"] for b in listed}
+    assert receiver("fetch", "app-pg", theirs, "manifest.json").returncode == 3, "another server's backup"
+    assert receiver("fetch-granted", "no-such-grant-0001", "manifest.json").returncode == 3
+    folder = repository(env) / "LAB-001" / "app-pg" / mine
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert receiver("store", "app-pg", mine, "database.pgdump.zst", stdin=b"forged").returncode == 3
+    assert receiver("abort", "app-pg", mine).returncode == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "a published backup changed"
+    fetched = receiver("fetch", "app-pg", mine, "database.pgdump.zst")
+    assert fetched.returncode == 0 and fetched.stdout == before["database.pgdump.zst"]
+    # The data servers take the controller's key only: not a server's key, and the receiver's
+    # account is no login on them.
+    for host in (lab1, lab2):
+        for who in (state.receiver_key(lab1), state.receiver_key(lab2)):
+            assert ssh_as(env, who, host, state.user, "true").returncode == 255
+        assert ssh_as(env, state.private_key, host, lab_mod.RECEIVER_ACCOUNT, "true").returncode == 255
+    assert ssh_as(env, key, repo, state.user, "true").returncode == 255, (
+        "a server's key logs in on the repository"
+    )
+
+
+TAMPER = """import subprocess, sys
+receiver = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE)
+flipped = False
+while chunk := sys.stdin.buffer.read(1 << 16):
+    if not flipped and len(chunk) > 100:
+        chunk, flipped = chunk[:100] + bytes([chunk[100] ^ 1]) + chunk[101:], True
+    receiver.stdin.write(chunk)
+receiver.stdin.close()
+sys.exit(receiver.wait())
+"""
+
+
+def test_a_repository_that_stores_other_bytes_than_the_agent_sent_publishes_nothing(env):
+    """Between the agent and the disk one byte changes (a tampered receiver, a bad link): the
+    receiver's hash of what it stored differs from the agent's, the item fails, and nothing of
+    it is published or left behind."""
+    state = env["state"]
+    lab1 = state.host("lab1")
+    tamper = Path(state.root) / "receiver" / "tamper.py"
+    tamper.write_text(TAMPER)
+    honest = state.receiver_keys.read_text()
+    line = state.receiver_line(lab1)
+    command = line.split('"')[1]
+    state.receiver_keys.write_text(
+        honest.replace(line, state.receiver_line(lab1, f"/usr/bin/python3 {tamper} {command}"))
+    )
+    before = published(env, "LAB-001", "app-mariadb")
+    try:
+        run = pulih(
+            env, "backup", "--limit", "lab1", "--item", "app-mariadb", "--no-verify", "--json", check=1
+        )
+    finally:
+        state.receiver_keys.write_text(honest)
+    (item,) = report_of(run)["items"]
+    assert item["ok"] is False
+    assert "the repository stored" in item["error"] and "nothing was published" in item["error"], item[
+        "error"
+    ]
+    assert published(env, "LAB-001", "app-mariadb") == before
+    folder = repository(env) / "LAB-001" / "app-mariadb"
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")], "the tampered copy stays"
+    doc = report_of(
+        pulih(env, "backup", "--limit", "lab1", "--item", "app-mariadb", "--no-verify", "--json", check=0)
+    )
+    assert doc["items"][0]["ok"], "the honest receiver takes the next backup"
+
+
 def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_listed(env):
     state = env["state"]
     lab1 = state.host("lab1")
@@ -592,14 +710,14 @@ def test_ctrl_c_writes_an_interrupted_report_and_lists_nothing(env):
     os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a small filesystem needs root"
 )
 def test_a_full_repository_fails_the_item_and_lists_nothing_corrupt(env):
-    folder = repository(env) / "LAB-001" / "big-pg"
-    mount = repository(env) / "LAB-001" / "big-pg-full"
+    mount = repository(env) / "LAB-001" / "big-pg"
+    shutil.rmtree(mount)
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    # The item's folder is a small filesystem of its own from now on, the receiver's like the rest.
+    account = pwd.getpwnam(lab_mod.RECEIVER_ACCOUNT)
+    options = f"size=512k,mode=0750,uid={account.pw_uid},gid={account.pw_gid}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
     try:
-        # The item's folder lives on the small filesystem from now on.
-        shutil.rmtree(folder)
-        folder.symlink_to(mount)
         doc = report_of(
             pulih(env, "backup", "--limit", "lab1", "--item", "big-pg", "--item", "app-pg", "--json", check=1)
         )

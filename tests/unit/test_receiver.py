@@ -6,6 +6,7 @@ nothing. (tests/integration/test_receiver_ssh.py runs it behind a real sshd.)"""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -187,5 +188,26 @@ def test_the_controller_lists_every_asset_and_records_verifications(repo):
 
 def test_a_repository_without_room_stores_nothing(repo):
     run = receive(repo, f"store simpeg {BACKUP} database.pgdump.zst {1 << 62}", stdin=DATA, check=1)
-    assert b"bytes free and this backup needs" in run.stderr
+    assert b"not enough room in the repository: " in run.stderr
+    assert b"nothing was streamed" in run.stderr
     assert list(repo.iterdir()) == []
+
+
+def test_a_new_backup_sweeps_away_dead_runs_but_never_a_live_store(repo):
+    """An unpublished backup nobody stored into for --stale-hours is a dead run's: the next backup of
+    the item removes it. One whose store still holds its lock stays, however old."""
+    receive(repo, f"store simpeg {BACKUP} database.pgdump.zst", stdin=DATA)
+    item_dir = repo / "DC-1" / "simpeg"
+    dead, live = item_dir / ".tmp-20261130T010000Z-dead", item_dir / ".tmp-20261130T020000Z-0a1b"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "database.pgdump.zst").write_bytes(b"partial")
+        day_ago = time.time() - 25 * 3600
+        os.utime(folder / "database.pgdump.zst", (day_ago, day_ago))
+        os.utime(folder, (day_ago, day_ago))
+    with (live / "database.pgdump.zst").open("rb") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        receive(repo, "store simpeg 20261201T090000Z-0c0d database.pgdump.zst", stdin=DATA)
+    assert not dead.exists(), "a dead run's leftovers stay"
+    assert live.exists(), "a store still running was swept away"
+    assert (item_dir / f".tmp-{BACKUP}").exists(), "a recent unpublished backup was swept away"

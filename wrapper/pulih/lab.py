@@ -47,6 +47,10 @@ PASSWORD_VAR = "pulih_lab_db_password"  # noqa: S105 - the name of the variable,
 STATE_FILE = "lab.json"
 LAB_VARS_FILE = Path("group_vars") / "all" / "pulih_lab.yml"
 REGISTER_FILE = "lab.asset_register.yml"
+# The repository host's account for the data servers' keys: each key may run the receiver only.
+RECEIVER_ACCOUNT = "pulih-lab-rcv"
+RECEIVER_KEY_FILE = "receiver_ed25519"
+RECEIVER = Path(__file__).resolve().parents[2] / "roles" / "pulih_common" / "files" / "pulih_receiver.py"
 T = TypeVar("T")
 
 
@@ -102,6 +106,37 @@ class LabState:
     @property
     def control_dir(self) -> Path:
         return Path(self.root) / "cp"
+
+    def receiver_key(self, host: LabHost) -> Path:
+        """A data server's own private key for the repository's receiver."""
+        return Path(self.root) / "hosts" / host.name / RECEIVER_KEY_FILE
+
+    @property
+    def repository_host(self) -> LabHost | None:
+        return next((h for h in self.hosts if h.is_repository), None)
+
+    @property
+    def receiver_keys(self) -> Path:
+        """The receiver account's authorized_keys on the repository host."""
+        return Path(self.root) / "receiver" / "authorized_keys"
+
+    @property
+    def receiver_program(self) -> Path:
+        return Path(self.root) / "receiver" / "pulih_receiver.py"
+
+    def asset_id(self, host: LabHost) -> str:
+        return f"LAB-{self.hosts.index(host) + 1:03d}"
+
+    def receiver_line(self, host: LabHost, command: str | None = None) -> str:
+        """The authorized_keys line of a data server's key: the receiver for its asset, nothing else."""
+        repo = self.repository_host
+        assert repo is not None and repo.repository_path
+        command = command or (
+            f"/usr/bin/python3 {self.receiver_program} --repository {repo.repository_path} "
+            f"--asset {self.asset_id(host)}"
+        )
+        public = self.receiver_key(host).with_suffix(".pub").read_text().strip()
+        return f'restrict,command="{command}" {public}'
 
     def pg_socket_dir(self, host: LabHost) -> str:
         return str(Path(self.root) / "hosts" / host.name / "run")
@@ -350,14 +385,13 @@ class Lab:
         root = Path(tempfile.mkdtemp(prefix="pulih-lab-", dir="/tmp"))
         root.chmod(0o711)  # the postgres and mysql accounts must reach their folders
         names = [f"{self.host_prefix}{i}" for i in range(1, self.count + 1)]
-        hosts = [
-            LabHost(name=n, address=f"{ADDRESS_PREFIX}{10 + i}", ssh_port=0) for i, n in enumerate(names)
-        ]
+        prefix = ADDRESS_PREFIX
+        hosts = [LabHost(name=n, address=f"{prefix}{10 + i}", ssh_port=0) for i, n in enumerate(names)]
         if self.repository:
             hosts.append(
                 LabHost(
                     name=f"{self.host_prefix}repo",
-                    address=f"{ADDRESS_PREFIX}9",
+                    address=f"{prefix}9",
                     ssh_port=0,
                     repository_path=str(root / "hosts" / f"{self.host_prefix}repo" / "repository"),
                 )
@@ -373,8 +407,12 @@ class Lab:
         state.save()
         try:
             self._client_key(state)
+            if self.repository:
+                self._receiver_account(state)
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 list(pool.map(lambda h: self._start_host(state, h), hosts))
+            if self.repository:
+                self._receiver_keys(state)
             state.seconds_to_start = round(time.monotonic() - started, 2)
             state.save()
             if self.inventory_dir is not None:
@@ -398,6 +436,31 @@ class Lab:
         )
         shutil.copy(state.private_key.with_suffix(".pub"), ssh_dir / "authorized_keys")
 
+    @staticmethod
+    def _receiver_account(state: LabState) -> None:
+        """The repository's account for data servers, its receiver and its authorized_keys."""
+        if os.geteuid() != 0:
+            raise LabError("a lab with a repository needs root: its receiver runs as an account of its own")
+        try:
+            pwd.getpwnam(RECEIVER_ACCOUNT)
+        except KeyError:
+            # A shell runs the forced command; `restrict` takes the rest away. The password '*'
+            # matches nothing and, unlike useradd's '!', is no lock that sshd refuses.
+            useradd = ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", "--password", "*"]
+            try:
+                _run([*useradd, RECEIVER_ACCOUNT], what=f"creating the account {RECEIVER_ACCOUNT}")
+            except LabError:
+                pwd.getpwnam(RECEIVER_ACCOUNT)  # another lab made it at the same moment: fine
+        state.receiver_program.parent.mkdir(mode=0o755)
+        shutil.copy(RECEIVER, state.receiver_program)
+        state.receiver_program.chmod(0o755)
+
+    @staticmethod
+    def _receiver_keys(state: LabState) -> None:
+        """Each data server's key, as the README says: the receiver for its own asset only."""
+        lines = [state.receiver_line(h) for h in state.hosts if not h.is_repository]
+        atomic_write_text(state.receiver_keys, "\n".join(lines) + "\n", mode=0o644)
+
     def _start_host(self, state: LabState, host: LabHost) -> None:
         base = Path(state.root) / "hosts" / host.name
         (base / "run").mkdir(parents=True)
@@ -405,7 +468,24 @@ class Lab:
         self._start_sshd(state, host, base)
         if host.is_repository:
             Path(host.repository_path or "").mkdir(parents=True)
-        elif self.databases:
+            _chown(Path(host.repository_path or ""), RECEIVER_ACCOUNT)
+            return
+        _run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"pulih@{host.name}",
+                "-f",
+                str(state.receiver_key(host)),
+            ],
+            what=f"{host.name}: creating its key for the repository",
+        )
+        if self.databases:
             self._start_postgresql(state, host, base)
             self._start_mariadb(state, host, base)
             host.file_tree = str(self._file_tree(base))
@@ -436,7 +516,7 @@ class Lab:
                     f"HostKey {key}",
                     f"PidFile {base / 'sshd.pid'}",
                     f"AuthorizedKeysFile {Path(state.root) / 'ssh' / 'authorized_keys'}",
-                    f"AllowUsers {state.user}",
+                    f"AllowUsers {state.user}" + (f" {RECEIVER_ACCOUNT}" if host.is_repository else ""),
                     "PubkeyAuthentication yes",
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
@@ -448,6 +528,11 @@ class Lab:
                     "LogLevel ERROR",
                     "Subsystem sftp internal-sftp",
                     f"SetEnv PULIH_LAB_HOST={host.name}",
+                    *(
+                        [f"Match User {RECEIVER_ACCOUNT}", f"    AuthorizedKeysFile {state.receiver_keys}"]
+                        if host.is_repository
+                        else []
+                    ),
                     "",
                 ]
             )
@@ -688,7 +773,7 @@ def register_document(state: LabState) -> dict[str, Any]:
     assets: list[dict[str, Any]] = []
     for number, host in enumerate(state.hosts, start=1):
         entry: dict[str, Any] = {
-            "asset_id": f"LAB-{number:03d}",
+            "asset_id": state.asset_id(host),
             "hostname": host.name,
             "address": host.address,
             "ssh_port": host.ssh_port,
@@ -767,6 +852,12 @@ def write_inventory(state: LabState, inventory_dir: Path) -> None:
         "pulih_common_ssh_identity": str(state.private_key),
         "pulih_common_ssh_known_hosts": str(state.known_hosts),
         "pulih_common_agent_dir": str(Path(state.root) / "agent"),
+        # Each data server reaches the repository's receiver with its own key (hosts/NAME/).
+        "pulih_common_receiver_user": RECEIVER_ACCOUNT,
+        "pulih_common_receiver_identity": (
+            "{{ pulih_lab_root }}/hosts/{{ inventory_hostname }}/" + RECEIVER_KEY_FILE
+        ),
+        "pulih_common_receiver_known_hosts": str(state.known_hosts),
         PASSWORD_VAR: state.db_password,
         "pulih_lab_pg_socket_dirs": {h.name: state.pg_socket_dir(h) for h in state.hosts if h.pg_port},
     }

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
@@ -129,9 +130,29 @@ def write_new(path: str, data: bytes, mode: int = 0o640) -> None:
         os.close(fd)
 
 
+def size_text(count: int) -> str:
+    return f"{count / (1 << 30):.1f} GiB" if count >= 1 << 27 else f"{count / (1 << 20):.1f} MiB"
+
+
+def being_stored(path: str) -> bool:
+    """Whether a live store holds the lock on a file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class Repository:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, stale_hours: float = 1) -> None:
         self.root = real_dir(os.path.abspath(root), f"the repository {root}")
+        self.stale_hours = stale_hours
 
     def item_dir(self, asset: str, item: str, *, create: bool = False) -> str:
         path = self.root
@@ -160,13 +181,22 @@ class Repository:
     # ------------------------------------------------------------------ a data server's verbs
 
     def store(self, asset: str, item: str, backup_id: str, artifact: str, need_free: int) -> None:
-        free = shutil.disk_usage(self.root).free
+        where = os.path.join(self.root, asset, item)
+        while not os.path.isdir(where):  # the filesystem the item's folder is (or will be) on
+            where = os.path.dirname(where)
+        free = shutil.disk_usage(where).free
         if need_free and free < need_free:
             refuse(
-                f"the repository has {free} bytes free and this backup needs {need_free}: nothing was stored",
+                f"not enough room in the repository: {size_text(free)} free at {where}, and this "
+                "item's last backup plus the margin (pulih_common_space_margin_percent) needs "
+                f"{size_text(need_free)}; free space or add disk, nothing was streamed",
                 FAILED,
             )
+        item_dir = self.item_dir(asset, item, create=True)
+        new = not os.path.lexists(os.path.join(item_dir, TMP_PREFIX + backup_id))
         tmp = self.unpublished(asset, item, backup_id, create=True)
+        if new:
+            self._drop_stale(item_dir, keep=tmp)
         path = os.path.join(tmp, artifact)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
@@ -175,6 +205,7 @@ class Repository:
         digest, size = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as out:
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # a live store is never taken for a dead one
                 while chunk := sys.stdin.buffer.read(CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
@@ -183,6 +214,12 @@ class Repository:
                 os.fsync(out.fileno())
         except OSError as exc:  # a full disk: what was written is no backup
             os.unlink(path)
+            if exc.errno == errno.ENOSPC:
+                refuse(
+                    f"the repository filesystem is full (no space left on device) while storing {artifact} "
+                    f"of {asset}/{item}/{backup_id}",
+                    FAILED,
+                )
             refuse(f"cannot store {artifact} of {asset}/{item}/{backup_id}: {exc.strerror}", FAILED)
         with self._locked(tmp):  # two artifacts of one backup stored at once both stay on record
             stored = self._stored(tmp)
@@ -228,7 +265,17 @@ class Repository:
         answer({"published": backup_id, "artifacts": {n: stored[n]["sha256"] for n in sorted(names)}})
 
     def abort(self, asset: str, item: str, backup_id: str) -> None:
-        shutil.rmtree(self.unpublished(asset, item, backup_id))
+        tmp = self.unpublished(asset, item, backup_id)
+        # A store of it still running (its client was killed, the link not yet closed) ends first.
+        for name in os.listdir(tmp):
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(tmp, name), os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                finally:
+                    os.close(fd)
+        with self._locked(tmp):
+            shutil.rmtree(tmp)
         answer({"aborted": backup_id})
 
     def list(self, asset: str | None, item: str | None) -> None:
@@ -338,6 +385,21 @@ class Repository:
             grant: dict[str, Any] = json.load(handle)
         return grant
 
+    def _drop_stale(self, item_dir: str, keep: str) -> None:
+        """Unpublished backups of runs that died: no store holds a lock on any of their files and
+        nothing in them changed for `stale_hours`. Never listed, never restorable: removed."""
+        cutoff = utcnow().timestamp() - self.stale_hours * 3600
+        for name in os.listdir(item_dir):
+            path = os.path.join(item_dir, name)
+            if not name.startswith(TMP_PREFIX) or path == keep or os.path.islink(path):
+                continue
+            with contextlib.suppress(OSError):
+                files = [os.path.join(path, f) for f in os.listdir(path)]
+                if max(
+                    [os.lstat(path).st_mtime] + [os.lstat(f).st_mtime for f in files]
+                ) < cutoff and not any(being_stored(f) for f in files):
+                    shutil.rmtree(path)
+
     @staticmethod
     def _drop_expired(grants: str) -> None:
         for name in os.listdir(grants):
@@ -434,7 +496,7 @@ def number(words: list[str], what: str, default: int | None = None) -> int:
 
 
 def run(args: argparse.Namespace, command: str) -> None:
-    repo = Repository(args.repository)
+    repo = Repository(args.repository, args.stale_hours)
     verb, w, extra = parse(command, args.controller)
     if args.controller:
         if verb == "list":
@@ -468,6 +530,12 @@ def run(args: argparse.Namespace, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", required=True)
+    parser.add_argument(
+        "--stale-hours",
+        type=float,
+        default=24,
+        help="idle hours after which a dead run's unpublished backup goes",
+    )
     whose = parser.add_mutually_exclusive_group(required=True)
     whose.add_argument("--asset", help="the asset id whose data server's key this is")
     whose.add_argument("--controller", action="store_true", help="the controller's key")

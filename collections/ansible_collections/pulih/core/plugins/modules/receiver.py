@@ -1,0 +1,110 @@
+# Copyright: pulih maintainers
+# Apache License 2.0
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: receiver
+short_description: Run one command of the backup repository's restricted receiver
+description:
+  - Runs where the task runs (a data server, with its own key; later the controller, with its
+    key) and asks the repository host's receiver for one thing, for example C(list ITEM),
+    C(publish ITEM BACKUP_ID) with the manifest as I(document), or C(abort ITEM BACKUP_ID).
+    The receiver is the forced command of the key (C(restrict,command=) in the repository account's
+    C(authorized_keys)); it decides what the key may do, this module only asks.
+version_added: 0.2.0
+author: pulih maintainers
+options:
+  receiver:
+    description:
+      - How to reach the receiver. C(address), C(port), C(user) of the repository host;
+        C(ssh_identity) the private key; C(ssh_known_hosts) a file with the repository host's key.
+    type: dict
+    required: true
+  command:
+    description: The receiver's verb and its words (each a plain name, never a shell word).
+    type: list
+    elements: str
+    required: true
+  document:
+    description: A JSON document sent on standard input (the manifest of a C(publish)).
+    type: dict
+  changes:
+    description: Whether the command changes the repository (for Ansible's changed status).
+    type: bool
+    default: false
+  missing_ok:
+    description:
+      - A refusal because there is nothing unpublished to act on is no failure (an C(abort) of a
+        backup never stored, or already published).
+    type: bool
+    default: false
+notes:
+  - In check mode a command that changes the repository is not sent.
+"""
+
+EXAMPLES = r"""
+- name: List this server's backups of an item
+  pulih.core.receiver:
+    receiver: {address: 10.20.0.5, user: pulih, ssh_identity: /var/lib/pulih/.ssh/id_ed25519,
+               ssh_known_hosts: /var/lib/pulih/.ssh/known_hosts}
+    command: [list, simpeg]
+"""
+
+RETURN = r"""
+answer:
+  description: The receiver's JSON answer.
+  type: dict
+  returned: success
+"""
+
+import json
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.pulih.core.plugins.module_utils.agent_io import SSH_WORD, receiver_argv
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            receiver=dict(type="dict", required=True),
+            command=dict(type="list", elements="str", required=True),
+            document=dict(type="dict"),
+            changes=dict(type="bool", default=False),
+            missing_ok=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    for word in p["command"] + [str(p["receiver"].get(k, "")) for k in ("user", "address")]:
+        if not SSH_WORD.match(word):
+            module.fail_json(msg="%r cannot be sent to the receiver safely" % word)
+    if module.check_mode and p["changes"]:
+        module.exit_json(changed=True, answer={}, msg="would ask the receiver: %s" % " ".join(p["command"]))
+    data = (json.dumps(p["document"], sort_keys=True) + "\n").encode() if p["document"] is not None else b""
+    try:
+        done = subprocess.run(
+            receiver_argv(p["receiver"], p["command"]), input=data, capture_output=True, timeout=600
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        module.fail_json(msg="cannot reach the repository's receiver: %s" % exc)
+    message = done.stderr.decode("utf-8", "replace").strip().replace("pulih receiver: ", "", 1)
+    if done.returncode != 0:
+        if (
+            p["missing_ok"]
+            and done.returncode == 3
+            and ("does not exist" in message or "is published" in message)
+        ):
+            module.exit_json(changed=False, answer={})
+        if done.returncode == 255:
+            message = "SSH to the repository's receiver failed: %s" % (message or "no message")
+        module.fail_json(msg="the repository refused %s: %s" % (p["command"][0], message), rc=done.returncode)
+    try:
+        answer = json.loads(done.stdout)
+    except ValueError:
+        module.fail_json(msg="the repository's receiver answered no JSON to %s" % p["command"][0])
+    module.exit_json(changed=p["changes"], answer=answer)
+
+
+if __name__ == "__main__":
+    main()
