@@ -26,7 +26,7 @@ molecule: setup
 	molecule test --all
 
 test: setup lint  ## everything CI runs
-	python -m pytest
+	python -m pytest -n 2 --dist loadfile
 	molecule test --all
 
 demo: setup  ## the main job on the embedded default (example register + a 2-host lab)

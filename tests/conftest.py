@@ -18,6 +18,9 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 os.environ.setdefault("ANSIBLE_CONFIG", str(PROJECT / "ansible.cfg"))
 # Reports, runs and the record of the tests stay out of the user's own state directory.
 os.environ.setdefault("PULIH_STATE_DIR", tempfile.mkdtemp(prefix="pulih-test-state-"))
+# Each pytest-xdist worker's labs on loopback addresses of its own (127.0.60.x, 127.0.61.x, ...).
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    os.environ["PULIH_LAB_ADDRESS_PREFIX"] = f"127.0.{60 + int(os.environ['PYTEST_XDIST_WORKER'][2:])}."
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import getpass
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -42,6 +43,10 @@ import yaml
 from pulih.fsutil import atomic_write_text
 
 ADDRESS_PREFIX = "127.0.50."
+# Labs started side by side (pytest-xdist's workers) each take a block of loopback addresses of
+# their own, so that no two of them ever bind the same address and port.
+ADDRESS_PREFIX_VAR = "PULIH_LAB_ADDRESS_PREFIX"
+_ADDRESS_PREFIX = re.compile(r"^127\.[0-9]{1,3}\.[0-9]{1,3}\.$")
 DB_USER = "pulih_backup"
 PASSWORD_VAR = "pulih_lab_db_password"  # noqa: S105 - the name of the variable, not a password
 STATE_FILE = "lab.json"
@@ -385,7 +390,9 @@ class Lab:
         root = Path(tempfile.mkdtemp(prefix="pulih-lab-", dir="/tmp"))
         root.chmod(0o711)  # the postgres and mysql accounts must reach their folders
         names = [f"{self.host_prefix}{i}" for i in range(1, self.count + 1)]
-        prefix = ADDRESS_PREFIX
+        prefix = os.environ.get(ADDRESS_PREFIX_VAR) or ADDRESS_PREFIX
+        if not _ADDRESS_PREFIX.match(prefix):
+            raise LabError(f"{ADDRESS_PREFIX_VAR}={prefix!r}: give a loopback prefix such as 127.0.60.")
         hosts = [LabHost(name=n, address=f"{prefix}{10 + i}", ssh_port=0) for i, n in enumerate(names)]
         if self.repository:
             hosts.append(
