@@ -276,6 +276,9 @@ def test_a_verify_host_outside_the_play_is_refused_not_replaced(env):
     now = {name: log.read_text().count("database=pulih_verify_") for name, log in pg_logs.items()}
     assert now["lab2"] > seen["lab2"], "the test restore did not run on the verify host"
     assert now["lab1"] == seen["lab1"], "the test restore ran on the source server"
+    # The verify host fetched LAB-001's backup under a grant of this job, taken back at its end.
+    grants = repository(env) / ".grants"
+    assert grants.is_dir() and list(grants.iterdir()) == [], "a grant outlived its verification"
 
 
 def test_retention_keeps_the_newest_and_check_mode_only_tells(env):
@@ -762,3 +765,47 @@ def test_the_database_password_never_leaks(env):
     assert leaks == []
     assert not any(password in output for output in env["outputs"])
     assert len(list(state_dir.rglob("job_events/*.json"))) > 100, "the artifacts were there to be searched"
+
+
+SECRET_KEYS = {"secret", "password", "identity"}
+
+
+def secret_keys(value):
+    """Names of secret-bearing keys with a value anywhere in a module's arguments."""
+    if isinstance(value, dict):
+        found = {k for k, v in value.items() if k in SECRET_KEYS and v not in (None, "", {}, [])}
+        return found.union(*(secret_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(secret_keys(v) for v in value))
+    return set()
+
+
+def test_no_task_that_runs_on_the_repository_host_is_given_a_secret(env):
+    """Every backup and verification of this module's runs: each task that ran on the repository
+    host (delegated to it) had no password, age identity or secret among its arguments, and the
+    tasks that did get one ran on the data servers."""
+    state = env["state"]
+    repo = state.host("labrepo").address
+    on_repo, with_secret_elsewhere, pulled_elsewhere = [], set(), 0
+    for path in Path(env["environ"]["PULIH_STATE_DIR"]).rglob("job_events/*.json"):
+        event = json.loads(path.read_text())
+        data = event.get("event_data", {})
+        res = data.get("res")
+        if event.get("event") not in ("runner_on_ok", "runner_on_failed") or not isinstance(res, dict):
+            continue
+        delegated = (res.get("_ansible_delegated_vars") or {}).get("ansible_host")
+        args = (res.get("invocation") or {}).get("module_args") or {}
+        if repo in (delegated, data.get("remote_addr")) or data.get("host") == "labrepo":
+            on_repo.append(data.get("task_action"))
+            text = json.dumps(args)
+            assert not secret_keys(args), (data.get("task"), secret_keys(args))
+            assert state.db_password not in text and "AGE-SECRET-KEY-" not in text, data.get("task")
+        else:
+            if secret_keys(args):
+                with_secret_elsewhere.add(data.get("task_action"))
+            pulled_elsewhere += data.get("task_action") == "pulih.core.agent_pull"
+    assert on_repo, "no task ran on the repository host: nothing was checked"
+    # A task that hides its arguments (no_log) shows none above: what may run there is named.
+    assert set(on_repo) <= {"pulih.core.backup_list", "ansible.builtin.file"}, set(on_repo)
+    assert "pulih.core.agent_push" in with_secret_elsewhere, with_secret_elsewhere
+    assert pulled_elsewhere, "no verification ran on a data server"

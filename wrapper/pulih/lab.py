@@ -129,17 +129,19 @@ class LabState:
     def receiver_program(self) -> Path:
         return Path(self.root) / "receiver" / "pulih_receiver.py"
 
+    @property
+    def receiver_command(self) -> str:
+        """The receiver's command line on the repository host, before --asset or --controller."""
+        repo = self.repository_host
+        assert repo is not None and repo.repository_path
+        return f"/usr/bin/python3 {self.receiver_program} --repository {repo.repository_path}"
+
     def asset_id(self, host: LabHost) -> str:
         return f"LAB-{self.hosts.index(host) + 1:03d}"
 
     def receiver_line(self, host: LabHost, command: str | None = None) -> str:
         """The authorized_keys line of a data server's key: the receiver for its asset, nothing else."""
-        repo = self.repository_host
-        assert repo is not None and repo.repository_path
-        command = command or (
-            f"/usr/bin/python3 {self.receiver_program} --repository {repo.repository_path} "
-            f"--asset {self.asset_id(host)}"
-        )
+        command = command or f"{self.receiver_command} --asset {self.asset_id(host)}"
         public = self.receiver_key(host).with_suffix(".pub").read_text().strip()
         return f'restrict,command="{command}" {public}'
 
@@ -464,8 +466,11 @@ class Lab:
 
     @staticmethod
     def _receiver_keys(state: LabState) -> None:
-        """Each data server's key, as the README says: the receiver for its own asset only."""
+        """Each data server's key, as the README says: the receiver for its own asset only; and the
+        controller's, for its verbs (grants, verifications)."""
         lines = [state.receiver_line(h) for h in state.hosts if not h.is_repository]
+        controller = state.private_key.with_suffix(".pub").read_text().strip()
+        lines.append(f'restrict,command="{state.receiver_command} --controller" {controller}')
         atomic_write_text(state.receiver_keys, "\n".join(lines) + "\n", mode=0o644)
 
     def _start_host(self, state: LabState, host: LabHost) -> None:
@@ -865,6 +870,8 @@ def write_inventory(state: LabState, inventory_dir: Path) -> None:
             "{{ pulih_lab_root }}/hosts/{{ inventory_hostname }}/" + RECEIVER_KEY_FILE
         ),
         "pulih_common_receiver_known_hosts": str(state.known_hosts),
+        "pulih_common_receiver_controller_identity": str(state.private_key),
+        "pulih_common_receiver_controller_known_hosts": str(state.known_hosts),
         PASSWORD_VAR: state.db_password,
         "pulih_lab_pg_socket_dirs": {h.name: state.pg_socket_dir(h) for h in state.hosts if h.pg_port},
     }

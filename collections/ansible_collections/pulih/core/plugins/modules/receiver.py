@@ -34,8 +34,8 @@ options:
     default: false
   missing_ok:
     description:
-      - A refusal because there is nothing unpublished to act on is no failure (an C(abort) of a
-        backup never stored, or already published).
+      - A refusal because there is nothing to act on is no failure (an C(abort) of a backup never
+        stored or already published, a C(revoke-grant) of a grant gone).
     type: bool
     default: false
 notes:
@@ -64,6 +64,10 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pulih.core.plugins.module_utils.agent_io import SSH_WORD, receiver_argv
 
 
+# Refusals that mean there is nothing to act on: an abort or a revoke of what is not there.
+_NOTHING_THERE = ("does not exist", "is published", "there is no grant")
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -90,11 +94,7 @@ def main():
         module.fail_json(msg="cannot reach the repository's receiver: %s" % exc)
     message = done.stderr.decode("utf-8", "replace").strip().replace("pulih receiver: ", "", 1)
     if done.returncode != 0:
-        if (
-            p["missing_ok"]
-            and done.returncode == 3
-            and ("does not exist" in message or "is published" in message)
-        ):
+        if p["missing_ok"] and done.returncode == 3 and any(w in message for w in _NOTHING_THERE):
             module.exit_json(changed=False, answer={})
         if done.returncode == 255:
             message = "SSH to the repository's receiver failed: %s" % (message or "no message")
