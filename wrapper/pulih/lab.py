@@ -212,6 +212,11 @@ def _run(argv: Sequence[str], *, what: str, input_text: str | None = None, timeo
     return done.stdout
 
 
+def _keygen(path: Path, comment: str, *, what: str) -> None:
+    """A new Ed25519 key pair without a passphrase (the lab's own keys only)."""
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], what=what)
+
+
 def _free_port(address: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((address, 0))
@@ -439,10 +444,7 @@ class Lab:
         ssh_dir = Path(state.root) / "ssh"
         ssh_dir.mkdir(mode=0o700)
         state.control_dir.mkdir(mode=0o700)
-        _run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pulih-lab", "-f", str(state.private_key)],
-            what="creating the lab's SSH key",
-        )
+        _keygen(state.private_key, "pulih-lab", what="creating the lab's SSH key")
         shutil.copy(state.private_key.with_suffix(".pub"), ssh_dir / "authorized_keys")
 
     @staticmethod
@@ -482,19 +484,9 @@ class Lab:
             Path(host.repository_path or "").mkdir(parents=True)
             _chown(Path(host.repository_path or ""), RECEIVER_ACCOUNT)
             return
-        _run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                f"pulih@{host.name}",
-                "-f",
-                str(state.receiver_key(host)),
-            ],
+        _keygen(
+            state.receiver_key(host),
+            f"pulih@{host.name}",
             what=f"{host.name}: creating its key for the repository",
         )
         if self.databases:
@@ -515,10 +507,7 @@ class Lab:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         key = base / "ssh_host_ed25519_key"
-        _run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key)],
-            what=f"{host.name}: creating the host key",
-        )
+        _keygen(key, host.name, what=f"{host.name}: creating the host key")
         host.ssh_port = _free_port(host.address)
         config = base / "sshd_config"
         config.write_text(

@@ -239,6 +239,19 @@ def compare_files(expected_path, actual, ignore=()):
 # --------------------------------------------------------------------------- the agent on this server
 
 
+# The options the modules that start the agent on this server share (doc fragment pulih.core.agent).
+AGENT_ARGUMENTS = dict(
+    server=dict(type="str", required=True),
+    agent=dict(type="str", default="/var/lib/pulih/pulih_agent.py"),
+    python=dict(type="str", default="/usr/bin/python3"),
+    tool_path=dict(type="list", elements="str", default=[]),
+    receiver=dict(type="dict", required=True),
+    request=dict(type="dict", required=True),
+    secret=dict(type="dict", default={}, no_log=True),
+    timeout=dict(type="int", default=86400),
+)
+
+
 class Failed(Exception):
     """A step of a stream on this server failed; the message says what to do."""
 

@@ -15,28 +15,9 @@ description:
   - A checksum that differs fails the task as a checksum mismatch, whatever the agent said.
 version_added: 0.2.0
 author: pulih maintainers
+extends_documentation_fragment:
+  - pulih.core.agent
 options:
-  server:
-    description: This server's name or address, for messages only.
-    type: str
-    required: true
-  agent:
-    description: Path of C(pulih_agent.py) on this server.
-    type: str
-    default: /var/lib/pulih/pulih_agent.py
-  python:
-    description: Python interpreter the agent runs with.
-    type: str
-    default: /usr/bin/python3
-  tool_path:
-    description: Folders searched before C(PATH) for the tools the agent runs.
-    type: list
-    elements: str
-    default: []
-  receiver:
-    description: How this server reaches the repository's receiver (see M(pulih.core.agent_push)).
-    type: dict
-    required: true
   source:
     description:
       - Where the backup is. C(item) and C(backup_id) of this server's own asset, or C(grant) the
@@ -51,14 +32,6 @@ options:
     type: list
     elements: dict
     required: true
-  request:
-    description: The agent's request (mode, engine, connection without its password, ...).
-    type: dict
-    required: true
-  secret:
-    description: C(password) of the database connection, C(identity) an age private key.
-    type: dict
-    default: {}
   expect_counts:
     description: Row counts the agent's result must match (verification).
     type: dict
@@ -71,10 +44,6 @@ options:
     description: Compare the agent's file events with the backup's file list.
     type: bool
     default: false
-  timeout:
-    description: Seconds the whole stream may take.
-    type: int
-    default: 86400
 notes:
   - In check mode every artifact is fetched and hashed, and nothing is restored.
 """
@@ -125,6 +94,7 @@ import contextlib
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pulih.core.plugins.module_utils.agent_io import (
+    AGENT_ARGUMENTS,
     CHUNK,
     SSH_WORD,
     AgentStderr,
@@ -186,19 +156,12 @@ def _fetch(receiver, source, artifact, sink=None):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            server=dict(type="str", required=True),
-            agent=dict(type="str", default="/var/lib/pulih/pulih_agent.py"),
-            python=dict(type="str", default="/usr/bin/python3"),
-            tool_path=dict(type="list", elements="str", default=[]),
-            receiver=dict(type="dict", required=True),
+            **AGENT_ARGUMENTS,
             source=dict(type="dict", required=True),
             artifacts=dict(type="list", elements="dict", required=True),
-            request=dict(type="dict", required=True),
-            secret=dict(type="dict", default={}, no_log=True),
             expect_counts=dict(type="dict"),
             expect_files_ignore=dict(type="list", elements="str", default=[]),
             compare_files=dict(type="bool", default=False),
-            timeout=dict(type="int", default=86400),
         ),
         supports_check_mode=True,
     )

@@ -18,32 +18,9 @@ description:
     the controller gone) the receiver is asked to abort the unpublished backup.
 version_added: 0.2.0
 author: pulih maintainers
+extends_documentation_fragment:
+  - pulih.core.agent
 options:
-  server:
-    description: This server's name or address, for messages only.
-    type: str
-    required: true
-  agent:
-    description: Path of C(pulih_agent.py) on this server.
-    type: str
-    default: /var/lib/pulih/pulih_agent.py
-  python:
-    description: Python interpreter the agent runs with.
-    type: str
-    default: /usr/bin/python3
-  tool_path:
-    description: Folders searched before C(PATH) for the tools the agent runs.
-    type: list
-    elements: str
-    default: []
-  receiver:
-    description:
-      - How this server reaches the repository's receiver. C(address), C(port), C(user) of the
-        repository host; C(ssh_identity) this server's private key (its public key is in the
-        repository account's C(authorized_keys) with C(restrict,command=)); C(ssh_known_hosts) a
-        known hosts file holding the repository host's key.
-    type: dict
-    required: true
   item:
     description: The register's item name.
     type: str
@@ -63,18 +40,6 @@ options:
     description: Free space the receiver must have before it stores anything.
     type: int
     default: 0
-  request:
-    description: The agent's request (mode, engine, connection without its password, ...).
-    type: dict
-    required: true
-  secret:
-    description: C(password) of the database connection, kept apart so that it is masked.
-    type: dict
-    default: {}
-  timeout:
-    description: Seconds the whole stream may take.
-    type: int
-    default: 86400
 notes:
   - Supports check mode by doing nothing and saying what it would have done.
 """
@@ -128,6 +93,7 @@ import contextlib
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pulih.core.plugins.module_utils.agent_io import (
+    AGENT_ARGUMENTS,
     CHUNK,
     SSH_WORD,
     AgentStderr,
@@ -166,19 +132,12 @@ def _abort(receiver, item, backup_id):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            server=dict(type="str", required=True),
-            agent=dict(type="str", default="/var/lib/pulih/pulih_agent.py"),
-            python=dict(type="str", default="/usr/bin/python3"),
-            tool_path=dict(type="list", elements="str", default=[]),
-            receiver=dict(type="dict", required=True),
+            **AGENT_ARGUMENTS,
             item=dict(type="str", required=True),
             backup_id=dict(type="str", required=True),
             artifact=dict(type="str", required=True),
             events_artifact=dict(type="str"),
             need_free_bytes=dict(type="int", default=0),
-            request=dict(type="dict", required=True),
-            secret=dict(type="dict", default={}, no_log=True),
-            timeout=dict(type="int", default=86400),
         ),
         supports_check_mode=True,
     )

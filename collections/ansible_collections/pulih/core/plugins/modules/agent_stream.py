@@ -165,6 +165,7 @@ from ansible_collections.pulih.core.plugins.module_utils.agent_io import (
     AgentStderr,
     ControllerWatch,
     Hasher,
+    agent_request,
     compare_counts,
     compare_files,
     size_text,
@@ -246,13 +247,7 @@ def main():
             seconds=0.0,
         )
 
-    request = json.loads(json.dumps(p["request"]))
-    if p["tool_path"]:
-        request["tool_path"] = p["tool_path"]
-    if p["secret"].get("password") is not None:
-        request.setdefault("conn", {})["password"] = p["secret"]["password"]
-    if p["secret"].get("identity"):
-        request["identity"] = p["secret"]["identity"]
+    request = agent_request(p)
 
     started = time.monotonic()
     out_handle = events_handle = None
