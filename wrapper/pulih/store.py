@@ -390,6 +390,10 @@ class Store:
             rows = conn.execute(sa.select(audit_table).order_by(audit_table.c.seq)).mappings().all()
         return [dict(r) for r in rows]
 
+    def audit_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table)).scalar_one())
+
     def verify_audit(self, *, signatures: bool = True) -> list[AuditProblem]:
         """Walk the chain; name every entry that was edited, deleted, inserted or moved, and
         every way it disagrees with its anchors, and every anchor line the service's audit key

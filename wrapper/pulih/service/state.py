@@ -70,15 +70,25 @@ class State:
                 atomic_write_text(self.root / "config.yml", yaml_text, mode=0o600)
                 self.config.update(pinned)
                 return
-            found = key.fingerprint()
+            problem = self.audit_key_problem()
         except AnchorError as exc:
             raise StateError(str(exc)) from None
-        if self.config.get("audit_key") != found:
-            raise StateError(
-                f"the audit key {key.public} is {found}, and the config pins "
-                f"{self.config.get('audit_key') or 'none'}: put the pinned key back (an audit key is "
-                "never replaced silently)"
-            )
+        if problem:
+            raise StateError(problem)
+
+    def audit_key_problem(self) -> str | None:
+        """Why the audit key is not the one the config pins (None when it is, or not made yet)."""
+        key = self.audit_key
+        if not key.private.exists():
+            return None
+        found = key.fingerprint()
+        if self.config.get("audit_key") == found:
+            return None
+        return (
+            f"the audit key {key.public} is {found}, and the config pins "
+            f"{self.config.get('audit_key') or 'none'}: put the pinned key back (an audit key is "
+            "never replaced silently)"
+        )
 
     @property
     def store_url(self) -> str:
@@ -252,12 +262,9 @@ def check(state: State) -> list[str]:
         store = Store(state.store_url, anchors=anchors)
         if not any("admin" in a.roles and not a.disabled for a in Accounts(store).all()):
             problems.append("the store has no enabled admin account")
-        key = state.audit_key
-        if key.private.exists() and state.config.get("audit_key") != key.fingerprint():
-            problems.append(
-                f"the audit key {key.public} is {key.fingerprint()}, and the config pins "
-                f"{state.config.get('audit_key') or 'none'}"
-            )
+        problem = state.audit_key_problem()
+        if problem:
+            problems.append(problem)
         missing = [a.path for a in store.anchors if not a.path.parent.is_dir()]
         problems += [f"anchor file {path}: its folder does not exist" for path in missing]
         store.engine.dispose()
