@@ -324,6 +324,11 @@ def agent_failure(p, code, reader):
     return "the agent on %s failed (exit %s): %s" % (p["server"], code, why)
 
 
+def refusal(message, what, fallback):
+    """The receiver's refusal (one 'pulih receiver: ...' line) as the error of `what`."""
+    return message.replace("pulih receiver: ", "the repository refused %s: " % what, 1) or fallback
+
+
 def receiver_answer(proc, what):
     """The receiver's one JSON line, or its refusal as the error."""
     out, err = proc.communicate()
@@ -333,7 +338,7 @@ def receiver_answer(proc, what):
             raise Failed(
                 "SSH to the repository's receiver failed while %s: %s" % (what, message or "no message")
             )
-        raise Failed(message.replace("pulih receiver: ", "the repository refused %s: " % what, 1) or what)
+        raise Failed(refusal(message, what, what))
     try:
         return json.loads(out)
     except ValueError:

@@ -108,6 +108,7 @@ from ansible_collections.pulih.core.plugins.module_utils.agent_io import (
     compare_files,
     kill_agent,
     receiver_argv,
+    refusal,
     start_agent,
 )
 
@@ -130,6 +131,10 @@ def _mismatch(artifact, digest, size):
     )
 
 
+def _fetch_refusal(message, name):
+    return refusal(message, "to serve %s" % name, "cannot fetch %s from the repository" % name)
+
+
 def _fetch(receiver, source, artifact, sink=None):
     """Fetch one artifact, hashing it; into `sink` (a file object) when given. Its digest and size."""
     fetch = subprocess.Popen(
@@ -146,10 +151,7 @@ def _fetch(receiver, source, artifact, sink=None):
             sink.write(block)
     err = fetch.stderr.read().decode("utf-8", "replace").strip()
     if fetch.wait() != 0:
-        raise Failed(
-            err.replace("pulih receiver: ", "the repository refused to serve %s: " % artifact["name"], 1)
-            or "cannot fetch %s from the repository" % artifact["name"]
-        )
+        raise Failed(_fetch_refusal(err, artifact["name"]))
     return digest.hexdigest(), size
 
 
@@ -262,12 +264,7 @@ def main():
         if not watch.stop():
             raise Failed("the controller that started this verification is gone")
         if fetched != 0:
-            raise Failed(
-                fetch_error.replace(
-                    "pulih receiver: ", "the repository refused to serve %s: " % data[0]["name"], 1
-                )
-                or "cannot fetch %s from the repository" % data[0]["name"]
-            )
+            raise Failed(_fetch_refusal(fetch_error, data[0]["name"]))
         hexdigest = digest.hexdigest()
         checksums[data[0]["name"]] = hexdigest
         if (hexdigest, size) != (data[0].get("sha256"), data[0].get("size")):
