@@ -436,6 +436,7 @@ def ssh_as(env, key, host, user, *words, stdin=b""):
     return subprocess.run(
         [
             "ssh",
+            "-T",  # no terminal asked for: the receiver is no shell
             "-o",
             "BatchMode=yes",
             "-o",
@@ -477,7 +478,7 @@ def test_a_data_servers_key_runs_the_receiver_for_its_own_asset_only(env):
 
     for words in (["/bin/sh", "-c", "id"], ["cat", "/etc/shadow"], ["list", "app-pg;", "id"], []):
         run = receiver(*words)
-        assert run.returncode == 2 and b"pulih receiver: " in run.stderr, (words, run.stderr)
+        assert run.returncode == 2 and run.stderr.startswith(b"pulih receiver: "), (words, run.stderr)
     listed = json.loads(receiver("list", "app-pg").stdout)["backups"]
     assert {b["asset_id"] for b in listed} == {"LAB-001"} and mine in {b["backup_id"] for b in listed}
     assert receiver("fetch", "app-pg", theirs, "manifest.json").returncode == 3, "another server's backup"

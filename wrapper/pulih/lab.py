@@ -457,11 +457,15 @@ class Lab:
         except KeyError:
             # A shell runs the forced command; `restrict` takes the rest away. The password '*'
             # matches nothing and, unlike useradd's '!', is no lock that sshd refuses.
-            useradd = ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", "--password", "*"]
+            # Home '/': sshd would put "Could not chdir to home directory" before every answer.
+            useradd = ["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh"]
+            useradd += ["--password", "*"]
             try:
                 _run([*useradd, RECEIVER_ACCOUNT], what=f"creating the account {RECEIVER_ACCOUNT}")
             except LabError:
                 pwd.getpwnam(RECEIVER_ACCOUNT)  # another lab made it at the same moment: fine
+        if not Path(pwd.getpwnam(RECEIVER_ACCOUNT).pw_dir).is_dir():  # made by an older lab
+            _run(["usermod", "--home", "/", RECEIVER_ACCOUNT], what=f"giving {RECEIVER_ACCOUNT} a home")
         state.receiver_program.parent.mkdir(mode=0o755)
         shutil.copy(RECEIVER, state.receiver_program)
         state.receiver_program.chmod(0o755)
