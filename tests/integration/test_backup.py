@@ -22,6 +22,7 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.artifacts import tasks_of
 from tests.integration.client import Service, descendants, pulih, report_of, schema
 from tests.integration.plain import ansible_playbook
 from tests.integration.tricky import PWNED, TRICKY_DB, TRICKY_TABLE, make_tricky_data
@@ -499,6 +500,13 @@ def test_a_data_servers_key_runs_the_receiver_for_its_own_asset_only(env):
     assert ssh_as(env, key, repo, state.user, "true").returncode == 255, (
         "a server's key logs in on the repository"
     )
+    # The receiver's account holds no private key: none in its home, and of the lab's files it
+    # owns only the repository's.
+    account = pwd.getpwnam(lab_mod.RECEIVER_ACCOUNT)
+    assert not list((Path(account.pw_dir) / ".ssh").glob("id_*"))
+    owned = [p for p in Path(state.root).rglob("*") if p.is_file() and p.stat().st_uid == account.pw_uid]
+    assert owned and all(repository(env) in p.parents for p in owned), owned
+    assert not [p for p in owned if p.read_bytes()[:40].startswith(b"-----BEGIN OPENSSH PRIVATE KEY")]
 
 
 TAMPER = """import subprocess, sys
@@ -620,7 +628,7 @@ def partial_files(folder):
 
 
 def locked(path):
-    """Whether a writer holds the lock agent_stream takes on an artifact it writes."""
+    """Whether a writer holds the lock the receiver takes on an artifact it stores."""
     with path.open("rb") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -768,49 +776,15 @@ def test_the_database_password_never_leaks(env):
     assert len(list(state_dir.rglob("job_events/*.json"))) > 100, "the artifacts were there to be searched"
 
 
-SECRET_KEYS = {"secret", "password", "identity"}
-
-
-def secret_keys(value):
-    """Names of secret-bearing keys with a value anywhere in a module's arguments."""
-    if isinstance(value, dict):
-        found = {k for k, v in value.items() if k in SECRET_KEYS and v not in (None, "", {}, [])}
-        return found.union(*(secret_keys(v) for v in value.values()))
-    if isinstance(value, list):
-        return set().union(*(secret_keys(v) for v in value))
-    return set()
-
-
-def test_no_task_that_runs_on_the_repository_host_is_given_a_secret(env):
-    """Every backup and verification of this module's runs: each task that ran on the repository
-    host (delegated to it) had no password, age identity or secret among its arguments, and the
-    tasks that did get one ran on the data servers."""
-    state = env["state"]
-    repo = state.host("labrepo").address
-    on_repo, with_secret_elsewhere, pulled_elsewhere = [], set(), 0
-    for path in Path(env["environ"]["PULIH_STATE_DIR"]).rglob("job_events/*.json"):
-        event = json.loads(path.read_text())
-        data = event.get("event_data", {})
-        res = data.get("res")
-        if event.get("event") not in ("runner_on_ok", "runner_on_failed") or not isinstance(res, dict):
-            continue
-        delegated = (res.get("_ansible_delegated_vars") or {}).get("ansible_host")
-        args = (res.get("invocation") or {}).get("module_args") or {}
-        if repo in (delegated, data.get("remote_addr")) or data.get("host") == "labrepo":
-            on_repo.append(data.get("task_action"))
-            text = json.dumps(args)
-            assert not secret_keys(args), (data.get("task"), secret_keys(args))
-            assert state.db_password not in text and "AGE-SECRET-KEY-" not in text, data.get("task")
-        else:
-            if secret_keys(args):
-                with_secret_elsewhere.add(data.get("task_action"))
-            pulled_elsewhere += data.get("task_action") == "pulih.core.agent_pull"
-    assert on_repo, "no task ran on the repository host: nothing was checked"
-    # A task that hides its arguments (no_log) shows none above: what may run there is named
-    # (debug, set_fact and assert run in the controller itself, whatever host they are for).
-    on_the_controller = {"ansible.builtin.debug", "ansible.builtin.set_fact", "ansible.builtin.assert"}
-    assert set(on_repo) - on_the_controller <= {"pulih.core.backup_list", "ansible.builtin.file"}, set(
-        on_repo
-    )
-    assert "pulih.core.agent_push" in with_secret_elsewhere, with_secret_elsewhere
-    assert pulled_elsewhere, "no verification ran on a data server"
+def test_no_task_runs_on_the_repository_host_and_secrets_go_only_to_the_data_servers(env):
+    """Every backup and verification of this module's runs: no task ran on the repository host
+    (every one that concerns it asks the receiver from the controller or a data server), no
+    task's arguments hold the database password or an age identity in clear, and the tasks that
+    were given a secret ran on the data servers."""
+    tasks = tasks_of(env)
+    assert tasks.seen > 50, "no run's artifacts were found: nothing was checked"
+    assert tasks.on_repository == [], tasks.on_repository
+    assert tasks.leaked == [], tasks.leaked
+    assert {"pulih.core.agent_push", "pulih.core.agent_pull"} <= tasks.with_secret, tasks.with_secret
+    assert tasks.with_secret <= {"pulih.core.agent_push", "pulih.core.agent_pull"}, tasks.with_secret
+    assert {"list", "publish", "abort", "verification"} <= tasks.receiver_verbs, tasks.receiver_verbs

@@ -186,6 +186,44 @@ def test_limit_by_skpd_group(lab, tmp_path):
     assert sorted(json.loads(report.read_text())["hosts"]) == ["lab2"]
 
 
+def receiver_installer(inventory):
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), "playbooks/repository.yml"],
+        capture_output=True, text=True, cwd=PROJECT, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_the_receiver_installer_makes_the_lab_exactly_as_built_and_remakes_it(lab):
+    """README's key table, by the product's own installer (playbooks/repository.yml): on the lab
+    as built it changes no key line (the lab is what it makes), and with the receiver and its
+    authorized_keys gone it makes them again, byte for byte, and a server's key works with them."""
+    state, inventory = lab
+    keys, program = state.receiver_keys, state.receiver_program
+    built = keys.read_text()
+    first = receiver_installer(inventory)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert keys.read_text() == built, "the installer's authorized_keys differs from the lab's"
+    keys.unlink()
+    program.unlink()
+    again = receiver_installer(inventory)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert keys.read_text() == built and program.read_bytes() == lab_mod.RECEIVER.read_bytes()
+    assert (keys.stat().st_uid, keys.stat().st_mode & 0o022) == (0, 0), "the account could edit its keys"
+    servers = [h for h in state.hosts if not h.is_repository]
+    lines = built.splitlines()
+    assert len(lines) == len(servers) + 1 and all(line.startswith('restrict,command="') for line in lines)
+    repo = state.repository_host
+    assert repo is not None
+    listed = subprocess.run(
+        ["ssh", "-i", str(state.receiver_key(servers[0])), "-o", "IdentitiesOnly=yes",
+         "-o", f"UserKnownHostsFile={state.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+         "-o", "BatchMode=yes", "-p", str(repo.ssh_port), f"{lab_mod.RECEIVER_ACCOUNT}@{repo.address}",
+         "list", "app-pg"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0 and json.loads(listed.stdout)["backups"] == [], listed.stderr
+
+
 def test_a_database_down_is_drift_and_the_other_hosts_complete(lab, tmp_path):
     state, inventory = lab
     postmaster = next(p for p in state.procs if p.name == "lab1/postgresql")

@@ -22,6 +22,7 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.artifacts import tasks_of
 from tests.integration.client import Service, descendants, pulih, report_of, skpd_of
 from tests.integration.plain import ansible_playbook
 from tests.integration.trees import EXCLUDE, excluded, make_rich_tree, tree_state
@@ -405,6 +406,10 @@ def test_a_foreign_backup_is_refused_before_anything_is_touched(env):
     source = repository(env) / "LAB-002" / "app-pg" / env["backups"]["LAB-002:app-pg"]
     planted = "20260101T000000Z-f00d"
     shutil.copytree(source, repository(env) / "LAB-001" / "app-pg" / planted)
+    # Planted by the receiver's account, whose repository it is (root's copy is no backup it can read).
+    subprocess.run(
+        ["chown", "-R", f"{lab_mod.RECEIVER_ACCOUNT}:", str(repository(env) / "LAB-001")], check=True
+    )
     before = pg_print(env, "lab1", "app_lab1")
     rid = planned_request(env, ["LAB-001:app-pg"], backups={"LAB-001:app-pg": planted})
     doc = restore(env, rid, check=4)
@@ -974,3 +979,18 @@ def test_the_database_password_never_leaks(env):
     assert leaks == []
     assert not any(password in output for output in env["outputs"])
     assert len(list(state_dir.glob("runs/*/attempt-*/**/job_events/*.json"))) > 100
+
+
+def test_no_task_of_a_restore_runs_on_the_repository_host_and_secrets_go_only_to_the_servers(env):
+    """Every restore of this module's runs (in place, alternate hosts, encrypted, interrupted):
+    no task ran on the repository host, none holds the database password or the age identity in
+    clear, and those given a secret ran on the data servers (the target's agent fetched the
+    backup from the receiver itself)."""
+    tasks = tasks_of(env)
+    assert tasks.seen > 100, "no run's artifacts were found: nothing was checked"
+    assert tasks.on_repository == [], tasks.on_repository
+    assert tasks.leaked == [], tasks.leaked
+    assert "pulih.core.agent_pull" in tasks.with_secret, tasks.with_secret
+    assert tasks.with_secret <= {"pulih.core.agent_push", "pulih.core.agent_pull"}, tasks.with_secret
+    wanted = {"list", "checksums", "grant", "revoke-grant", "protect", "unprotect"}
+    assert wanted <= tasks.receiver_verbs, tasks.receiver_verbs

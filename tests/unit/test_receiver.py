@@ -184,6 +184,54 @@ def test_the_controller_lists_every_asset_and_records_verifications(repo):
     assert [json.loads(line)["ok"] for line in lines] == [True]
     run = receive(repo, f"verification DC-1 simpeg {BACKUP}", asset=None, stdin=b"[1]", check=2)
     assert b"not a JSON object" in run.stderr
+    listed = answer(receive(repo, "list DC-1 simpeg", asset=None))["backups"]
+    assert listed[0]["verified"] and listed[0]["last_verification"] == {"ok": True, "at": "now"}
+    assert not answer(receive(repo, "list DC-2", asset=None))["backups"][0]["verified"]
+
+
+def test_the_controller_recomputes_a_backups_checksums_as_the_repository_holds_it(repo):
+    path = published(repo)
+    sums = answer(receive(repo, f"checksums DC-1 simpeg {BACKUP}", asset=None))["artifacts"]
+    assert sums == {"database.pgdump.zst": {"sha256": hashlib.sha256(DATA).hexdigest(), "size": len(DATA)}}
+    flipped = bytearray(DATA)
+    flipped[100] ^= 1
+    (path / "database.pgdump.zst").write_bytes(bytes(flipped))
+    again = answer(receive(repo, f"checksums DC-1 simpeg {BACKUP}", asset=None))["artifacts"]
+    assert again["database.pgdump.zst"]["sha256"] == hashlib.sha256(bytes(flipped)).hexdigest()
+    run = receive(repo, f"checksums DC-1 simpeg {BACKUP}", check=2)
+    assert b"not a command a data server's key may run" in run.stderr
+
+
+def test_a_protected_backup_is_never_pruned_and_an_unverified_one_is_protected_only_when_allowed(repo):
+    path = published(repo)
+    plan = json.dumps({"backups": [{"asset_id": "DC-1", "item": "simpeg", "backup_id": BACKUP}]}).encode()
+    run = receive(repo, "protect PPD-2026-0001", asset=None, stdin=plan, check=3)
+    assert b"not verified" in run.stderr and not (repo / ".pulih-protected.json").exists()
+    gone = json.dumps(
+        {"backups": [{"asset_id": "DC-1", "item": "simpeg", "backup_id": "20261201T090000Z-0000"}]}
+    )
+    run = receive(repo, "protect PPD-2026-0001", asset=None, stdin=gone.encode(), check=3)
+    assert b"not in the repository: DC-1:simpeg=20261201T090000Z-0000" in run.stderr
+    done = answer(receive(repo, "protect PPD-2026-0001 allow-unverified", asset=None, stdin=plan))
+    assert [e["request_id"] for e in done["protected"]] == ["PPD-2026-0001"]
+    assert answer(receive(repo, "list simpeg"))["protected"][0]["backup_id"] == BACKUP
+    run = receive(repo, f"prune DC-1 simpeg {BACKUP}", asset=None, check=3)
+    assert b"is protected by PPD-2026-0001: not pruned" in run.stderr and path.is_dir()
+    assert (
+        b"not a command a data server's key may run"
+        in receive(repo, f"prune DC-1 simpeg {BACKUP}", check=2).stderr
+    )
+    assert answer(receive(repo, "unprotect PPD-2026-0001", asset=None))["lifted"] == 1
+    assert answer(receive(repo, f"prune DC-1 simpeg {BACKUP}", asset=None)) == {"pruned": BACKUP}
+    assert not path.exists() and list((repo / "DC-1" / "simpeg").iterdir()) == []
+    assert receive(repo, f"prune DC-1 simpeg {BACKUP}", asset=None, check=3).returncode == 3
+
+
+def test_a_protected_list_that_cannot_be_read_prunes_nothing(repo):
+    path = published(repo)
+    (repo / ".pulih-protected.json").write_text("{not json")
+    run = receive(repo, f"prune DC-1 simpeg {BACKUP}", asset=None, check=1)
+    assert b"is not JSON: repair it first" in run.stderr and path.is_dir()
 
 
 def test_a_repository_without_room_stores_nothing(repo):

@@ -67,9 +67,15 @@ def test_keep_and_prune_partition_the_input(plan):
 
 def test_checksum_mismatches(ansible_plugins):
     mismatches = ansible_plugins.filter_loader.get("pulih.core.checksum_mismatches").j2_function
-    results = [
-        {"item": {"name": "a", "sha256": "11"}, "stat": {"exists": True, "checksum": "11"}},
-        {"item": {"name": "b", "sha256": "22"}, "stat": {"exists": True, "checksum": "23"}},
-        {"item": {"name": "c", "sha256": "33"}, "stat": {"exists": False}},
+    artifacts = [
+        {"name": "a", "sha256": "11", "size": 5},
+        {"name": "b", "sha256": "22", "size": 5},
+        {"name": "c", "sha256": "33", "size": 5},
+        {"name": "d", "sha256": "44", "size": 5},
     ]
-    assert mismatches(results) == ["b", "c (missing)"]
+    found = {
+        "a": {"sha256": "11", "size": 5},
+        "b": {"sha256": "23", "size": 5},
+        "d": {"sha256": "44", "size": 6},
+    }
+    assert mismatches(artifacts, found) == ["b", "c (missing)", "d"]

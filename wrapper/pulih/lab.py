@@ -55,6 +55,8 @@ REGISTER_FILE = "lab.asset_register.yml"
 # The repository host's account for the data servers' keys: each key may run the receiver only.
 RECEIVER_ACCOUNT = "pulih-lab-rcv"
 RECEIVER_KEY_FILE = "receiver_ed25519"
+HOST_KEY = "ssh_host_ed25519_key"  # each host's, in its folder (hosts/NAME/)
+HOST_KEY_PUB = HOST_KEY + ".pub"
 RECEIVER = Path(__file__).resolve().parents[2] / "roles" / "pulih_common" / "files" / "pulih_receiver.py"
 T = TypeVar("T")
 
@@ -510,7 +512,7 @@ class Lab:
             raise LabError("sshd is not installed (openssh-server; run 'make setup')")
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
-        key = base / "ssh_host_ed25519_key"
+        key = base / HOST_KEY
         _keygen(key, host.name, what=f"{host.name}: creating the host key")
         host.ssh_port = _free_port(host.address)
         config = base / "sshd_config"
@@ -853,9 +855,6 @@ def write_inventory(state: LabState, inventory_dir: Path) -> None:
         "ansible_control_path_dir": str(state.control_dir),
         "ansible_control_path": "%(directory)s/%%C",
         "ansible_python_interpreter": "/usr/bin/python3",
-        # The repository host reaches the servers with the lab's key, checking their host keys.
-        "pulih_common_ssh_identity": str(state.private_key),
-        "pulih_common_ssh_known_hosts": str(state.known_hosts),
         "pulih_common_agent_dir": str(Path(state.root) / "agent"),
         # Each data server reaches the repository's receiver with its own key (hosts/NAME/).
         "pulih_common_receiver_user": RECEIVER_ACCOUNT,
@@ -865,6 +864,15 @@ def write_inventory(state: LabState, inventory_dir: Path) -> None:
         "pulih_common_receiver_known_hosts": str(state.known_hosts),
         "pulih_common_receiver_controller_identity": str(state.private_key),
         "pulih_common_receiver_controller_known_hosts": str(state.known_hosts),
+        # Where the lab put the receiver, as playbooks/repository.yml would (test_lab checks it).
+        "pulih_common_receiver_home": "/",
+        "pulih_common_receiver_authorized_keys": str(state.receiver_keys),
+        "pulih_common_receiver_program": str(state.receiver_program),
+        **(
+            {"pulih_common_repository_host_key": str(Path(state.root) / "hosts" / repo.name / HOST_KEY_PUB)}
+            if (repo := state.repository_host)
+            else {}
+        ),
         PASSWORD_VAR: state.db_password,
         "pulih_lab_pg_socket_dirs": {h.name: state.pg_socket_dir(h) for h in state.hosts if h.pg_port},
     }

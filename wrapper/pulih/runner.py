@@ -121,16 +121,19 @@ class _Watcher:
             for key in _PUBLISHED:
                 if key in facts:
                     outcome.facts[key] = facts[key]
-            if data.get("task_action") == "pulih.core.backup_list" and isinstance(res.get("backups"), list):
-                self.registered.setdefault("backups", []).extend(res["backups"])
-            if data.get("task_action") == "pulih.core.backup_protect":
+            verb = res.get("verb") if data.get("task_action") == "pulih.core.receiver" else None
+            listed = (res.get("answer") or {}).get("backups")
+            if verb == "list" and name == "localhost" and isinstance(listed, list):
+                self.registered.setdefault("backups", []).extend(listed)
+            if verb in ("protect", "unprotect"):
                 self.registered.setdefault("protect", []).append({**res, "failed": False})
             if self.progress and "sha256" in res and "size" in res:
                 self.progress("stream", f"{name}: {res['size']} bytes stored in {res.get('seconds', 0)}s")
         elif kind == "runner_on_failed" and name and not data.get("ignore_errors"):
             message = _failure(res)
             self.host(name).errors.append(f"{data.get('task', '')}: {message}")
-            if data.get("task_action") == "pulih.core.backup_protect":
+            verb = res.get("verb") if data.get("task_action") == "pulih.core.receiver" else None
+            if verb in ("protect", "unprotect"):
                 self.registered.setdefault("protect", []).append({**res, "failed": True})
         elif kind == "runner_on_unreachable" and name:
             self.host(name).status = "unreachable"

@@ -3,11 +3,11 @@ an out-of-memory kill, a closed terminal), every process that run started on thi
 is killed, so that nothing of it keeps writing.
 
 Ansible's workers run in sessions of their own and outlive a killed ansible-playbook, and
-their SSH connections keep the remote side (the repository host's stream) going. Every
+their SSH connections keep the remote side (the agent's stream on a data server) going. Every
 process of a run carries ``PULIH_RUN=<run id>`` in its environment (ansible-runner passes
 it to ansible-playbook, and children inherit it); the watchdog holds the read end of a pipe
 whose write end only the controller has, and when that pipe closes it kills every process
-so marked. The remote side then sees its connection gone and stops (agent_stream).
+so marked. The remote side then sees its connection gone and stops (agent_io.ControllerWatch).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """pulih agent: the part of a backup, verification or restore that runs on a data
-server, started over SSH by the repository host (pulih.core.agent_stream).
+server, started there by the controller's modules (pulih.core.agent_push, agent_pull), which
+send its output to the repository's receiver or feed it what they fetch from there.
 
 Protocol. The first line of standard input is a JSON request (it carries the
 database password and any age identity, which therefore never appear in a process

@@ -23,12 +23,17 @@ it or refuses it. A data server's key (--asset) may only, for its own asset:
     fetch ITEM BACKUP_ID ARTIFACT                     an artifact of its own published backup
     fetch-granted GRANT_ID ARTIFACT                   another asset's, under a grant the controller placed
 
-The controller's key (--controller) may list any asset's backups, place and take back one-job
+The controller's key (--controller) may list any asset's backups (`list [ASSET [ITEM]]`, each
+with its last verification), recompute a published backup's checksums (`checksums ASSET ITEM
+BACKUP_ID`), protect the backups a request depends on (`protect REQUEST_ID [allow-unverified]`,
+the list on standard input; `unprotect REQUEST_ID`), prune one for retention (`prune ASSET ITEM
+BACKUP_ID`, refused while it is protected), place and take back one-job
 grants (`grant GRANT_ID GRANTEE ASSET ITEM BACKUP_ID SECONDS`, `revoke-grant GRANT_ID`) and
 append a verification (`verification ASSET ITEM BACKUP_ID`, its JSON on standard input). Nothing
-replaces, edits or deletes a published backup. Every answer is one JSON line on standard output
-(a fetch's is the artifact itself); a refusal is one line on standard error and exit 3, a bad
-command exit 2, a failure exit 1. Standard library only, Python 3.9+ (the repository host's).
+replaces or edits a published backup, and only the controller's prune removes one. Every answer
+is one JSON line on standard output (a fetch's is the artifact itself); a refusal is one line on
+standard error and exit 3, a bad command exit 2, a failure exit 1. Standard library only,
+Python 3.9+ (the repository host's).
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ VERIFICATIONS = "verifications.jsonl"
 TMP_PREFIX = ".tmp-"
 STORED = ".stored.json"  # in an unpublished backup: what the receiver itself stored, and its hash
 GRANTS = ".grants"
+# Backups an open request depends on (schemas/protected.schema.json): never pruned.
+PROTECTED = ".pulih-protected.json"
+PROTECTED_FORMAT = "pulih.protected/1"
+PRUNED_PREFIX = ".pruned-"  # a pruned backup, renamed out of the listing before it is removed
 MAX_GRANT_SECONDS = 7 * 86400
 MAX_DOCUMENT = 4 << 20  # a manifest or a verification: a few KiB; a file tree's list is an artifact
 
@@ -292,17 +301,29 @@ class Repository:
                     manifest_path = os.path.join(item_dir, backup_id, MANIFEST)
                     if backup_id.startswith(".") or not os.path.isfile(manifest_path):
                         continue
-                    with open(manifest_path, "rb") as handle:
-                        manifest = json.load(handle)
+                    try:
+                        with open(manifest_path, "rb") as handle:
+                            manifest = json.load(handle)
+                    except (OSError, ValueError):
+                        manifest = None  # listed as unreadable: never restored, never pruned unseen
+                    last = self._last_verification(os.path.join(item_dir, backup_id))
                     found.append(
                         {
                             "asset_id": asset_id,
                             "item": item_name,
                             "backup_id": backup_id,
                             "manifest": manifest,
+                            "readable": manifest is not None,
+                            "verified": bool(last and last.get("ok")),
+                            "last_verification": last,
                         }
                     )
-        answer({"backups": found})
+        protected = [
+            e
+            for e in self._protected()
+            if (asset is None or e.get("asset_id") == asset) and (item is None or e.get("item") == item)
+        ]
+        answer({"backups": found, "protected": protected})
 
     def fetch(self, asset: str, item: str, backup_id: str, artifact: str) -> None:
         path = os.path.join(self.published(asset, item, backup_id), artifact)
@@ -325,6 +346,79 @@ class Repository:
         self.fetch(grant["asset"], grant["item"], grant["backup_id"], artifact)
 
     # ------------------------------------------------------------------ the controller's verbs
+
+    def checksums(self, asset: str, item: str, backup_id: str) -> None:
+        """The SHA-256 and size of every artifact of a published backup, as the repository reads
+        it now (a restore refuses a backup whose bytes changed before it touches anything)."""
+        path = self.published(asset, item, backup_id)
+        sums = {}
+        for name in sorted(os.listdir(path)):
+            if name not in ARTIFACTS:
+                continue
+            digest, size = hashlib.sha256(), 0
+            with open(os.path.join(path, name), "rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+            sums[name] = {"sha256": digest.hexdigest(), "size": size}
+        answer({"backup_id": backup_id, "artifacts": sums})
+
+    def protect(self, request_id: str, allow_unverified: bool) -> None:
+        """Protect the backups a request's plan names (standard input: {"backups": [{asset_id,
+        item, backup_id}]}), replacing its earlier list; each must be published, and verified
+        unless allowed otherwise. Nothing is written when one is refused."""
+        doc = read_document(1 << 20)
+        named = doc.get("backups")
+        if not isinstance(named, list) or not all(isinstance(b, dict) for b in named):
+            refuse("the document names no backups (a list of {asset_id, item, backup_id})", BAD_COMMAND)
+        with self._locked(self.root):
+            current = self._protected()
+            now = utcnow().replace(microsecond=0).isoformat().replace("+00:00", "Z")
+            missing, unverified, wanted = [], [], []
+            for entry in named:
+                key = tuple(str(entry.get(k, "")) for k in ("asset_id", "item", "backup_id"))
+                label = "%s:%s=%s" % key
+                if not (NAME.match(key[0]) and NAME.match(key[1]) and BACKUP_ID.match(key[2])):
+                    refuse(f"{label} is not a backup's name", BAD_COMMAND)
+                backup_dir = os.path.join(self.root, *key)
+                if not os.path.isfile(os.path.join(backup_dir, MANIFEST)) or os.path.islink(backup_dir):
+                    missing.append(label)
+                elif not (self._last_verification(backup_dir) or {}).get("ok"):
+                    unverified.append(label)
+                earlier = [e for e in current if e.get("request_id") == request_id and self._key(e) == key]
+                fresh = {"asset_id": key[0], "item": key[1], "backup_id": key[2], "request_id": request_id}
+                wanted.append(earlier[0] if earlier else {**fresh, "since": now})
+            if missing:
+                refuse(f"not in the repository: {', '.join(missing)}")
+            if unverified and not allow_unverified:
+                refuse(
+                    "not verified (its last verification did not succeed, or none ran): "
+                    + ", ".join(unverified)
+                )
+            after = [e for e in current if e.get("request_id") != request_id] + wanted
+            self._write_protected(after)
+        answer({"request_id": request_id, "protected": after, "unverified": unverified})
+
+    def unprotect(self, request_id: str) -> None:
+        with self._locked(self.root):
+            current = self._protected()
+            after = [e for e in current if e.get("request_id") != request_id]
+            if len(after) != len(current):
+                self._write_protected(after)
+        answer({"request_id": request_id, "lifted": len(current) - len(after), "protected": after})
+
+    def prune(self, asset: str, item: str, backup_id: str) -> None:
+        """Retention's removal of one published backup, refused for a protected one."""
+        path = self.published(asset, item, backup_id)
+        with self._locked(self.root):  # no protection is placed on it while it goes
+            holders = [e["request_id"] for e in self._protected() if self._key(e) == (asset, item, backup_id)]
+            if holders:
+                refuse(f"backup {asset}/{item}/{backup_id} is protected by {', '.join(holders)}: not pruned")
+            gone = os.path.join(os.path.dirname(path), PRUNED_PREFIX + backup_id)
+            os.rename(path, gone)  # out of every listing at once
+            fsync_dir(os.path.dirname(path))
+        shutil.rmtree(gone)
+        answer({"pruned": backup_id})
 
     def grant(self, grant_id: str, grantee: str, asset: str, item: str, backup_id: str, seconds: int) -> None:
         self.published(asset, item, backup_id)
@@ -374,6 +468,49 @@ class Repository:
         answer({"recorded": backup_id})
 
     # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _last_verification(backup_dir: str) -> dict[str, Any] | None:
+        last = None
+        path = os.path.join(backup_dir, VERIFICATIONS)
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+            for raw in handle:
+                with contextlib.suppress(ValueError):  # a torn last line of an interrupted append
+                    last = json.loads(raw)
+        return last if isinstance(last, dict) else None
+
+    @staticmethod
+    def _key(entry: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(str(entry.get(k, "")) for k in ("asset_id", "item", "backup_id"))
+
+    def _protected(self) -> list[dict[str, Any]]:
+        """The protected list; one that cannot be read fails the command (never prune on it)."""
+        path = os.path.join(self.root, PROTECTED)
+        try:
+            with open(path, "rb") as handle:
+                doc = json.load(handle)
+        except FileNotFoundError:
+            return []
+        except ValueError:
+            refuse(f"the repository's protected list {PROTECTED} is not JSON: repair it first", FAILED)
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != PROTECTED_FORMAT
+            or not isinstance(doc.get("backups"), list)
+        ):
+            refuse(
+                f"the repository's protected list {PROTECTED} is not a {PROTECTED_FORMAT} document", FAILED
+            )
+        entries: list[dict[str, Any]] = doc["backups"]
+        return entries
+
+    def _write_protected(self, entries: list[dict[str, Any]]) -> None:
+        path = os.path.join(self.root, PROTECTED)
+        part = f"{path}.{os.getpid()}"
+        doc = {"format": PROTECTED_FORMAT, "backups": entries}
+        write_new(part, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        os.rename(part, path)
+        fsync_dir(self.root)
 
     def grant_of(self, grant_id: str) -> dict[str, Any]:
         path = os.path.join(self.root, GRANTS, grant_id + ".json")
@@ -450,8 +587,12 @@ ASSET_VERBS = {
 }
 CONTROLLER_VERBS = {
     "list": (),
+    "checksums": (("asset", NAME), ("item", NAME), ("backup", BACKUP_ID)),
     "grant": (("grant", GRANT_ID), ("grantee", NAME), ("asset", NAME), ("item", NAME), ("backup", BACKUP_ID)),
     "revoke-grant": (("grant", GRANT_ID),),
+    "protect": (("request", NAME),),
+    "unprotect": (("request", NAME),),
+    "prune": (("asset", NAME), ("item", NAME), ("backup", BACKUP_ID)),
     "verification": (("asset", NAME), ("item", NAME), ("backup", BACKUP_ID)),
 }
 
@@ -507,6 +648,16 @@ def run(args: argparse.Namespace, command: str) -> None:
             repo.grant(w["grant"], w["grantee"], w["asset"], w["item"], w["backup"], number(extra, "SECONDS"))
         elif verb == "revoke-grant":
             repo.revoke_grant(w["grant"])
+        elif verb == "checksums":
+            repo.checksums(w["asset"], w["item"], w["backup"])
+        elif verb == "protect":
+            if extra not in ([], ["allow-unverified"]):
+                refuse("protect takes REQUEST_ID [allow-unverified]", BAD_COMMAND)
+            repo.protect(w["request"], allow_unverified=bool(extra))
+        elif verb == "unprotect":
+            repo.unprotect(w["request"])
+        elif verb == "prune":
+            repo.prune(w["asset"], w["item"], w["backup"])
         else:
             repo.verification(w["asset"], w["item"], w["backup"])
         return
@@ -533,8 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stale-hours",
         type=float,
-        default=24,
-        help="idle hours after which a dead run's unpublished backup goes",
+        default=1,
+        help="idle hours after which a dead run's unpublished backup goes (a live store holds a lock)",
     )
     whose = parser.add_mutually_exclusive_group(required=True)
     whose.add_argument("--asset", help="the asset id whose data server's key this is")

@@ -37,7 +37,8 @@ def listing(register: Path, *, asset: str | None = None, item: str | None = None
             Exit.FAILED, "repository.unreachable", f"cannot read the repository: {why(outcome)}"
         )
     backups: list[dict[str, Any]] = outcome.registered.get("backups", [])
-    return backups
+    # The receiver lists an item within its asset; an item alone is picked out of them all.
+    return [b for b in backups if item is None or b["item"] == item]
 
 
 def found_for(register: Path, scope: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -84,7 +85,8 @@ def protect(
         },
     )
     results = outcome.registered.get("protect", [])
-    refused = [r for r in results if r.get("failed") and (r.get("missing") or r.get("unverified"))]
+    # The receiver's refusal (exit 3): a planned backup is not there, or not verified.
+    refused = [r for r in results if r.get("failed") and r.get("rc") == 3]
     if refused:
         raise RepositoryError(Exit.UNUSABLE, "repository.backup_refused", f"refused: {refused[0].get('msg')}")
     if outcome.status != "succeeded" or not results:

@@ -6,40 +6,43 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: checksum_mismatches
-short_description: Artifacts whose SHA-256 on disk differs from the manifest
+short_description: Artifacts whose SHA-256 or size in the repository differs from the manifest
 description:
-  - Takes the results of C(ansible.builtin.stat) with C(checksum_algorithm=sha256) looped over a
-    manifest's C(artifacts) and returns the names of the artifacts that are missing or whose
-    checksum differs.
+  - Takes a manifest's C(artifacts) and the receiver's answer to C(checksums) (C(artifacts), a
+    mapping of name to C(sha256) and C(size)) and returns the names of the artifacts that are
+    missing or differ.
 positional: _input
 options:
   _input:
-    description: The C(results) of the looped stat task; each carries its artifact as C(item).
+    description: The manifest's artifacts (C(name), C(sha256), C(size)).
     type: list
     elements: dict
+    required: true
+  found:
+    description: The receiver's C(artifacts), as it read them now.
+    type: dict
     required: true
 """
 
 EXAMPLES = r"""
-_bad: "{{ _sums.results | pulih.core.checksum_mismatches }}"
+_bad: "{{ _manifest.artifacts | pulih.core.checksum_mismatches(_sums.answer.artifacts) }}"
 """
 
 RETURN = r"""
 _value:
-  description: Names, with C((missing)) for an artifact not on disk.
+  description: Names, with C((missing)) for an artifact not in the repository.
   type: list
   elements: str
 """
 
 
-def checksum_mismatches(results):
+def checksum_mismatches(artifacts, found):
     bad = []
-    for result in results:
-        artifact = result["item"]
-        found = result.get("stat") or {}
-        if not found.get("exists"):
+    for artifact in artifacts:
+        there = found.get(artifact["name"])
+        if there is None:
             bad.append("%s (missing)" % artifact["name"])
-        elif found.get("checksum") != artifact["sha256"]:
+        elif (there.get("sha256"), there.get("size")) != (artifact.get("sha256"), artifact.get("size")):
             bad.append(artifact["name"])
     return bad
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: agent_pull
-short_description: Fetch a backup from the repository's receiver and feed it to the pulih agent here
+short_description: Run the pulih agent here, fed a backup fetched from the repository's receiver
 description:
   - Runs on the server that verifies or restores, over the controller's own connection. Fetches
     the backup's artifacts from the repository through the restricted receiver with this
@@ -13,6 +13,8 @@ description:
     SHA-256 and size the manifest names, and streams the data artifact into the agent started
     here with the request (and its secrets, which never touch the repository host).
   - A checksum that differs fails the task as a checksum mismatch, whatever the agent said.
+  - With no artifact of role C(data) the agent gets the request alone (a restore's probe, swap
+    or discard); a C(file_list) artifact is still fetched to compare the agent's file events with.
 version_added: 0.2.0
 author: pulih maintainers
 extends_documentation_fragment:
@@ -21,17 +23,16 @@ options:
   source:
     description:
       - Where the backup is. C(item) and C(backup_id) of this server's own asset, or C(grant) the
-        id of the grant the controller placed for this server.
+        id of the grant the controller placed for this server. Required with I(artifacts).
     type: dict
-    required: true
   artifacts:
     description:
-      - The manifest's artifacts (C(name), C(role), C(sha256), C(size)). The one of role C(data)
-        is streamed into the agent; C(file_list) is fetched to compare the agent's file events
-        with; the others are fetched and hashed only.
+      - The manifest's artifacts (C(name), C(role), C(sha256), C(size)) to fetch. The one of role
+        C(data) is streamed into the agent; C(file_list) is fetched to compare the agent's file
+        events with; the others are fetched and hashed only.
     type: list
     elements: dict
-    required: true
+    default: []
   expect_counts:
     description: Row counts the agent's result must match (verification).
     type: dict
@@ -159,8 +160,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             **AGENT_ARGUMENTS,
-            source=dict(type="dict", required=True),
-            artifacts=dict(type="list", elements="dict", required=True),
+            source=dict(type="dict"),
+            artifacts=dict(type="list", elements="dict", default=[]),
             expect_counts=dict(type="dict"),
             expect_files_ignore=dict(type="list", elements="str", default=[]),
             compare_files=dict(type="bool", default=False),
@@ -171,13 +172,17 @@ def main():
     problem = agent_params_problem(p)
     if problem:
         module.fail_json(msg=problem, differences=[], matches=False)
-    source = p["source"]
+    source = p["source"] or {}
+    if p["artifacts"] and not source:
+        module.fail_json(
+            msg="artifacts to fetch need a source (item and backup_id, or grant)", differences=[]
+        )
     words = [source.get("grant") or "x", source.get("item") or "x", source.get("backup_id") or "x"]
     for word in words + [a.get("name", "") for a in p["artifacts"]]:
         if not SSH_WORD.match(str(word)):
             module.fail_json(msg="%r is not a grant, item, backup id or artifact name" % word, differences=[])
     data = [a for a in p["artifacts"] if a.get("role") == "data"]
-    if len(data) != 1:
+    if len(data) > 1:
         module.fail_json(msg="the manifest names %d data artifacts, not one" % len(data), differences=[])
     request = agent_request(p)
     receiver = p["receiver"]
@@ -195,7 +200,7 @@ def main():
         checksums, bad = {}, []
         # The small artifacts first: a file list to compare with, the roles' SQL hashed only.
         for artifact in p["artifacts"]:
-            if artifact is data[0]:
+            if data and artifact is data[0]:
                 continue
             sink = None
             if artifact.get("role") == "file_list" and p["compare_files"]:
@@ -205,7 +210,7 @@ def main():
             checksums[artifact["name"]] = digest
             if (digest, size) != (artifact.get("sha256"), artifact.get("size")):
                 bad.append(_mismatch(artifact, digest, size))
-        if module.check_mode:  # read only: every artifact fetched and hashed, nothing restored
+        if module.check_mode and data:  # read only: every artifact fetched and hashed, nothing restored
             digest, size = _fetch(receiver, source, data[0])
             checksums[data[0]["name"]] = digest
             if (digest, size) != (data[0].get("sha256"), data[0].get("size")):
@@ -218,18 +223,21 @@ def main():
                 differences=[],
                 matches=True,
                 checksums=checksums,
-                msg="check mode: only the checksums were compared, nothing was restored",
+                msg="check mode: only the checksums were compared, nothing was restored"
+                if data
+                else "check mode: the agent was not started",
                 seconds=round(time.monotonic() - started, 3),
             )
         if file_list is not None:
             file_list.flush()
 
-        fetch = subprocess.Popen(
-            receiver_argv(receiver, _fetch_words(source, data[0]["name"])),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        if data:
+            fetch = subprocess.Popen(
+                receiver_argv(receiver, _fetch_words(source, data[0]["name"])),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         agent = start_agent(p)
         watch = ControllerWatch(kill)
         watch.start()
@@ -243,32 +251,35 @@ def main():
             agent.stdin.write((json.dumps(request) + "\n").encode())
         except BrokenPipeError:
             feeding = False
-        # Every byte is hashed, also after the agent stopped reading: a corrupt backup is named
-        # as one, not as whatever the agent made of it.
-        for block in iter(lambda: fetch.stdout.read(CHUNK), b""):
-            digest.update(block)
-            size += len(block)
-            if feeding:
-                try:
-                    agent.stdin.write(block)
-                except BrokenPipeError:
-                    feeding = False
+        fetched, fetch_error = 0, ""
+        if fetch is not None:
+            # Every byte is hashed, also after the agent stopped reading: a corrupt backup is
+            # named as one, not as whatever the agent made of it.
+            for block in iter(lambda: fetch.stdout.read(CHUNK), b""):
+                digest.update(block)
+                size += len(block)
+                if feeding:
+                    try:
+                        agent.stdin.write(block)
+                    except BrokenPipeError:
+                        feeding = False
+            fetch_error = fetch.stderr.read().decode("utf-8", "replace").strip()
+            fetched = fetch.wait()
         with contextlib.suppress(BrokenPipeError):
             agent.stdin.close()
-        fetch_error = fetch.stderr.read().decode("utf-8", "replace").strip()
-        fetched = fetch.wait()
         agent.stdout.read()
         code = agent.wait()
         reader.join()
         timer.cancel()
         if not watch.stop():
-            raise Failed("the controller that started this verification is gone")
-        if fetched != 0:
-            raise Failed(_fetch_refusal(fetch_error, data[0]["name"]))
-        hexdigest = digest.hexdigest()
-        checksums[data[0]["name"]] = hexdigest
-        if (hexdigest, size) != (data[0].get("sha256"), data[0].get("size")):
-            raise Failed(_mismatch(data[0], hexdigest, size))
+            raise Failed("the controller that started this %s is gone" % p["request"].get("mode"))
+        if data:
+            if fetched != 0:
+                raise Failed(_fetch_refusal(fetch_error, data[0]["name"]))
+            hexdigest = digest.hexdigest()
+            checksums[data[0]["name"]] = hexdigest
+            if (hexdigest, size) != (data[0].get("sha256"), data[0].get("size")):
+                raise Failed(_mismatch(data[0], hexdigest, size))
         if code != 0 or reader.result is None:
             raise Failed(agent_failure(p, code, reader))
         diffs = []
@@ -277,7 +288,7 @@ def main():
         if file_list is not None:
             diffs += compare_files(file_list.name, reader.files, p["expect_files_ignore"])
         module.exit_json(
-            changed=p["request"].get("mode") != "verify",
+            changed=p["request"].get("mode") not in ("verify", "probe"),
             result=reader.result,
             differences=diffs,
             matches=not diffs,

@@ -55,6 +55,14 @@ answer:
   description: The receiver's JSON answer.
   type: dict
   returned: success
+verb:
+  description: The command's verb (what a caller of the playbook picks its answers by).
+  type: str
+  returned: always
+rc:
+  description: The receiver's exit code (3 a refusal, 2 a bad command, 1 a failure, 255 no SSH).
+  type: int
+  returned: failure
 """
 
 import json
@@ -80,30 +88,33 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    verb = p["command"][0] if p["command"] else ""
     for word in p["command"] + [str(p["receiver"].get(k, "")) for k in ("user", "address")]:
         if not SSH_WORD.match(word):
             module.fail_json(msg="%r cannot be sent to the receiver safely" % word)
     if module.check_mode and p["changes"]:
-        module.exit_json(changed=True, answer={}, msg="would ask the receiver: %s" % " ".join(p["command"]))
+        module.exit_json(
+            changed=True, answer={}, verb=verb, msg="would ask the receiver: %s" % " ".join(p["command"])
+        )
     data = (json.dumps(p["document"], sort_keys=True) + "\n").encode() if p["document"] is not None else b""
     try:
         done = subprocess.run(
             receiver_argv(p["receiver"], p["command"]), input=data, capture_output=True, timeout=600
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        module.fail_json(msg="cannot reach the repository's receiver: %s" % exc)
+        module.fail_json(msg="cannot reach the repository's receiver: %s" % exc, verb=verb, rc=255)
     message = done.stderr.decode("utf-8", "replace").strip().replace("pulih receiver: ", "", 1)
     if done.returncode != 0:
         if p["missing_ok"] and done.returncode == 3 and any(w in message for w in _NOTHING_THERE):
-            module.exit_json(changed=False, answer={})
+            module.exit_json(changed=False, answer={}, verb=verb)
         if done.returncode == 255:
             message = "SSH to the repository's receiver failed: %s" % (message or "no message")
-        module.fail_json(msg="the repository refused %s: %s" % (p["command"][0], message), rc=done.returncode)
+        module.fail_json(msg="the repository refused %s: %s" % (verb, message), rc=done.returncode, verb=verb)
     try:
         answer = json.loads(done.stdout)
     except ValueError:
-        module.fail_json(msg="the repository's receiver answered no JSON to %s" % p["command"][0])
-    module.exit_json(changed=p["changes"], answer=answer)
+        module.fail_json(msg="the repository's receiver answered no JSON to %s" % verb, rc=1, verb=verb)
+    module.exit_json(changed=p["changes"], answer=answer, verb=verb)
 
 
 if __name__ == "__main__":
