@@ -777,16 +777,20 @@ def test_secrets_live_only_in_the_agents_memory_and_die_with_it(env, tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in descendants(agent.pid)}
-            if any(b"pg_restore" in cmd for cmd in children.values()):
+            # The whole pipeline (age | zstd | pg_restore) is up, not only its last process.
+            started = [cmd.split(b"\0")[0].rsplit(b"/", 1)[-1] for cmd in children.values()]
+            if b"pg_restore" in started and b"age" in started:
                 break
             time.sleep(0.2)
         else:
-            pytest.fail("pg_restore never started: " + agent.stderr.read1().decode())
+            pytest.fail("age | zstd | pg_restore never started: " + agent.stderr.read1().decode())
         for pid, cmdline in children.items():
             assert secret_key.encode() not in cmdline and password.encode() not in cmdline
             environ = Path(f"/proc/{pid}/environ").read_bytes()
             assert password.encode() not in environ and b"PGPASSWORD=" not in environ
-        age_argv = next(cmd for cmd in children.values() if cmd.startswith(b"age\0")).split(b"\0")
+        age_argv = next(
+            cmd for cmd in children.values() if cmd.split(b"\0")[0].rsplit(b"/", 1)[-1] == b"age"
+        ).split(b"\0")
         assert age_argv[age_argv.index(b"-i") + 1].startswith(b"/dev/fd/"), "the identity is in no file"
         assert files_holding(env, "/tmp", secret_key.encode()) == []
         assert files_holding(env, "/tmp", password.encode()) == []
