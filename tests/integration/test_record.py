@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from pulih import lab as lab_mod
 from pulih.anchors import AuditKey, FileAnchor, signed_text
+from pulih.report import RunReport
 from pulih.requests import BadRequestInput, Config, Refused, Requests
 from pulih.service.accounts import AccountError, Accounts
 from pulih.store import GENESIS, SCHEMA_VERSION, Store, _entry_hash, audit_table, iso, parse_iso
@@ -886,3 +887,33 @@ def test_the_offices_policy_separates_more_duties(make_store):
         requests.gate("dewi", rid, run_scope=scope)
     assert requests.gate("eko", rid, run_scope=scope)["allowed"]
     assert store.audit_entries()[0]["action"] == "policy_set"
+
+
+def test_a_published_backup_is_recorded_once_with_its_hashes_on_the_chain(make_store):
+    """What a backup run's report says it published goes on the record once (a report is
+    written more than once), each with an audit entry of its manifest's digest and artifacts."""
+    store = make_store()
+    report = RunReport(kind="backup", command=["pulih", "backup"], check_mode=False, operator="budi")
+    artifact = {"name": "database.sql.zst", "role": "data", "sha256": "ab" * 32, "size": 10, "format": "x"}
+    one, restored, pre = "20261201T000000Z-0001", "20261201T000000Z-0002", "20261201T000000Z-0003"
+    base = {"host": "lab1", "asset_id": "LAB-001", "item": "app", "ok": True}
+    report.items = [
+        {**base, "backup_id": one, "kind": "scheduled", "manifest_sha256": "cd" * 32,
+         "artifacts": [artifact]},
+        {**base, "item": "broken", "ok": False, "backup_id": None},
+        {**base, "backup_id": restored, "restore": {"pre_restore_backup": {
+            "backup_id": pre, "manifest_sha256": "ef" * 32, "artifacts": [artifact]}}},
+    ]  # fmt: skip
+    for _ in range(2):
+        store.record_backups(report.published_backups(), run_id=report.run_id, actor="budi")
+    assert store.recorded_backups([("LAB-001", "app"), ("LAB-002", "app")]) == {
+        "LAB-001:app:20261201T000000Z-0001": "cd" * 32,
+        "LAB-001:app:20261201T000000Z-0003": "ef" * 32,
+    }
+    entries = [e for e in store.audit_entries() if e["action"] == "backup.recorded"]
+    assert len(entries) == 2 and store.verify_audit(signatures=False) == []
+    first = json.loads(entries[0]["payload"])
+    assert first["manifest_sha256"] == "cd" * 32 and first["artifacts"] == [
+        {"name": "database.sql.zst", "role": "data", "sha256": "ab" * 32, "size": 10}
+    ]
+    assert json.loads(entries[1]["payload"])["kind"] == "pre_restore"

@@ -401,6 +401,79 @@ def test_a_target_without_room_for_the_stage_is_refused_before_anything_is_touch
     assert leftovers(env, "lab1") == []
 
 
+def test_a_backup_changed_in_the_repository_since_it_was_published_is_refused_by_the_record(env):
+    """A writer on the repository host rewrites a published backup so that every checksum
+    still matches (another backup's dump put in its place, the manifest's hashes recomputed),
+    or edits one field of its manifest, or a backup arrives that the service never saw
+    published (plain Ansible): each is refused against the service's record, exit 4, nothing
+    touched. Without the record the first would restore another backup's data."""
+
+    def fresh():
+        made = pulih(
+            env, "backup", "--limit", "lab1", "--item", "app-mariadb", "--no-verify", "--json", check=0
+        )
+        return report_of(made)["items"][0]
+
+    forged, other = fresh(), fresh()
+    assert (
+        forged["manifest_sha256"]
+        and forged["artifacts"][0]["sha256"]
+        == manifest(env, "LAB-001", "app-mariadb", forged["backup_id"])["artifacts"][0]["sha256"]
+    ), "the report carries the hashes the service records"
+    folder = repository(env) / "LAB-001" / "app-mariadb"
+    doc, theirs = (
+        manifest(env, "LAB-001", "app-mariadb", b) for b in (forged["backup_id"], other["backup_id"])
+    )
+    original = (
+        (folder / forged["backup_id"] / "manifest.json").read_bytes(),
+        (folder / forged["backup_id"] / "database.sql.zst").read_bytes(),
+    )
+    before = my_print(env, "lab1", "app_lab1")
+
+    def refused(backup_id, why):
+        rid = planned_request(
+            env,
+            ["LAB-001:app-mariadb"],
+            backups={"LAB-001:app-mariadb": backup_id},
+            unverified="tampered with on purpose: the restore must refuse it",
+        )
+        done = restore(env, rid, check=4)
+        error = done["items"][0]["error"]
+        assert done["status"] == "refused" and why in error and "nothing was touched" in error, error
+        assert my_print(env, "lab1", "app_lab1") == before
+
+    try:
+        # Another backup's dump in its place, and every checksum of the manifest recomputed.
+        (folder / forged["backup_id"] / "database.sql.zst").write_bytes(
+            (folder / other["backup_id"] / "database.sql.zst").read_bytes()
+        )
+        doc["artifacts"] = theirs["artifacts"]
+        doc["row_counts"] = theirs["row_counts"]
+        (folder / forged["backup_id"] / "manifest.json").write_text(
+            json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        )
+        refused(forged["backup_id"], "is not the one recorded when it was published")
+        # One field of the manifest, and nothing else.
+        (folder / forged["backup_id"] / "database.sql.zst").write_bytes(original[1])
+        edited = json.loads(original[0])
+        edited["started_at"] = "2026-01-01T00:00:00Z"
+        (folder / forged["backup_id"] / "manifest.json").write_text(
+            json.dumps(edited, indent=2, sort_keys=True) + "\n"
+        )
+        refused(forged["backup_id"], "is not the one recorded when it was published")
+    finally:
+        (folder / forged["backup_id"] / "manifest.json").write_bytes(original[0])
+        (folder / forged["backup_id"] / "database.sql.zst").write_bytes(original[1])
+    # A backup the service never saw published: plain Ansible's.
+    plain = ansible_playbook(
+        env["inventory"], "backup.yml", "--limit", "lab1", "-e", '{"pulih_backup_items": ["app-mariadb"]}'
+    )
+    assert plain.returncode == 0, plain.stdout[-3000:]
+    newest = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[-1]
+    assert newest not in (forged["backup_id"], other["backup_id"])
+    refused(newest, "is not on the service's record")
+
+
 def test_a_foreign_backup_is_refused_before_anything_is_touched(env):
     """A backup of lab2's database, put among lab1's: its manifest gives it away."""
     source = repository(env) / "LAB-002" / "app-pg" / env["backups"]["LAB-002:app-pg"]

@@ -135,6 +135,12 @@ def fill_report(
                         "seconds": result.get("seconds"),
                         "error": result.get("error"),
                         "pruned": result.get("pruned", []),
+                        "kind": result.get("kind"),
+                        "request_id": result.get("request_id"),
+                        # What the service records: the manifest's digest as sent, and the
+                        # artifacts' hashes taken on the data server.
+                        "manifest_sha256": result.get("manifest_sha256"),
+                        "artifacts": result.get("artifacts"),
                         "verification": verifications.pop(result.get("backup_id") or "", None),
                     }
                 )

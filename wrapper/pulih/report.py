@@ -126,6 +126,39 @@ class RunReport:
             actor=actor,
             request_id=self.request_id,
         )
+        store.record_backups(self.published_backups(), run_id=self.run_id, actor=actor)
+
+    def published_backups(self) -> list[dict[str, Any]]:
+        """The backups this run published, with the digests the controller sent: its backups,
+        and the pre-restore backups its restores took."""
+        found = []
+        for item in self.items:
+            if item.get("ok") and item.get("backup_id") and item.get("manifest_sha256"):
+                found.append(
+                    {
+                        "asset_id": item["asset_id"],
+                        "item": item["item"],
+                        "backup_id": item["backup_id"],
+                        "kind": item.get("kind"),
+                        "request_id": item.get("request_id"),
+                        "manifest_sha256": item["manifest_sha256"],
+                        "artifacts": item.get("artifacts") or [],
+                    }
+                )
+            pre = (item.get("restore") or {}).get("pre_restore_backup") or {}
+            if pre.get("backup_id") and pre.get("manifest_sha256"):
+                found.append(
+                    {
+                        "asset_id": item["asset_id"],
+                        "item": item["item"].rpartition(":")[2],
+                        "backup_id": pre["backup_id"],
+                        "kind": "pre_restore",
+                        "request_id": self.request_id,
+                        "manifest_sha256": pre["manifest_sha256"],
+                        "artifacts": pre.get("artifacts") or [],
+                    }
+                )
+        return found
 
     def write(self) -> Path:
         """Write report.json and report.html into the run's folder and put the run on the

@@ -110,8 +110,10 @@ def attempt_vars(
     target: dict[str, Any],
     restore_point: str | None,
     gate: dict[str, str] | None = None,
+    recorded: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The --limit and extra vars of one attempt, for the items still pending."""
+    """The --limit and extra vars of one attempt, for the items still pending; `recorded`, the
+    service's record of the items' backups (the role refuses any other)."""
     scope: dict[str, dict[str, str]] = {}
     for item in items:
         if item.pending:
@@ -124,6 +126,8 @@ def attempt_vars(
     }
     if gate:  # the service's socket and job: the role asks the gate again right before each swap
         extravars["pulih_restore_gate"] = gate
+    if recorded is not None:  # ASSET:ITEM:BACKUP_ID -> the manifest's digest when it was published
+        extravars["pulih_restore_recorded"] = recorded
     return ",".join(sorted(scope)), extravars
 
 
@@ -172,6 +176,8 @@ def report_item(item: RestoreItem) -> dict[str, Any]:
             "target": result.get("target"),
             "replaced": result.get("replaced"),
             "pre_restore_backup_id": result.get("pre_restore_backup_id"),
+            # Its digests, for the record: the service recorded it as it was published.
+            "pre_restore_backup": result.get("pre_restore_backup"),
             "pre_restore_seconds": float(result.get("pre_restore_seconds") or 0) if item.done else None,
             "timings": result.get("timings"),
             "backup_started_at": result.get("backup_started_at"),

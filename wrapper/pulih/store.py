@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pulih.anchors import AnchorError, FileAnchor, problems_against
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 GENESIS = "0" * 64
 
 metadata = sa.MetaData()
@@ -139,6 +139,23 @@ approvals_table = sa.Table(  # added in schema version 4: one row per approval (
 )
 
 
+backups_table = sa.Table(  # added in schema version 6: every backup as published, by its hashes
+    "pulih_backups",
+    metadata,
+    sa.Column("asset_id", sa.String(64), primary_key=True),
+    sa.Column("item", sa.String(64), primary_key=True),
+    sa.Column("backup_id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("request_id", sa.String(32)),
+    # SHA-256 of the manifest's canonical JSON, as the controller sent it to the receiver; the
+    # manifest names each artifact's SHA-256 taken on the data server as it was sent.
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Column("artifacts", sa.Text, nullable=False),  # JSON: [{name, role, sha256, size}]
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("recorded_at", sa.String(32), nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Version 1: every table, runs without exit_code."""
     tables = [meta_table, requests_table, steps_table, audit_table]
@@ -189,7 +206,12 @@ def _v5(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE pulih_approvals ADD COLUMN targets TEXT"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(conn: Connection) -> None:
+    """Version 6: the backups the service saw published, with their manifests' digests."""
+    backups_table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 def now() -> dt.datetime:
@@ -451,6 +473,65 @@ class Store:
             checked = heads if signatures else sorted(heads, key=lambda h: h["seq"])[-1:]
             found += [AuditProblem(seq, text) for seq, text in anchor.signature_problems(checked)]
         return sorted(found, key=lambda p: p.seq)
+
+    # ---------------------------------------------------------------- backups
+
+    def record_backups(self, backups: Sequence[dict[str, Any]], *, run_id: str, actor: str) -> None:
+        """Put published backups on the record, each with an audit entry of its hashes. One
+        already recorded is left as it was (a report is written more than once)."""
+        if not backups:
+            return
+        with self.transaction() as conn:
+            for backup in backups:
+                key = (backup["asset_id"], backup["item"], backup["backup_id"])
+                if self._recorded_row(conn, *key) is not None:
+                    continue
+                artifacts = [
+                    {k: a.get(k) for k in ("name", "role", "sha256", "size")} for a in backup["artifacts"]
+                ]
+                row = {
+                    "asset_id": key[0],
+                    "item": key[1],
+                    "backup_id": key[2],
+                    "kind": backup.get("kind") or "scheduled",
+                    "request_id": backup.get("request_id"),
+                    "manifest_sha256": backup["manifest_sha256"],
+                    "artifacts": json.dumps(artifacts, sort_keys=True),
+                    "run_id": run_id,
+                    "recorded_at": iso(now()),
+                }
+                conn.execute(sa.insert(backups_table).values(**row))
+                self.append_audit(
+                    conn,
+                    actor=actor,
+                    action="backup.recorded",
+                    request_id=row["request_id"],
+                    payload={**{k: v for k, v in row.items() if k != "recorded_at"}, "artifacts": artifacts},
+                )
+
+    def recorded_backups(self, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """The recorded manifest digest of every backup of these (asset_id, item) pairs, keyed
+        'ASSET:ITEM:BACKUP_ID'."""
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for asset_id, item in sorted(set(pairs)):
+                rows = conn.execute(
+                    sa.select(backups_table.c.backup_id, backups_table.c.manifest_sha256).where(
+                        backups_table.c.asset_id == asset_id, backups_table.c.item == item
+                    )
+                ).all()
+                found.update({f"{asset_id}:{item}:{r.backup_id}": r.manifest_sha256 for r in rows})
+        return found
+
+    @staticmethod
+    def _recorded_row(conn: Connection, asset_id: str, item: str, backup_id: str) -> Any:
+        return conn.execute(
+            sa.select(backups_table.c.manifest_sha256).where(
+                backups_table.c.asset_id == asset_id,
+                backups_table.c.item == item,
+                backups_table.c.backup_id == backup_id,
+            )
+        ).first()
 
     # ---------------------------------------------------------------- runs
 

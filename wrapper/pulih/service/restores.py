@@ -205,6 +205,7 @@ class RestoreRun:
                 target=decision["target"],
                 restore_point=record.get("restore_point"),
                 gate=gate,
+                recorded=self.requests.store.recorded_backups([(i.asset_id, i.item) for i in run_items]),
             )
             if self.age_identity:
                 extravars["pulih_restore_age_identity_file"] = self.age_identity

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.pulih.core.plugins.module_utils.canonical import document_sha256
+
 DOCUMENTATION = r"""
 name: checksum_mismatches
 short_description: Artifacts whose SHA-256 or size in the repository differs from the manifest
@@ -47,6 +49,11 @@ def checksum_mismatches(artifacts, found):
     return bad
 
 
+def manifest_sha256(manifest):
+    """The digest the service recorded for a manifest when it was published (canonical JSON)."""
+    return document_sha256(manifest)
+
+
 class FilterModule:
     def filters(self):
-        return {"checksum_mismatches": checksum_mismatches}
+        return {"checksum_mismatches": checksum_mismatches, "manifest_sha256": manifest_sha256}

@@ -55,6 +55,12 @@ answer:
   description: The receiver's JSON answer.
   type: dict
   returned: success
+document_sha256:
+  description:
+    - SHA-256 of the canonical form (sorted keys, no spaces, UTF-8) of I(document) as sent: a
+      published manifest's digest, which the service records.
+  type: str
+  returned: when I(document) is given
 verb:
   description: The command's verb (what a caller of the playbook picks its answers by).
   type: str
@@ -70,6 +76,7 @@ import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pulih.core.plugins.module_utils.agent_io import SSH_WORD, receiver_argv
+from ansible_collections.pulih.core.plugins.module_utils.canonical import document_sha256
 
 
 # Refusals that mean there is nothing to act on: an abort or a revoke of what is not there.
@@ -114,7 +121,8 @@ def main():
         answer = json.loads(done.stdout)
     except ValueError:
         module.fail_json(msg="the repository's receiver answered no JSON to %s" % verb, rc=1, verb=verb)
-    module.exit_json(changed=p["changes"], answer=answer, verb=verb)
+    sent = {"document_sha256": document_sha256(p["document"])} if p["document"] is not None else {}
+    module.exit_json(changed=p["changes"], answer=answer, verb=verb, **sent)
 
 
 if __name__ == "__main__":
