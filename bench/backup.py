@@ -11,8 +11,9 @@ compressible rows over several tables and a ~250 MiB MariaDB table, then times:
               pulih backup, without and with verify
 
 pulih's figures are given twice: the whole run (ansible-playbook start-up and every task
-included) and its data path alone (the seconds the repository host spent streaming the item,
-as its manifest-writing module measured them). Ratios are against the plain pipelines.
+included) and its data path alone (the seconds the data server spent dumping the item and
+pushing it to the repository's receiver, as agent_push measured them). Ratios are against the
+plain pipelines.
 
     python bench/backup.py [--pg-mib 500] [--mariadb-mib 250] [--runs 1]
 """
