@@ -150,7 +150,7 @@ class RunReport:
                 found.append(
                     {
                         "asset_id": item["asset_id"],
-                        "item": item["item"].rpartition(":")[2],
+                        "item": item["item"],
                         "backup_id": pre["backup_id"],
                         "kind": "pre_restore",
                         "request_id": self.request_id,

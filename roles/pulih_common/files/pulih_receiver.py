@@ -139,6 +139,14 @@ def write_new(path: str, data: bytes, mode: int = 0o640) -> None:
         os.close(fd)
 
 
+def replace_file(path: str, data: bytes, mode: int = 0o640) -> None:
+    """Replace a file of the receiver's own (never a backup's) whole: written beside, then renamed."""
+    part = f"{path}.{os.getpid()}"
+    write_new(part, data, mode)
+    os.rename(part, path)
+    fsync_dir(os.path.dirname(path))
+
+
 def size_text(count: int) -> str:
     return f"{count / (1 << 30):.1f} GiB" if count >= 1 << 27 else f"{count / (1 << 20):.1f} MiB"
 
@@ -376,7 +384,7 @@ class Repository:
             now = utcnow().replace(microsecond=0).isoformat().replace("+00:00", "Z")
             missing, unverified, wanted = [], [], []
             for entry in named:
-                key = tuple(str(entry.get(k, "")) for k in ("asset_id", "item", "backup_id"))
+                key = self._key(entry)
                 label = "%s:%s=%s" % key
                 if not (NAME.match(key[0]) and NAME.match(key[1]) and BACKUP_ID.match(key[2])):
                     refuse(f"{label} is not a backup's name", BAD_COMMAND)
@@ -505,12 +513,10 @@ class Repository:
         return entries
 
     def _write_protected(self, entries: list[dict[str, Any]]) -> None:
-        path = os.path.join(self.root, PROTECTED)
-        part = f"{path}.{os.getpid()}"
         doc = {"format": PROTECTED_FORMAT, "backups": entries}
-        write_new(part, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-        os.rename(part, path)
-        fsync_dir(self.root)
+        replace_file(
+            os.path.join(self.root, PROTECTED), (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+        )
 
     def grant_of(self, grant_id: str) -> dict[str, Any]:
         path = os.path.join(self.root, GRANTS, grant_id + ".json")
@@ -570,10 +576,7 @@ class Repository:
 
     @staticmethod
     def _write_stored(tmp: str, stored: dict[str, Any]) -> None:
-        path = os.path.join(tmp, STORED)
-        part = f"{path}.{os.getpid()}"
-        write_new(part, (json.dumps(stored, sort_keys=True) + "\n").encode(), 0o600)
-        os.rename(part, path)
+        replace_file(os.path.join(tmp, STORED), (json.dumps(stored, sort_keys=True) + "\n").encode(), 0o600)
 
 
 # Each verb: the words it takes and how they are checked.
