@@ -25,9 +25,8 @@ integration: setup
 molecule: setup
 	molecule test --all
 
-test: setup lint  ## everything CI runs
+test: setup lint  ## everything CI runs (the molecule scenarios are tests/integration/test_molecule.py)
 	python -m pytest -n 2 --dist loadfile
-	molecule test --all
 
 demo: setup  ## the main job on the embedded default (example register + a 2-host lab)
 	bash scripts/demo.sh

@@ -33,3 +33,22 @@ def test_main_only_includes(role):
             "ansible.builtin.include_role",
         }
         assert includes & set(task), task["name"]
+
+
+PLUGINS = sorted(
+    (PROJECT / "collections" / "ansible_collections" / "pulih" / "core" / "plugins").glob("*/*.py")
+)
+
+
+@pytest.mark.parametrize("plugin", PLUGINS, ids=[f"{p.parent.name}/{p.stem}" for p in PLUGINS])
+def test_plugin_documentation_is_yaml(plugin):
+    """ansible-doc and ansible-lint read these blocks as YAML; one that does not parse leaves
+    the plugin undocumented (a plain scalar with ': ' in it is the usual cause)."""
+    import ast
+
+    tree = ast.parse(plugin.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if names & {"DOCUMENTATION", "EXAMPLES", "RETURN"}:
+                yaml.safe_load(node.value.value)

@@ -6,7 +6,7 @@ DOCUMENTATION = r"""
 module: receiver
 short_description: Run one command of the backup repository's restricted receiver
 description:
-  - Runs where the task runs (a data server, with its own key; later the controller, with its
+  - Runs where the task runs (a data server, with its own key, or the controller, with its
     key) and asks the repository host's receiver for one thing, for example C(list ITEM),
     C(publish ITEM BACKUP_ID) with the manifest as I(document), or C(abort ITEM BACKUP_ID).
     The receiver is the forced command of the key (C(restrict,command=) in the repository account's
@@ -57,8 +57,8 @@ answer:
   returned: success
 document_sha256:
   description:
-    - SHA-256 of the canonical form (sorted keys, no spaces, UTF-8) of I(document) as sent: a
-      published manifest's digest, which the service records.
+    - SHA-256 of the canonical form (sorted keys, no spaces, UTF-8) of I(document) as sent (a
+      published manifest's digest, which the service records).
   type: str
   returned: when I(document) is given
 verb:
