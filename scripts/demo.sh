@@ -6,8 +6,10 @@
 #  3. the whole SOP on lab1's sample data of a fictional agency, through a pulih serve the demo
 #     starts (state and socket in reports/demo/service; ani, sri and budi as accounts with
 #     tokens): a verified backup, damage, a recovery request filed, received, approved by a
-#     second person, assessed, planned, restored (verified, the damage saved as a pre-restore
-#     backup), confirmed and closed; and spoof attempts refused.
+#     second person with her SSH signature (the office's policy wants one), assessed, planned,
+#     restored (verified, the damage saved as a pre-restore backup), confirmed and closed; spoof
+#     attempts refused; the audit log checked against its anchor and the signed approval
+#     checked offline with ssh-keygen alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -65,6 +67,9 @@ service_state=$PWD/$reports/service
 rm -rf "$service_state"
 pulih serve --init --state "$service_state" --admin "$(id -un)" --user "$(id -un)" --register "$lab_inventory"
 echo "restore_retry_seconds: 5" >> "$service_state/config.yml"
+# The audit chain's head goes to an anchor outside the service's state after every write.
+mkdir -p "$PWD/$reports/anchor"
+printf 'anchors:\n  - file: %s\n' "$PWD/$reports/anchor/audit.jsonl" >> "$service_state/config.yml"
 pulih serve --state "$service_state" & service_pid=$!
 export PULIH_SERVER=unix:$service_state/pulih.sock
 for _ in $(seq 1 300); do pulih whoami >/dev/null 2>&1 && break; sleep 0.1; done
@@ -78,6 +83,11 @@ token[ani]=$(pulih admin token create ani --scope request --scope approve --scop
 token[sri]=$(pulih admin token create sri --scope approve --scope read --expires-in 1h)
 token[budi]=$(pulih admin token create budi --scope backup --scope restore --scope read --expires-in 1h)
 as() { PULIH_TOKEN=${token[$1]} pulih "${@:2}"; }
+# Sri signs her approvals with her own SSH key; the office wants restores in place signed.
+mkdir -p "$reports/keys" && rm -f "$reports/keys/sri" "$reports/keys/sri.pub"
+ssh-keygen -q -t ed25519 -N '' -C sri -f "$reports/keys/sri"
+pulih admin user key add sri --key-file "$reports/keys/sri.pub"
+pulih admin policy set --signed-approvals in_place
 
 step "8. Last night's backup of lab1 (PostgreSQL, MariaDB, documents), verified by test restores: a job of the service"
 as budi backup --limit lab1
@@ -110,7 +120,10 @@ as sri request receive "$rid"
 echo "Ani tries to approve her own request, claiming to be Sri (USER=sri LOGNAME=sri PULIH_ACTOR=sri):"
 rc=0; USER=sri LOGNAME=sri PULIH_ACTOR=sri as ani request approve "$rid" || rc=$?
 [[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
-as sri request approve "$rid" --valid-hours 24
+echo "Sri approves without signing, which the office's policy refuses:"
+rc=0; as sri request approve "$rid" --valid-hours 24 || rc=$?
+[[ $rc -eq 3 ]] || { echo "demo: expected a refusal (exit 3), got $rc" >&2; exit 1; }
+as sri request approve "$rid" --valid-hours 24 --sign --key "$reports/keys/sri"
 
 step "11. Budi assesses (Form PD), checks the backups, plans, and asks the gate"
 as budi request assess "$rid" --damage accidental_deletion --note "tabel pegawai kosong sebagian"
@@ -143,7 +156,6 @@ as budi request form "$rid" --form ppd --lang id -o "$reports/form-ppd-$rid.html
 as budi request form "$rid" --form pd --lang id -o "$reports/form-pd-$rid.html"
 restore_run=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$reports/restore.json")
 as budi report show "$restore_run" --format html --lang id > "$reports/restore-$rid.html"
-as budi audit verify
 
 step "14. Who acts is the kernel's word, or a token's, never the environment's"
 echo "USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami, on the socket, without a token:"
@@ -154,6 +166,14 @@ rc=0; as ani admin user list || rc=$?
 echo "A restore that names its own register (-i):"
 rc=0; as budi restore --request "$rid" -i "$lab_inventory" || rc=$?
 [[ $rc -eq 2 ]] || { echo "demo: expected bad input (exit 2), got $rc" >&2; exit 1; }
+
+step "15. The record checked against its anchor, and Sri's signed approval checked offline with ssh-keygen alone"
+as budi audit verify
+pulih request export-approval "$rid" --dir "$reports/approval"
+pulih audit export-signers --output "$reports/allowed_signers"
+echo "ssh-keygen -Y verify -f $reports/allowed_signers -I sri -n pulih-approval -s $reports/approval/approval-1.json.sig < $reports/approval/approval-1.json"
+ssh-keygen -Y verify -f "$reports/allowed_signers" -I sri -n pulih-approval \
+  -s "$reports/approval/approval-1.json.sig" < "$reports/approval/approval-1.json"
 
 step "Summary"
 python - "$reports/register_audit.json" "$reports/restore.json" <<'PY'

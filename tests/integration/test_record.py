@@ -11,18 +11,21 @@ import json
 import subprocess
 import threading
 
+import jsonschema
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from pulih import approvals
 from pulih import lab as lab_mod
 from pulih.anchors import AuditKey, FileAnchor, signed_text
 from pulih.report import RunReport
 from pulih.requests import BadRequestInput, Config, Refused, Requests
 from pulih.service.accounts import AccountError, Accounts
 from pulih.store import GENESIS, SCHEMA_VERSION, Store, _entry_hash, audit_table, iso, parse_iso
+from tests.conftest import PROJECT
 
 ACTORS = {
     "ani": {"requester"},
@@ -563,6 +566,8 @@ def test_an_older_store_is_upgraded_in_place(make_store):
     # Rebuild it at version 1, with a run recorded the old way.
     with store.transaction() as conn:
         for table in (
+            "pulih_backup_events",
+            "pulih_backups",
             "pulih_approvals",
             "pulih_tokens",
             "pulih_accounts",
@@ -594,8 +599,14 @@ def test_an_older_store_is_upgraded_in_place(make_store):
                 "'{}', '[]', '2026-01-01T00:00:00Z', 'dewi', '2026-01-01T01:00:00Z', '2026-01-02T01:00:00Z')"
             )
         )
+    # At version 6 a backup was recorded (its entry on the chain, not yet indexed).
+    old.upgrade(to=6)
+    with old.transaction() as conn:
+        payload = {"asset_id": "DC-1", "item": "simpeg", "backup_id": "B1", "manifest_sha256": "cd" * 32}
+        old.append_audit(conn, actor="budi", action="backup.recorded", request_id=None, payload=payload)
     reopened = Store(store.url)
     assert reopened.version() == SCHEMA_VERSION
+    assert reopened.recorded_backups([("DC-1", "simpeg")])["DC-1:simpeg:B1"]["manifest_sha256"] == "cd" * 32
     with reopened.engine.connect() as conn:
         row = conn.execute(sa.text("SELECT run_id, exit_code FROM pulih_runs")).one()
     assert (row.run_id, row.exit_code) == ("r1", None)
@@ -906,9 +917,10 @@ def test_a_published_backup_is_recorded_once_with_its_hashes_on_the_chain(make_s
     ]  # fmt: skip
     for _ in range(2):
         store.record_backups(report.published_backups(), run_id=report.run_id, actor="budi")
+    unverified = {"verified": False, "last_verification": None, "adopted": False}
     assert store.recorded_backups([("LAB-001", "app"), ("LAB-002", "app")]) == {
-        "LAB-001:app:20261201T000000Z-0001": "cd" * 32,
-        "LAB-001:app:20261201T000000Z-0003": "ef" * 32,
+        "LAB-001:app:20261201T000000Z-0001": {"manifest_sha256": "cd" * 32, **unverified},
+        "LAB-001:app:20261201T000000Z-0003": {"manifest_sha256": "ef" * 32, **unverified},
     }
     entries = [e for e in store.audit_entries() if e["action"] == "backup.recorded"]
     assert len(entries) == 2 and store.verify_audit(signatures=False) == []
@@ -917,3 +929,238 @@ def test_a_published_backup_is_recorded_once_with_its_hashes_on_the_chain(make_s
         {"name": "database.sql.zst", "role": "data", "sha256": "ab" * 32, "size": 10}
     ]
     assert json.loads(entries[1]["payload"])["kind"] == "pre_restore"
+
+
+def test_a_verification_goes_on_the_record_only_for_the_recorded_manifest_and_rows_do_not_count(make_store):
+    """A test restore is recorded against the manifest the record holds; one of another manifest
+    (a backup changed since) or of an unrecorded backup is left off. What the service reads is
+    the chain's entries: an edited row of the index or of pulih_backups changes nothing."""
+    store = make_store()
+    one = {
+        "asset_id": "LAB-001",
+        "item": "app",
+        "backup_id": "B1",
+        "manifest_sha256": "cd" * 32,
+        "artifacts": [],
+    }
+    store.record_backups([one], run_id="run-1", actor="budi")
+    base = {
+        "asset_id": "LAB-001",
+        "item": "app",
+        "backup_id": "B1",
+        "checks": ["checksums"],
+        "verified_on": "lab1",
+    }
+    written = store.record_verifications(
+        [
+            {**base, "status": "verified", "manifest_sha256": "00" * 32},  # another manifest
+            {**base, "backup_id": "B9", "status": "verified", "manifest_sha256": "cd" * 32},  # unrecorded
+        ],
+        run_id="run-2",
+        actor="budi",
+    )
+    assert written == 0 and not store.recorded_backups([("LAB-001", "app")])["LAB-001:app:B1"]["verified"]
+    assert (
+        store.record_verifications(
+            [{**base, "status": "verified", "manifest_sha256": "cd" * 32}], run_id="run-3", actor="budi"
+        )
+        == 1
+    )
+    assert (
+        store.record_verifications(
+            [{**base, "status": "verified", "manifest_sha256": "cd" * 32}], run_id="run-3", actor="budi"
+        )
+        == 0
+    )
+    state = store.recorded_backups([("LAB-001", "app")])["LAB-001:app:B1"]
+    assert state["verified"] and state["last_verification"]["run_id"] == "run-3"
+    with store.transaction() as conn:  # a store holder edits the rows, not the chain
+        conn.execute(sa.text("UPDATE pulih_backups SET manifest_sha256 = :d"), {"d": "ff" * 32})
+        conn.execute(
+            sa.text(
+                "INSERT INTO pulih_backup_events (asset_id, item, backup_id, audit_seq) "
+                "VALUES ('LAB-001', 'app', 'B7', 1)"
+            )
+        )
+    assert store.recorded_backups([("LAB-001", "app")])["LAB-001:app:B1"]["manifest_sha256"] == "cd" * 32
+    assert "LAB-001:app:B7" not in store.recorded_backups([("LAB-001", "app")])  # seq 1 is about B1
+    failed = {**base, "status": "failed", "manifest_sha256": "cd" * 32, "error": "row counts differ"}
+    store.record_verifications([failed], run_id="run-4", actor="budi")
+    assert not store.recorded_backups([("LAB-001", "app")])["LAB-001:app:B1"]["verified"]
+    actions = [e["action"] for e in store.audit_entries()]
+    assert actions.count("backup.verified") == 1 and actions.count("backup.verification_failed") == 1
+
+
+# --------------------------------------------------------------------------- signed approvals
+
+
+def ssh_key(folder, name):
+    """A fresh Ed25519 key pair: (private key path, public key line)."""
+    private = folder / name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(private)], check=True
+    )
+    return private, (folder / f"{name}.pub").read_text()
+
+
+@pytest.fixture
+def signing(make_store, tmp_path):
+    """A record whose clock is the real one (keys are registered at the real time), dewi an
+    approver with a registered key, and a received request waiting for her approval."""
+    store = make_store()
+    clock = Clock()
+    clock.at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
+    requests = make_requests(store, clock)
+    accounts = Accounts(store)
+    for name in ("root", "dewi", "fajar"):
+        accounts.add("root", name, roles=["admin"] if name == "root" else ["approver"])
+    key, public = ssh_key(tmp_path, "dewi")
+    accounts.add_key("root", "dewi", public)
+
+    def received() -> str:
+        rid = requests.new(
+            "ani",
+            procedure="recovery",
+            skpd="bkpsdm",
+            contact="a",
+            scope=SIMPEG,
+            reason="error",
+            reason_text="x",
+        )["id"]
+        requests.receive("citra", rid)
+        return rid
+
+    return {"store": store, "requests": requests, "accounts": accounts, "key": key, "public": public,
+            "received": received, "clock": clock, "folder": tmp_path}  # fmt: skip
+
+
+TARGETS = ["postgresql://10.0.0.1:5432/simpeg"]
+
+
+def signed_by(requests, key, rid, *, approver="dewi", targets=TARGETS, **options):
+    doc = requests.approval_statement(approver, rid, targets=targets, **options)
+    return {"statement": doc, "signature": approvals.sign(approvals.canonical(doc), key)}
+
+
+def test_a_signed_approval_is_checked_kept_on_the_chain_and_verifies_offline(signing):
+    """Signed by dewi's registered key, over the statement the service gave: on the approval
+    row and on the chain, with the key's fingerprint; the gate re-checks it where the policy
+    wants it; ssh-keygen alone verifies it with the allowed-signers file export-signers gives."""
+    requests, store, folder = signing["requests"], signing["store"], signing["folder"]
+    rid = signing["received"]()
+    signed = signed_by(requests, signing["key"], rid, note="ok")
+    doc = requests.approve("dewi", rid, targets=TARGETS, note="ok", signed=signed)
+    approval = doc["approvals"][0]
+    schema = json.loads((PROJECT / "schemas" / "approval_statement.schema.json").read_text())
+    jsonschema.validate(json.loads(approval["statement"]), schema)
+    fingerprint = approvals.checked_public_key(signing["public"])[1]
+    assert (
+        approval["key_fingerprint"] == fingerprint
+        and approval["statement"] == approvals.canonical(signed["statement"]).decode()
+    )
+    entry = [e for e in store.audit_entries() if e["action"] == "request.approved"][-1]
+    assert json.loads(entry["payload"])["signed"]["key"] == fingerprint
+    store.set_policy("root", {**store.policy(), "signed_approvals": "in_place"})
+    requests.assess("eko", rid, data_exists=True, damage="error")
+    requests.check_backups("eko", rid, [])
+    requests.plan("eko", rid, backups={"DC-1:simpeg": "B1"})
+    assert requests.gate("eko", rid, run_scope=SIMPEG, run_targets=TARGETS)["allowed"]
+    # Offline: the statement's bytes, the signature and the exported allowed signers.
+    (folder / "statement.json").write_text(approval["statement"])
+    (folder / "statement.json.sig").write_text(approval["signature"])
+    (folder / "allowed_signers").write_text(approvals.allowed_signers(approvals.keys_on_chain(store)))
+    offline = subprocess.run(
+        ["ssh-keygen", "-Y", "verify", "-f", str(folder / "allowed_signers"), "-I", "dewi",
+         "-n", "pulih-approval", "-s", str(folder / "statement.json.sig")],
+        input=(folder / "statement.json").read_bytes(), capture_output=True, check=False,
+    )  # fmt: skip
+    assert offline.returncode == 0 and fingerprint in offline.stdout.decode(), offline.stderr
+
+
+def test_signed_approvals_that_do_not_hold_are_refused(signing):
+    """A wrong key, a statement altered after signing, a signature replayed onto another
+    request, a statement of another history, a key revoked before signing: each refused,
+    exit 3, naming why; nothing is approved."""
+    requests, accounts, folder = signing["requests"], signing["accounts"], signing["folder"]
+    rid, other = signing["received"](), signing["received"]()
+    stranger, _ = ssh_key(folder, "stranger")
+    cases = {
+        "wrong key": (signed_by(requests, stranger, rid), "does not verify with any key dewi held"),
+        "replayed": (signed_by(requests, signing["key"], other), "request_id"),
+    }
+    altered = signed_by(requests, signing["key"], rid)
+    altered["statement"]["valid_hours"] = 720
+    cases["altered"] = (altered, "does not verify")
+    elsewhere = signed_by(requests, signing["key"], rid)
+    elsewhere["statement"]["chain_head"]["hash"] = "0" * 64
+    cases["another history"] = (
+        {"statement": elsewhere["statement"],
+         "signature": approvals.sign(approvals.canonical(elsewhere["statement"]), signing["key"])},
+        "not on this audit log",
+    )  # fmt: skip
+    widened = signed_by(requests, signing["key"], rid, targets=[*TARGETS, "mariadb://10.0.0.9:3306/x"])
+    cases["other targets"] = (widened, "targets")
+    for name, (signed, why) in cases.items():
+        # Approved as the statement says (the altered one too): only the signature can tell.
+        with pytest.raises(Refused, match=why):
+            requests.approve(
+                "dewi", rid, targets=TARGETS, valid_hours=signed["statement"]["valid_hours"], signed=signed
+            )
+        assert requests.get(rid)["status"] == "received", name
+    # Revoked, then signed: the allowed-signers line ends at the revocation.
+    fingerprint = approvals.checked_public_key(signing["public"])[1]
+    accounts.revoke_key("root", "dewi", fingerprint)
+    signing["clock"].at += dt.timedelta(minutes=5)
+    with pytest.raises(Refused, match="does not verify"):
+        requests.approve("dewi", rid, targets=TARGETS, signed=signed_by(requests, signing["key"], rid))
+    assert 'valid-before="' in approvals.allowed_signers(approvals.keys_on_chain(signing["store"]))
+
+
+def test_a_policy_wanting_signatures_refuses_an_unsigned_approval_and_its_restores(signing):
+    """signed_approvals: in_place refuses an unsigned approval of an in-place restore, and the
+    gate refuses a restore under an approval given unsigned before the policy was set; an
+    alternate target needs none unless the policy says all."""
+    requests, store = signing["requests"], signing["store"]
+    before = signing["received"]()
+    requests.approve("dewi", before, targets=TARGETS)  # unsigned, before the policy
+    requests.assess("eko", before, data_exists=True, damage="error")
+    requests.check_backups("eko", before, [])
+    requests.plan("eko", before, backups={"DC-1:simpeg": "B1"})
+    store.set_policy("root", {**store.policy(), "signed_approvals": "in_place"})
+    with pytest.raises(Refused, match="approval is not signed"):
+        requests.gate("eko", before, run_scope=SIMPEG, run_targets=TARGETS)
+    rid = signing["received"]()
+    with pytest.raises(Refused, match="policy wants a signed approval for restores in place"):
+        requests.approve("dewi", rid, targets=TARGETS)
+    # The policy is the chain's word: editing the stored row does not lift it.
+    with store.transaction() as conn:
+        conn.execute(
+            sa.text("UPDATE pulih_meta SET value = :v WHERE key = 'policy'"), {"v": '{"distinct": []}'}
+        )
+    with pytest.raises(Refused, match="policy wants a signed approval"):
+        requests.approve("dewi", rid, targets=TARGETS)
+    alternate = requests.new(
+        "ani", procedure="recovery", skpd="bkpsdm", contact="a", scope=SIMPEG, reason="error",
+        target={"kind": "alternate", "host": "lab2"},
+    )["id"]  # fmt: skip
+    requests.receive("citra", alternate)
+    requests.approve("dewi", alternate, targets=TARGETS)
+    assert requests.approve("dewi", rid, targets=TARGETS, signed=signed_by(requests, signing["key"], rid))
+
+
+def test_keys_are_checked_registered_once_and_revoked_on_the_chain(signing):
+    accounts, folder = signing["accounts"], signing["folder"]
+    for bad in ("", "ssh-ed25519", 'command="x" ssh-ed25519 AAAA', "ssh-ed25519 AAAA\nssh-ed25519 BBBB",
+                "ssh-ed25519 bm90IGEga2V5"):  # fmt: skip
+        with pytest.raises(AccountError):
+            accounts.add_key("root", "dewi", bad)
+    with pytest.raises(AccountError, match="registered already"):
+        accounts.add_key("root", "fajar", signing["public"])
+    _, second = ssh_key(folder, "dewi2")
+    added = accounts.add_key("root", "dewi", second)
+    assert {k["fingerprint"] for k in accounts.keys("dewi")} >= {added["fingerprint"]}
+    accounts.revoke_key("root", "dewi", added["fingerprint"])
+    with pytest.raises(AccountError, match="was revoked"):
+        accounts.revoke_key("root", "dewi", added["fingerprint"])
+    actions = [e["action"] for e in signing["store"].audit_entries()]
+    assert actions.count("key.added") == 2 and actions.count("key.revoked") == 1

@@ -600,7 +600,7 @@ def test_only_an_admin_sets_the_policy_and_only_to_pairs_of_roles(service):
     assert "a pair of two different roles" in run.stderr
     admin(service, "admin", "policy", "set", "--distinct", "approver,receiver", check=0)
     shown = json.loads(admin(service, "admin", "policy", "show", "--json", check=0).stdout)
-    assert shown == {"distinct": [["receiver", "approver"]]}
+    assert shown == {"distinct": [["receiver", "approver"]], "signed_approvals": "none"}
     admin(service, "admin", "policy", "set", check=0)  # back to the SOP's minimum
     assert audit_actions(service)[-2:] == ["policy_set", "policy_set"]
 
@@ -697,3 +697,52 @@ def test_an_anchor_beside_the_service_shows_a_chain_rewritten_in_its_store(servi
         "rewritten" in doc["problems"][0]["message"]
         and str(service["anchor"]) in doc["problems"][0]["message"]
     )
+
+
+def test_an_approval_signed_through_the_approvers_ssh_agent_verifies_offline(service, tmp_path):
+    """The admin registers sri's key and asks for signed approvals in place; sri's unsigned
+    approval is refused; `pulih request approve --sign` signs through her ssh-agent (the
+    private key is no longer on disk), and the exported statement, signature and allowed
+    signers verify with ssh-keygen alone. Form PPD names the key."""
+    key = tmp_path / "sri"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sri", "-f", str(key)], check=True)
+    fingerprint = admin(
+        service, "admin", "user", "key", "add", "sri", "--key-file", f"{key}.pub", "--json", check=0
+    )
+    fingerprint = json.loads(fingerprint.stdout)["fingerprint"]
+    admin(service, "admin", "policy", "set", "--signed-approvals", "in_place", check=0)
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(tmp_path / "agent.sock")], stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_until("the ssh-agent's socket", lambda: connects(tmp_path / "agent.sock"))
+        agent_env = {"SSH_AUTH_SOCK": str(tmp_path / "agent.sock")}
+        subprocess.run(["ssh-add", "-q", str(key)], env={**os.environ, **agent_env}, check=True)
+        key.unlink()  # from now on only the agent holds it
+        rid = api(service, "POST", "/requests", ("ani", "request"), new_request()).json()["id"]
+        api(service, "POST", f"/requests/{rid}/receive", ("sri", "approve"), {})
+        sri = {"server": "http", "token": service["tokens"][("sri", "approve")]}
+        unsigned = pulih_as(service, None, "request", "approve", rid, "--json", **sri, check=3)
+        assert "policy wants a signed approval for restores in place" in unsigned.stdout
+        signed = pulih_as(
+            service, None, "request", "approve", rid, "--sign", "--key", f"{key}.pub", "--json",
+            extra_env=agent_env, **sri, check=0,
+        )  # fmt: skip
+        assert json.loads(signed.stdout)["approvals"][-1]["key_fingerprint"] == fingerprint
+        exported = tmp_path / "approval"
+        admin(service, "request", "export-approval", rid, "--dir", str(exported), check=0)
+        admin(service, "audit", "export-signers", "--output", str(tmp_path / "allowed_signers"), check=0)
+        offline = subprocess.run(
+            ["ssh-keygen", "-Y", "verify", "-f", str(tmp_path / "allowed_signers"), "-I", "sri",
+             "-n", "pulih-approval", "-s", str(exported / "approval-1.json.sig")],
+            input=(exported / "approval-1.json").read_bytes(), capture_output=True, check=False,
+        )  # fmt: skip
+        assert offline.returncode == 0 and fingerprint in offline.stdout.decode(), offline.stderr
+        form = admin(service, "request", "form", rid, "--form", "ppd", check=0).stdout
+        assert fingerprint in form
+        signers = (tmp_path / "allowed_signers").read_text()
+        assert 'sri namespaces="pulih-approval",valid-after=' in signers and "pulih-audit" in signers
+    finally:
+        agent.terminate()  # by PID
+        agent.wait(timeout=20)
+        admin(service, "admin", "policy", "set", "--signed-approvals", "none", check=0)

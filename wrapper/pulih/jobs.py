@@ -91,12 +91,23 @@ def run_job(
         or any(not i["ok"] for i in report.items)
         or any(i.get("verification") and verification_failed(i["verification"]) for i in report.items)
     )
-    return Ending("failed", Exit.FAILED) if failed else Ending("succeeded", Exit.OK)
+    if not failed:
+        return Ending("succeeded", Exit.OK)
+    # Every failure a refused backup (not on the record, or changed since): exit 4, as a restore.
+    refused = [i for i in report.items if (i.get("verification") or {}).get("status") == "refused"]
+    if (
+        refused
+        and all(i["ok"] or i in refused for i in report.items)
+        and all(h["status"] != "unreachable" for h in report.hosts)
+    ):
+        return Ending("failed", Exit.UNUSABLE, refused[0]["verification"]["error"])
+    return Ending("failed", Exit.FAILED)
 
 
 def verification_failed(record: dict[str, object]) -> bool:
-    """A verification that ran and failed (check mode's 'skipped' is neither)."""
-    return record.get("status", "verified" if record.get("ok") else "failed") == "failed"
+    """A verification that ran and failed, or a backup refused before it could (check mode's
+    'skipped' is neither)."""
+    return record.get("status", "verified" if record.get("ok") else "failed") in ("failed", "refused")
 
 
 def fill_report(

@@ -126,7 +126,39 @@ class RunReport:
             actor=actor,
             request_id=self.request_id,
         )
+        if self.kind == "adopt":  # an admin vouches for a backup the service never saw published
+            store.record_backups(
+                self.verified_backups(), run_id=self.run_id, actor=actor, action="backup.adopted"
+            )
         store.record_backups(self.published_backups(), run_id=self.run_id, actor=actor)
+        store.record_verifications(self.verifications(), run_id=self.run_id, actor=actor)
+
+    def verifications(self) -> list[dict[str, Any]]:
+        """The test restores this run made that ran to a result (passed or failed), each with
+        the digest of the manifest the verifier was given."""
+        return [
+            {**item["verification"], "asset_id": item["asset_id"]}
+            for item in self.items
+            if item.get("asset_id")
+            and (item.get("verification") or {}).get("status") in ("verified", "failed")
+            and item["verification"].get("manifest_sha256")
+        ]
+
+    def verified_backups(self) -> list[dict[str, Any]]:
+        """The backups this run verified, as published backups (an adoption's)."""
+        return [
+            {
+                "asset_id": v["asset_id"],
+                "item": v["item"],
+                "backup_id": v["backup_id"],
+                "kind": v.get("kind"),
+                "request_id": None,
+                "manifest_sha256": v["manifest_sha256"],
+                "artifacts": v.get("artifacts") or [],
+            }
+            for v in self.verifications()
+            if v["status"] == "verified"
+        ]
 
     def published_backups(self) -> list[dict[str, Any]]:
         """The backups this run published, with the digests the controller sent: its backups,

@@ -20,6 +20,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 import yaml
 
+from pulih import approvals
 from pulih.store import Store, approvals_table, audit_table, iso, now, parse_iso, requests_table, steps_table
 
 PROCEDURES: Final = {"recovery": "A", "backup_restore": "B"}
@@ -302,7 +303,7 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
     with store.engine.connect() as conn:
         rows = (
             conn.execute(
-                sa.select(audit_table.c.action, audit_table.c.actor, audit_table.c.payload)
+                sa.select(audit_table.c.action, audit_table.c.actor, audit_table.c.payload, audit_table.c.at)
                 .where(audit_table.c.request_id == request_id, audit_table.c.action.like("request.%"))
                 .order_by(audit_table.c.seq)
             )
@@ -315,7 +316,7 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
         if step == "filed":
             state = {"status": "filed", "requester": row["actor"], "approved_by": None}
             state.update({k: payload[k] for k in ("scope", "target") if k in payload})
-            state.update(approval_expires_at=None, targets=None)
+            state.update(approval_expires_at=None, targets=None, signed=None, approval_at=None)
             continue
         if state is None or step not in STEP:
             continue
@@ -325,7 +326,18 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
         state.update({k: changes[k] for k in ("approved_by", "approval_expires_at") if k in changes})
         if step == "approved":
             state["targets"] = payload.get("targets")
+            state["signed"], state["approval_at"] = payload.get("signed"), row["at"]
     return state
+
+
+def signature_required(policy: dict[str, Any], target: dict[str, Any]) -> bool:
+    """Whether the office's policy wants an approval of a restore to `target` signed."""
+    wanted = policy.get("signed_approvals") or "none"
+    return wanted == "all" or (wanted == "in_place" and target.get("kind") != "alternate")
+
+
+def describe_target(target: dict[str, Any]) -> str:
+    return "restores in place" if target.get("kind") != "alternate" else "every restore"
 
 
 class Requests:
@@ -527,7 +539,7 @@ class Requests:
     def receive(self, actor: str, request_id: str, note: str = "") -> dict[str, Any]:
         return self._step(actor, request_id, "received", note)
 
-    def approve(
+    def approval_statement(
         self,
         actor: str,
         request_id: str,
@@ -536,11 +548,96 @@ class Requests:
         note: str = "",
         targets: list[str] | None = None,
     ) -> dict[str, Any]:
+        """What `actor` signs to approve `request_id` so (pulih.approvals), at today's chain head."""
+        hours = valid_hours or self.config.approval_validity_hours
+        return approvals.statement(
+            self.get(request_id),
+            approver=actor,
+            targets=targets or [],
+            valid_hours=hours,
+            note=note,
+            head=self.store.head(),
+        )
+
+    def _checked_signature(
+        self,
+        actor: str,
+        request: dict[str, Any],
+        signed: dict[str, Any],
+        *,
+        hours: int,
+        note: str,
+        targets: list[str],
+    ) -> dict[str, Any]:
+        """The signed approval as it goes on the record, or Refused naming what is wrong: a
+        statement that is not this approval's, a chain head not on this log, a signature no key
+        of the approver's (valid now) made."""
+        given, signature = signed.get("statement"), signed.get("signature")
+        if not isinstance(given, dict) or not isinstance(signature, str) or len(signature) > 16384:
+            raise BadRequestInput("a signed approval carries its statement (a JSON object) and its signature")
+        expected = approvals.statement(
+            request, approver=actor, targets=targets, valid_hours=hours, note=note, head=None
+        )
+        for key in sorted((set(expected) | set(given)) - {"chain_head"}):
+            if given.get(key) != expected.get(key):
+                raise Refused(
+                    f"the signed statement's {key} is {json.dumps(given.get(key))}, but this approval of "
+                    f"request {request['id']} is {json.dumps(expected.get(key))}: sign the statement the "
+                    "service gives for it (pulih request statement)"
+                )
+        head = given.get("chain_head")
+        with self.store.engine.connect() as conn:
+            on_log = (
+                conn.execute(
+                    sa.select(audit_table.c.hash).where(audit_table.c.seq == head.get("seq"))
+                ).scalar()
+                if isinstance(head, dict) and isinstance(head.get("seq"), int)
+                else None
+            )
+        if on_log is None or not isinstance(head, dict) or on_log != head.get("hash"):
+            raise Refused(
+                f"the signed statement names the audit chain's head {json.dumps(head)}, which is not on "
+                "this audit log: it was signed on another history"
+            )
+        try:
+            fingerprint = approvals.verify(
+                approvals.canonical(given),
+                signature,
+                principal=actor,
+                keys=approvals.keys_on_chain(self.store, actor),
+                at=self.clock(),
+            )
+        except approvals.SignatureError as exc:
+            raise Refused(str(exc)) from None
+        return {"statement": given, "signature": signature, "key": fingerprint}
+
+    def approve(
+        self,
+        actor: str,
+        request_id: str,
+        *,
+        valid_hours: int | None = None,
+        note: str = "",
+        targets: list[str] | None = None,
+        signed: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Approve for `valid_hours`; `targets`: the live targets (engine://address:port/name)
-        the request resolves to in the register now, which every restore under it must keep to."""
+        the request resolves to in the register now, which every restore under it must keep to;
+        `signed`: the approval's statement and the approver's SSH signature of it."""
         hours = valid_hours or self.config.approval_validity_hours
         if hours <= 0:
             raise BadRequestInput("an approval is valid for a positive number of hours")
+        request = self.get(request_id)
+        signature = None
+        if signed is not None:
+            signature = self._checked_signature(
+                actor, request, signed, hours=hours, note=note, targets=targets or []
+            )
+        elif signature_required(self.store.policy(), request["target"]):
+            raise Refused(
+                f"the office's policy wants a signed approval for {describe_target(request['target'])}: "
+                f"approve request {request_id} with --sign (pulih admin policy show)"
+            )
 
         def check(request: dict[str, Any]) -> dict[str, Any]:
             if request["requester"] == actor:
@@ -565,11 +662,16 @@ class Requests:
                     expires_at=iso(at + dt.timedelta(hours=hours)),
                     note=note,
                     targets=None if targets is None else json.dumps(targets),
+                    statement=approvals.canonical(signature["statement"]).decode() if signature else None,
+                    signature=signature["signature"] if signature else None,
+                    key_fingerprint=signature["key"] if signature else None,
                 )
             )
 
-        audit = None if targets is None else {"targets": targets}
-        return self._step(actor, request_id, "approved", note, check, approval, audit)
+        audit: dict[str, Any] = {} if targets is None else {"targets": targets}
+        if signature is not None:
+            audit["signed"] = signature
+        return self._step(actor, request_id, "approved", note, check, approval, audit or None)
 
     def reject(self, actor: str, request_id: str, reason: str) -> dict[str, Any]:
         if not reason.strip():
@@ -798,6 +900,41 @@ class Requests:
                 "the register changed since: ask the approver to approve again"
             )
 
+    def _signed_as_the_policy_wants(
+        self, request_id: str, chained: dict[str, Any], approved_target: dict[str, Any]
+    ) -> None:
+        """Where the policy (on the chain) wants signed approvals, the approval entry on the
+        chain carries one that verifies: made by a key the approver held when they approved,
+        over a statement of this request, this approver and these targets."""
+        if not signature_required(self.store.policy(), approved_target):
+            return
+        signed = chained.get("signed")
+        if not signed:
+            raise Refused(
+                f"the office's policy wants a signed approval for {describe_target(approved_target)}, and "
+                f"request {request_id}'s approval is not signed: ask the approver to approve it again "
+                "with --sign"
+            )
+        said = signed["statement"]
+        if (said.get("request_id"), said.get("approver"), said.get("targets")) != (
+            request_id,
+            chained["approved_by"],
+            sorted(chained.get("targets") or []),
+        ):
+            raise Refused(
+                f"the signed statement on request {request_id}'s approval entry is not of that approval"
+            )
+        try:
+            approvals.verify(
+                approvals.canonical(said),
+                signed["signature"],
+                principal=chained["approved_by"],
+                keys=approvals.keys_on_chain(self.store, chained["approved_by"]),
+                at=parse_iso(chained["approval_at"]),
+            )
+        except approvals.SignatureError as exc:
+            raise Refused(f"the signed approval of request {request_id} does not hold: {exc}") from None
+
     def gate(
         self,
         actor: str,
@@ -864,6 +1001,7 @@ class Requests:
                 )
             if run_targets is not None:
                 self._within_approved_targets(request_id, chained, run_targets)
+            self._signed_as_the_policy_wants(request_id, chained, approved_target)
         except Refused as exc:
             decision["allowed"], decision["reason"] = False, str(exc)
             with self.store.transaction() as conn:

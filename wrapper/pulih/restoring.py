@@ -110,7 +110,7 @@ def attempt_vars(
     target: dict[str, Any],
     restore_point: str | None,
     gate: dict[str, str] | None = None,
-    recorded: dict[str, str] | None = None,
+    recorded: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The --limit and extra vars of one attempt, for the items still pending; `recorded`, the
     service's record of the items' backups (the role refuses any other)."""
@@ -126,7 +126,7 @@ def attempt_vars(
     }
     if gate:  # the service's socket and job: the role asks the gate again right before each swap
         extravars["pulih_restore_gate"] = gate
-    if recorded is not None:  # ASSET:ITEM:BACKUP_ID -> the manifest's digest when it was published
+    if recorded is not None:  # ASSET:ITEM:BACKUP_ID -> {manifest_sha256, verified} on the record
         extravars["pulih_restore_recorded"] = recorded
     return ",".join(sorted(scope)), extravars
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pulih.anchors import AnchorError, FileAnchor, problems_against
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 GENESIS = "0" * 64
 
 metadata = sa.MetaData()
@@ -136,6 +136,11 @@ approvals_table = sa.Table(  # added in schema version 4: one row per approval (
     # Added in schema version 5: the live targets the approval covers, resolved from the register
     # when it was given (JSON list of engine://address:port/name); the gate holds a run to them.
     sa.Column("targets", sa.Text),
+    # Added in schema version 7: a signed approval's statement (canonical JSON), its SSH signature
+    # and the fingerprint of the key that made it (pulih.approvals).
+    sa.Column("statement", sa.Text),
+    sa.Column("signature", sa.Text),
+    sa.Column("key_fingerprint", sa.String(128)),
 )
 
 
@@ -154,6 +159,23 @@ backups_table = sa.Table(  # added in schema version 6: every backup as publishe
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("recorded_at", sa.String(32), nullable=False),
 )
+
+
+backup_events_table = sa.Table(  # added in schema version 7: an index into the audit chain
+    "pulih_backup_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("asset_id", sa.String(64), nullable=False),
+    sa.Column("item", sa.String(64), nullable=False),
+    sa.Column("backup_id", sa.String(32), nullable=False),
+    # The entry that says it (backup.recorded, backup.adopted, backup.verified,
+    # backup.verification_failed): what a backup is, the service reads from the chain there,
+    # never from a row a store's holder could edit.
+    sa.Column("audit_seq", sa.Integer, nullable=False),
+    sa.Index("pulih_backup_events_item", "asset_id", "item"),
+)
+
+BACKUP_ACTIONS = ("backup.recorded", "backup.adopted", "backup.verified", "backup.verification_failed")
 
 
 def _v1(conn: Connection) -> None:
@@ -186,10 +208,14 @@ def _v3(conn: Connection) -> None:
 
 def _v4(conn: Connection) -> None:
     """Version 4: approvals as a list; the approval each request already has becomes its first."""
-    approvals_v4 = sa.Table(  # as it was in version 4: without the targets of version 5
+    approvals_v4 = sa.Table(  # as it was in version 4: without the columns of versions 5 and 7
         "pulih_approvals",
         sa.MetaData(),
-        *(c._copy() for c in approvals_table.columns if c.name != "targets"),
+        *(
+            c._copy()
+            for c in approvals_table.columns
+            if c.name not in ("targets", "statement", "signature", "key_fingerprint")
+        ),
     )
     approvals_v4.create(conn, checkfirst=True)
     conn.execute(
@@ -211,7 +237,25 @@ def _v6(conn: Connection) -> None:
     backups_table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(conn: Connection) -> None:
+    """Version 7: the backup entries of the audit chain, indexed by backup (those already on it
+    too); signed approvals."""
+    for column in ("statement TEXT", "signature TEXT", "key_fingerprint VARCHAR(128)"):
+        conn.execute(sa.text(f"ALTER TABLE pulih_approvals ADD COLUMN {column}"))
+    backup_events_table.create(conn, checkfirst=True)
+    rows = conn.execute(
+        sa.select(audit_table.c.seq, audit_table.c.payload).where(audit_table.c.action.in_(BACKUP_ACTIONS))
+    )
+    for seq, payload in rows.all():
+        said = json.loads(payload)
+        conn.execute(
+            sa.insert(backup_events_table).values(
+                asset_id=said["asset_id"], item=said["item"], backup_id=said["backup_id"], audit_seq=seq
+            )
+        )
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 
 
 def now() -> dt.datetime:
@@ -353,15 +397,23 @@ class Store:
     # ---------------------------------------------------------------- policy
 
     def policy(self, conn: Connection | None = None) -> dict[str, Any]:
-        """The office's separation of duties: pairs of roles that must be different people on
-        one request (the requester is never the approver, whatever it says)."""
-        query = sa.select(meta_table.c.value).where(meta_table.c.key == "policy")
+        """The office's policy, as its newest `policy_set` entry on the chain says (a row of
+        the store anyone holding it could edit has no say): `distinct`, pairs of roles that
+        must be different people on one request (the requester is never the approver, whatever
+        it says), and `signed_approvals` (none, in_place or all)."""
+        query = (
+            sa.select(audit_table.c.payload)
+            .where(audit_table.c.action == "policy_set")
+            .order_by(audit_table.c.seq.desc())
+            .limit(1)
+        )
         if conn is not None:
             value = conn.execute(query).scalar()
         else:
             with self.engine.connect() as own:
                 value = own.execute(query).scalar()
-        loaded: dict[str, Any] = json.loads(value) if value else {"distinct": []}
+        loaded: dict[str, Any] = {"distinct": [], "signed_approvals": "none"}
+        loaded.update(json.loads(value) if value else {})
         return loaded
 
     def set_policy(self, actor: str, policy: dict[str, Any]) -> None:
@@ -476,15 +528,23 @@ class Store:
 
     # ---------------------------------------------------------------- backups
 
-    def record_backups(self, backups: Sequence[dict[str, Any]], *, run_id: str, actor: str) -> None:
-        """Put published backups on the record, each with an audit entry of its hashes. One
-        already recorded is left as it was (a report is written more than once)."""
+    def record_backups(
+        self,
+        backups: Sequence[dict[str, Any]],
+        *,
+        run_id: str,
+        actor: str,
+        action: str = "backup.recorded",
+    ) -> None:
+        """Put published backups on the record, each with an audit entry of its hashes
+        (`backup.adopted` for one an admin vouches for). One already recorded is left as it
+        was (a report is written more than once)."""
         if not backups:
             return
         with self.transaction() as conn:
             for backup in backups:
                 key = (backup["asset_id"], backup["item"], backup["backup_id"])
-                if self._recorded_row(conn, *key) is not None:
+                if self._backup_state(conn, [key]):  # the chain's word, not a row's
                     continue
                 artifacts = [
                     {k: a.get(k) for k in ("name", "role", "sha256", "size")} for a in backup["artifacts"]
@@ -500,38 +560,127 @@ class Store:
                     "run_id": run_id,
                     "recorded_at": iso(now()),
                 }
+                conn.execute(
+                    sa.delete(backups_table).where(
+                        backups_table.c.asset_id == key[0],
+                        backups_table.c.item == key[1],
+                        backups_table.c.backup_id == key[2],
+                    )
+                )
                 conn.execute(sa.insert(backups_table).values(**row))
-                self.append_audit(
+                seq = self.append_audit(
                     conn,
                     actor=actor,
-                    action="backup.recorded",
+                    action=action,
                     request_id=row["request_id"],
                     payload={**{k: v for k, v in row.items() if k != "recorded_at"}, "artifacts": artifacts},
                 )
+                self._index_backup_entry(conn, key, seq)
 
-    def recorded_backups(self, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
-        """The recorded manifest digest of every backup of these (asset_id, item) pairs, keyed
-        'ASSET:ITEM:BACKUP_ID'."""
-        found: dict[str, str] = {}
+    def record_verifications(self, results: Sequence[dict[str, Any]], *, run_id: str, actor: str) -> int:
+        """Put test restores on the record: each of a recorded backup whose manifest was the
+        recorded one (`manifest_sha256`, as the verifier saw it). Others are left off (there is
+        nothing to vouch for); returns how many went on."""
+        written = 0
+        with self.transaction() as conn:
+            for result in results:
+                key = (result["asset_id"], result["item"], result["backup_id"])
+                known = self._backup_state(conn, [key]).get(":".join(key))
+                if known is None or known["manifest_sha256"] != result.get("manifest_sha256"):
+                    continue
+                if (known["last_verification"] or {}).get("run_id") == run_id:  # written before
+                    continue
+                verified = result["status"] == "verified"
+                seq = self.append_audit(
+                    conn,
+                    actor=actor,
+                    action="backup.verified" if verified else "backup.verification_failed",
+                    request_id=None,
+                    payload={
+                        "asset_id": key[0],
+                        "item": key[1],
+                        "backup_id": key[2],
+                        "manifest_sha256": result["manifest_sha256"],
+                        "status": result["status"],
+                        "checks": result.get("checks") or [],
+                        "verified_on": result.get("verified_on"),
+                        "finished_at": result.get("finished_at"),
+                        "error": result.get("error"),
+                        "run_id": run_id,
+                    },
+                )
+                self._index_backup_entry(conn, key, seq)
+                written += 1
+        return written
+
+    def recorded_backups(self, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+        """What the chain says of every backup of these (asset_id, item) pairs, keyed
+        'ASSET:ITEM:BACKUP_ID': {manifest_sha256, verified, last_verification}. `verified`
+        is the newest test restore's word on the record (a line in the repository's
+        verifications.jsonl counts for nothing here)."""
         with self.engine.connect() as conn:
-            for asset_id, item in sorted(set(pairs)):
-                rows = conn.execute(
-                    sa.select(backups_table.c.backup_id, backups_table.c.manifest_sha256).where(
-                        backups_table.c.asset_id == asset_id, backups_table.c.item == item
+            keys = [
+                (r.asset_id, r.item, r.backup_id)
+                for asset_id, item in sorted(set(pairs))
+                for r in conn.execute(
+                    sa.select(
+                        backup_events_table.c.asset_id,
+                        backup_events_table.c.item,
+                        backup_events_table.c.backup_id,
                     )
-                ).all()
-                found.update({f"{asset_id}:{item}:{r.backup_id}": r.manifest_sha256 for r in rows})
+                    .where(backup_events_table.c.asset_id == asset_id, backup_events_table.c.item == item)
+                    .distinct()
+                )
+            ]
+            return self._backup_state(conn, keys)
+
+    @staticmethod
+    def _backup_state(conn: Connection, keys: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, Any]]:
+        """Each backup's state read from its entries on the chain, in order: the first recording
+        fixes the manifest's digest; the newest verification of that manifest says whether it
+        is verified. The index row only points; an entry about another backup is ignored."""
+        found: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            seqs = conn.execute(
+                sa.select(backup_events_table.c.audit_seq).where(
+                    backup_events_table.c.asset_id == key[0],
+                    backup_events_table.c.item == key[1],
+                    backup_events_table.c.backup_id == key[2],
+                )
+            ).scalars()
+            entries = conn.execute(
+                sa.select(audit_table.c.action, audit_table.c.payload)
+                .where(audit_table.c.seq.in_(list(seqs)), audit_table.c.action.in_(BACKUP_ACTIONS))
+                .order_by(audit_table.c.seq)
+            ).all()
+            state: dict[str, Any] | None = None
+            for action, payload in entries:
+                said = json.loads(payload)
+                if (said.get("asset_id"), said.get("item"), said.get("backup_id")) != key:
+                    continue
+                if action in ("backup.recorded", "backup.adopted") and state is None:
+                    state = {
+                        "manifest_sha256": said["manifest_sha256"],
+                        "verified": False,
+                        "last_verification": None,
+                        "adopted": action == "backup.adopted",
+                    }
+                elif state is not None and said.get("manifest_sha256") == state["manifest_sha256"]:
+                    state["verified"] = action == "backup.verified"
+                    state["last_verification"] = {
+                        k: said.get(k) for k in ("status", "finished_at", "verified_on", "run_id", "error")
+                    }
+            if state is not None:
+                found[":".join(key)] = state
         return found
 
     @staticmethod
-    def _recorded_row(conn: Connection, asset_id: str, item: str, backup_id: str) -> Any:
-        return conn.execute(
-            sa.select(backups_table.c.manifest_sha256).where(
-                backups_table.c.asset_id == asset_id,
-                backups_table.c.item == item,
-                backups_table.c.backup_id == backup_id,
+    def _index_backup_entry(conn: Connection, key: tuple[str, str, str], seq: int) -> None:
+        conn.execute(
+            sa.insert(backup_events_table).values(
+                asset_id=key[0], item=key[1], backup_id=key[2], audit_seq=seq
             )
-        ).first()
+        )
 
     # ---------------------------------------------------------------- runs
 

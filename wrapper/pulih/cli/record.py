@@ -6,14 +6,16 @@ service's. The SOP's logic is in pulih.requests and pulih.service, once."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlencode
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pulih import forms
+from pulih import approvals, forms
 from pulih import report as reports
 from pulih.cli.common import JsonOpt, call_service, err, fail, out, print_outcome, shown
 from pulih.cli.jobs import follow_to_end
@@ -133,10 +135,114 @@ def request_approve(
         ),
     ] = None,
     note: NoteOpt = "",
+    sign: Annotated[
+        bool,
+        typer.Option(
+            "--sign",
+            help="Sign the approval's statement here with ssh-keygen -Y sign (your key; with --key a .pub, "
+            "its private half in your ssh-agent).",
+        ),
+    ] = False,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="With --sign: the key (default ~/.ssh/id_ed25519.pub).")
+    ] = None,
+    statement: Annotated[
+        Path | None,
+        typer.Option(
+            "--statement", help="A statement signed elsewhere (pulih request statement), with --signature."
+        ),
+    ] = None,
+    signature: Annotated[
+        Path | None, typer.Option("--signature", help="Its ssh-keygen -Y sign -n pulih-approval signature.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Approve a received request, for a limited time; never by its requester."""
-    _step(f"/requests/{request_id}/approve", {"valid_hours": valid_hours, "note": note}, as_json)
+    """Approve a received request, for a limited time; never by its requester.
+
+    Signed (--sign, or --statement and --signature made on another machine), the approval
+    carries your SSH signature of its statement, which anyone can check offline (README,
+    "Signed approvals"); the office's policy may require it.
+    """
+    body: dict[str, Any] = {"valid_hours": valid_hours, "note": note}
+    if (statement is None) != (signature is None) or (sign and statement is not None):
+        fail(
+            "a signed approval is --sign, or --statement FILE with --signature FILE",
+            Exit.BAD_INPUT,
+            as_json=as_json,
+        )
+    if sign:
+        doc = _statement(request_id, valid_hours, note, as_json)
+        chosen = key or Path.home() / ".ssh" / "id_ed25519.pub"
+        try:
+            body.update(statement=doc, signature=approvals.sign(approvals.canonical(doc), chosen))
+        except approvals.SignatureError as exc:
+            fail(str(exc), Exit.BAD_INPUT, as_json=as_json)
+    elif statement is not None and signature is not None:
+        try:
+            body.update(statement=json.loads(statement.read_bytes()), signature=signature.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the signed statement: {exc}", Exit.BAD_INPUT, as_json=as_json)
+    _step(f"/requests/{request_id}/approve", body, as_json)
+
+
+def _statement(request_id: str, valid_hours: int | None, note: str, as_json: bool) -> dict[str, Any]:
+    query = urlencode({k: v for k, v in (("valid_hours", valid_hours), ("note", note)) if v})
+    found: dict[str, Any] = call_service(
+        "GET", f"/requests/{request_id}/statement" + (f"?{query}" if query else ""), as_json=as_json
+    )
+    return found
+
+
+@request_app.command("statement")
+def request_statement(
+    request_id: RequestId,
+    valid_hours: Annotated[int | None, typer.Option(min=1, max=720, help="As you will approve it.")] = None,
+    note: NoteOpt = "",
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write it here (default: standard output).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The statement you sign to approve a request so, as the exact bytes to sign:
+
+    ssh-keygen -Y sign -n pulih-approval -f ~/.ssh/id_ed25519 statement.json
+    """
+    text = approvals.canonical(_statement(request_id, valid_hours, note, as_json))
+    if output is None:
+        sys.stdout.buffer.write(text)
+        return
+    atomic_write_text(output, text.decode())
+    err.print(f"wrote {output}: sign it, then pulih request approve {request_id} --statement {output} "
+              f"--signature {output}.sig", soft_wrap=True)  # fmt: skip
+
+
+@request_app.command("export-approval")
+def request_export_approval(
+    request_id: RequestId,
+    folder: Annotated[Path, typer.Option("--dir", help="Where to write approval-N.json and its .sig.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write each signed approval of a request (its statement's bytes and its signature), to
+    check offline with ssh-keygen -Y verify and pulih audit export-signers."""
+    record = call_service("GET", f"/requests/{request_id}", as_json=as_json)
+    written = []
+    for number, approval in enumerate(record.get("approvals") or [], start=1):
+        if approval.get("signature"):
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / f"approval-{number}.json", approval["statement"])
+            atomic_write_text(folder / f"approval-{number}.json.sig", approval["signature"])
+            written.append({"file": str(folder / f"approval-{number}.json"), "approver": approval["approver"],
+                            "key": approval["key_fingerprint"]})  # fmt: skip
+    if not written:
+        fail(f"request {request_id} has no signed approval", Exit.BAD_INPUT, as_json=as_json)
+    if as_json:
+        print(json.dumps({"status": "ok", "approvals": written}, indent=2))
+        return
+    for entry in written:
+        err.print(
+            escape(shown(f"wrote {entry['file']} (+ .sig): {entry['approver']}, key {entry['key']}")),
+            soft_wrap=True,
+        )
 
 
 @request_app.command("reject")
@@ -355,9 +461,9 @@ def _refused_run(exc: ServiceError, as_json: bool) -> NoReturn:
     fail(exc.message, exc.code, as_json=as_json)
 
 
-def start_and_follow(path: str, body: dict[str, Any], as_json: bool) -> NoReturn:
+def start_and_follow(path: str, body: dict[str, Any], as_json: bool, *, timeout: float = 60) -> NoReturn:
     try:
-        job = call("POST", path, body)
+        job = call("POST", path, body, timeout=timeout)
     except ServiceError as exc:
         _refused_run(exc, as_json)
     err.print(
@@ -428,7 +534,7 @@ def backups_list(
         print(json.dumps({"status": "ok", "backups": backups}, indent=2, ensure_ascii=False))
         return
     table = Table(title="Backups")
-    for column in ("asset", "item", "backup id", "kind", "bytes", "verified"):
+    for column in ("asset", "item", "backup id", "kind", "bytes", "verified", "on the record"):
         table.add_column(column)
     for entry in backups:
         manifest = entry.get("manifest") or {}
@@ -440,8 +546,36 @@ def backups_list(
             manifest.get("kind", "?"),
             str(size),
             "yes" if entry["verified"] else "[yellow]no[/]",
+            "yes" if entry.get("recorded") else "[yellow]no (pulih backups adopt)[/]",
         )
     out.print(table)
+
+
+def backups_adopt(
+    backup_id: Annotated[str, typer.Argument(help="The backup's id (pulih backups list).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why you vouch for it: it goes on the record.")],
+    asset: Annotated[
+        str | None, typer.Option("--asset", help="Its asset id, if the id is not unique.")
+    ] = None,
+    item: Annotated[
+        str | None, typer.Option("--item", help="Its data item, if the id is not unique.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put a backup the service never saw published on the record (an admin's).
+
+    A backup made by plain Ansible, or before backups were recorded, is refused by the
+    service's restores, verifications and plans. Adopting it test-restores it once, the
+    repository trusted for that once; if it passes, its manifest's digest goes on the record
+    (backup.adopted on the audit log, with your reason).
+
+    Exit 0 adopted, 1 the verification failed, 2 bad input (or on the record already),
+    4 no such backup, 5 the service cannot be reached.
+    """
+    if not reason.strip():
+        fail("--reason is needed: it goes on the record", Exit.BAD_INPUT, as_json=as_json)
+    body = {"backup_id": backup_id, "asset": asset, "item": item, "reason": reason}
+    start_and_follow("/backups/adopt", body, as_json, timeout=SLOW)  # it lists the repository first
 
 
 def runs_list(as_json: JsonOpt = False) -> None:
@@ -482,7 +616,9 @@ def audit_verify(as_json: JsonOpt = False) -> None:
     """Prove the audit log: every entry unchanged, none deleted, inserted or moved."""
     doc = call_service("POST", "/audit/verify", as_json=as_json)
     if as_json:
-        print(json.dumps({k: doc[k] for k in ("status", "entries", "problems", "run_id")}, indent=2))
+        print(
+            json.dumps({k: doc[k] for k in ("status", "entries", "problems", "anchors", "run_id")}, indent=2)
+        )
     for problem in doc["problems"]:
         err.print(
             f"[red]tampered:[/] audit entry {problem['seq']}: {escape(shown(problem['message']))}",
@@ -491,7 +627,31 @@ def audit_verify(as_json: JsonOpt = False) -> None:
         )
     if doc["problems"]:
         raise typer.Exit(int(Exit.FAILED))
-    err.print(f"audit log intact: {doc['entries']} entries, each chained to the one before", soft_wrap=True)
+    anchored = (
+        f", and as every anchor says ({', '.join(doc['anchors'])})" if doc.get("anchors") else " (no anchor)"
+    )
+    err.print(
+        escape(
+            shown(f"audit log intact: {doc['entries']} entries, each chained to the one before{anchored}")
+        ),
+        soft_wrap=True,
+    )
+
+
+def audit_export_signers(
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write it here (default: standard output).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """ssh-keygen's allowed-signers file: every approval key ever registered, each within the
+    window it was valid in, and the audit key that signs the anchors."""
+    text = call_service("GET", "/audit/signers", as_json=as_json, raw=True)
+    if output is None:
+        print(text, end="")
+        return
+    atomic_write_text(output, text)
+    err.print(f"wrote {output}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -502,6 +662,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
     app.command("restore")(restore)
     backups_app.command("list")(backups_list)
+    backups_app.command("adopt")(backups_adopt)
     runs_app.command("list")(runs_list)
     report_app.command("show")(report_show)
     audit_app.command("verify")(audit_verify)
+    audit_app.command("export-signers")(audit_export_signers)

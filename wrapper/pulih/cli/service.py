@@ -269,12 +269,51 @@ def token_revoke(token_id: str, as_json: JsonOpt = False) -> None:
     _print(doc, as_json, f"token {token_id} revoked")
 
 
+key_app = typer.Typer(help="SSH keys an account signs approvals with.", no_args_is_help=True)
+user_app.add_typer(key_app, name="key")
+
+
+@key_app.command("add")
+def key_add(
+    name: Annotated[str, typer.Argument(help="The account (an approver).")],
+    key_file: Annotated[Path, typer.Option("--key-file", help="Its SSH public key file (one key).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Register an SSH public key the account signs approvals with (on the audit chain)."""
+    try:
+        public_key = key_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--key-file: cannot read {key_file}: {exc}", Exit.BAD_INPUT, as_json=as_json)
+    doc = _call("POST", f"/admin/users/{name}/keys", {"public_key": public_key}, as_json)
+    _print(doc, as_json, f"key {doc['fingerprint']} registered for {name}")
+
+
+@key_app.command("revoke")
+def key_revoke(name: str, fingerprint: str, as_json: JsonOpt = False) -> None:
+    """Revoke a key: an approval it signs from now on is refused; earlier ones stand."""
+    doc = _call("POST", f"/admin/users/{name}/keys/revoke", {"fingerprint": fingerprint}, as_json)
+    _print(doc, as_json, f"key {fingerprint} of {name} revoked at {doc['revoked_at']}")
+
+
+@key_app.command("list")
+def key_list(name: str, as_json: JsonOpt = False) -> None:
+    """The account's keys, revoked ones too."""
+    doc = _call("GET", f"/admin/users/{name}/keys", None, as_json)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    table = Table("fingerprint", "added", "revoked")
+    for key in doc["keys"]:
+        table.add_row(key["fingerprint"], key["added_at"], key["revoked_at"] or "")
+    out.print(table)
+
+
 @policy_app.command("show")
 def policy_show(as_json: JsonOpt = False) -> None:
     """Which roles must be different people on one request (besides requester and approver)."""
     doc = _call("GET", "/admin/policy", None, as_json)
     pairs = "; ".join(" and ".join(pair) for pair in doc["distinct"]) or "none besides requester and approver"
-    _print(doc, as_json, f"different people: {pairs}")
+    _print(doc, as_json, f"different people: {pairs}; signed approvals: {doc['signed_approvals']}")
 
 
 @policy_app.command("set")
@@ -283,15 +322,31 @@ def policy_set(
         list[str] | None,
         typer.Option("--distinct", help="ROLE,ROLE that must be different people (repeatable)."),
     ] = None,
+    signed_approvals: Annotated[
+        str | None,
+        typer.Option(
+            "--signed-approvals",
+            help="Which approvals must be signed (--sign): none, in_place (restores in place) or all.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set the separation of duties (replaces the pairs set before)."""
-    pairs = [[part.strip() for part in text.split(",")] for text in distinct or []]
-    doc = _call("PUT", "/admin/policy", {"distinct": pairs}, as_json)
+    """Set the office's policy: --distinct replaces the pairs set before; --signed-approvals
+    says which approvals must carry the approver's SSH signature. What is not named stays."""
+    if signed_approvals is not None and signed_approvals not in ("none", "in_place", "all"):
+        fail("--signed-approvals is none, in_place or all", Exit.BAD_INPUT, as_json=as_json)
+    body: dict[str, Any] = {"signed_approvals": signed_approvals}
+    if distinct is not None or signed_approvals is None:
+        body["distinct"] = [[part.strip() for part in text.split(",")] for text in distinct or []]
+    doc = _call("PUT", "/admin/policy", body, as_json)
     pairs_text = (
         "; ".join(" and ".join(pair) for pair in doc["distinct"]) or "none besides requester and approver"
     )
-    _print(doc, as_json, f"policy set: different people: {pairs_text}")
+    _print(
+        doc,
+        as_json,
+        f"policy set: different people: {pairs_text}; signed approvals: {doc['signed_approvals']}",
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -23,6 +23,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Connection
 
+from pulih import approvals
 from pulih.store import Store, accounts_table, iso, now, parse_iso, tokens_table
 
 ROLES = ("requester", "receiver", "approver", "operator", "auditor", "admin")
@@ -272,6 +273,53 @@ class Accounts:
                 conn, actor=by, action="account_added", request_id=None, payload=account.as_dict()
             )
         return account
+
+    # ---------------------------------------------------------------- signing keys
+
+    def add_key(self, by: str, name: str, public_key: str) -> dict[str, Any]:
+        """Register an SSH public key with which `name` signs approvals (on the chain only:
+        key.added; the gate and `pulih audit export-signers` read it there)."""
+        self.get(name)
+        try:
+            line, fingerprint = approvals.checked_public_key(public_key)
+        except approvals.SignatureError as exc:
+            raise AccountError("input", "key.invalid", str(exc)) from None
+        if any(k.fingerprint == fingerprint for k in approvals.keys_on_chain(self.store)):
+            raise AccountError(
+                "refused", "key.exists", f"key {fingerprint} is registered already (to one account, once)"
+            )
+        return self._key_entry(by, "key.added", name, fingerprint, public_key=line)
+
+    def revoke_key(self, by: str, name: str, fingerprint: str) -> dict[str, Any]:
+        """Take a key back: an approval it signs from now on fails (the allowed-signers line gets
+        valid-before), those it signed before stand."""
+        held = [k for k in approvals.keys_on_chain(self.store, name) if k.fingerprint == fingerprint]
+        if not held:
+            raise AccountError("not_found", "key.unknown", f"{name} has no key {fingerprint}")
+        if held[0].revoked_at:
+            raise AccountError(
+                "refused", "key.revoked", f"key {fingerprint} was revoked at {held[0].revoked_at}"
+            )
+        return self._key_entry(by, "key.revoked", name, fingerprint)
+
+    def _key_entry(self, by: str, action: str, name: str, fingerprint: str, **more: str) -> dict[str, Any]:
+        """Put a key's registration or revocation on the chain; the key as the chain now says."""
+        with self.store.transaction() as conn:
+            self.store.append_audit(
+                conn,
+                actor=by,
+                action=action,
+                request_id=None,
+                payload={"account": name, "fingerprint": fingerprint, **more},
+            )
+        return next(
+            k.as_dict() for k in approvals.keys_on_chain(self.store, name) if k.fingerprint == fingerprint
+        )
+
+    def keys(self, name: str | None = None) -> list[dict[str, Any]]:
+        if name is not None:
+            self.get(name)
+        return [k.as_dict() for k in approvals.keys_on_chain(self.store, name)]
 
     def set_disabled(self, by: str, name: str, disabled: bool) -> Account:
         with self.store.transaction() as conn:

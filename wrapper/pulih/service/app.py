@@ -15,16 +15,20 @@ import pwd
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from pulih import approvals
+from pulih import register as reg
 from pulih import report as reports
+from pulih.anchors import NAMESPACE
 from pulih.exitcodes import Exit
 from pulih.requests import PROCEDURES, STEPS, Config, Refused, Requests
+from pulih.service import repository
 from pulih.service.accounts import ROLES, SCOPES, AccountError, Accounts, Caller, FailureBudget
 from pulih.service.jobs import JobRefused, Jobs
 from pulih.service.peer import EXTENSION, Peer
@@ -72,8 +76,18 @@ class NewAccount(BaseModel):
 
 
 class Policy(BaseModel):
-    # Pairs of roles that must be different people on one request.
-    distinct: list[list[str]] = Field(default_factory=list, max_length=15)
+    # Pairs of roles that must be different people on one request (unset: as it was).
+    distinct: list[list[str]] | None = Field(default=None, max_length=15)
+    # Which approvals must be signed by the approver's SSH key (unset: as it was).
+    signed_approvals: Literal["none", "in_place", "all"] | None = None
+
+
+class NewKey(BaseModel):
+    public_key: str = Field(max_length=16384)
+
+
+class KeyRevocation(BaseModel):
+    fingerprint: str = Field(max_length=128)
 
 
 class NewJob(BaseModel):
@@ -84,6 +98,13 @@ class NewJob(BaseModel):
     check: bool = False
     age_recipients: list[str] = Field(default_factory=list, max_length=20)  # public keys: no secret
     backups: list[str] = Field(default_factory=list, max_length=200)  # verify these backup ids
+
+
+class Adoption(BaseModel):
+    backup_id: str = Field(max_length=64)
+    asset: str | None = Field(default=None, max_length=64)
+    item: str | None = Field(default=None, max_length=128)
+    reason: str = Field(max_length=2000)  # why the admin vouches for it: on the record
 
 
 class NewRestore(BaseModel):
@@ -341,6 +362,12 @@ def create_app(
     @app.put(f"{API}/admin/policy")
     def set_policy(body: Policy, who: Authenticated) -> dict[str, Any]:
         require(who, role="admin", scope="admin")
+        policy = store.policy()
+        if body.signed_approvals is not None:
+            policy["signed_approvals"] = body.signed_approvals
+        if body.distinct is None:
+            store.set_policy(who.account.name, policy)
+            return store.policy()
         pairs = []
         for pair in body.distinct:
             if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(ROLES):
@@ -351,8 +378,23 @@ def create_app(
                     f"{pair}: a pair of two different roles of {', '.join(ROLES)}",
                 )
             pairs.append(sorted(pair, key=ROLES.index))
-        store.set_policy(who.account.name, {"distinct": sorted(pairs)})
+        store.set_policy(who.account.name, {**policy, "distinct": sorted(pairs)})
         return store.policy()
+
+    @app.get(f"{API}/admin/users/{{name}}/keys")
+    def user_keys(name: str, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return {"keys": accounts.keys(name)}
+
+    @app.post(f"{API}/admin/users/{{name}}/keys", status_code=201)
+    def add_key(name: str, body: NewKey, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return accounts.add_key(who.account.name, name, body.public_key)
+
+    @app.post(f"{API}/admin/users/{{name}}/keys/revoke")
+    def revoke_key(name: str, body: KeyRevocation, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return accounts.revoke_key(who.account.name, name, body.fingerprint)
 
     @app.post(f"{API}/admin/tokens", status_code=201)
     def create_token(body: NewToken, who: Authenticated) -> dict[str, Any]:
@@ -373,11 +415,15 @@ def create_app(
         accounts.revoke_token(who.account.name, token_id)
         return {"id": token_id, "revoked": True}
 
-    jobs = Jobs(register, demo=demo)
+    jobs = Jobs(register, demo=demo, recorded=store.recorded_backups)
 
     @app.post(f"{API}/jobs", status_code=202)
     def start_job(body: NewJob, who: Authenticated) -> dict[str, Any]:
         require(who, role="operator", scope="backup")
+        if body.kind == "adopt":
+            raise ApiError(
+                400, Exit.BAD_INPUT, "job.kind", "an adoption is an admin's: pulih backups adopt BACKUP_ID"
+            )
         extravars: dict[str, Any] = {}
         if body.kind == "backup":
             extravars["pulih_backup_verify"] = body.verify
@@ -400,6 +446,78 @@ def create_app(
             extravars=extravars,
             check=body.check,
         )
+        return job.as_dict()
+
+    @app.post(f"{API}/backups/adopt", status_code=202)
+    def adopt(body: Adoption, who: Authenticated) -> dict[str, Any]:
+        """An admin vouches for a backup the service never saw published (plain Ansible's, or
+        one from before backups were recorded): it is verified by a test restore, the
+        repository trusted for that once, and goes on the record (backup.adopted) if it passes."""
+        require(who, role="admin", scope="admin")
+        if not body.reason.strip():
+            raise ApiError(400, Exit.BAD_INPUT, "adopt.reason", "--reason is needed: it goes on the record")
+        if register is None:
+            raise ApiError(503, Exit.FAILED, "service.register", "the service's config names no register")
+        try:
+            listed = repository.listing(register, asset=body.asset, item=body.item)
+        except repository.RepositoryError as exc:
+            raise ApiError(503, exc.code, exc.message_id, str(exc)) from None
+        found = [b for b in listed if b["backup_id"] == body.backup_id]
+        if len(found) != 1:
+            raise ApiError(
+                404 if not found else 400,
+                Exit.UNUSABLE if not found else Exit.BAD_INPUT,
+                "adopt.backup",
+                f"there is no published backup {body.backup_id}"
+                + (f" of {body.asset or '*'}:{body.item or '*'}" if body.asset or body.item else "")
+                if not found
+                else f"{len(found)} published backups are named {body.backup_id}: "
+                "say which with --asset and --item",
+            )
+        backup = found[0]
+        key = repository.key_of(backup)
+        if key in store.recorded_backups([(backup["asset_id"], backup["item"])]):
+            raise ApiError(400, Exit.BAD_INPUT, "adopt.recorded", f"backup {key} is on the record already")
+        try:
+            hostname = next(
+                a.hostname for a in reg.load_inventory(register).hosts() if a.asset_id == backup["asset_id"]
+            )
+        except reg.RegisterError as exc:
+            raise ApiError(
+                503,
+                Exit.FAILED,
+                "service.register",
+                "the service's register is invalid: " + str(exc.problems[0]),
+            ) from None
+        except StopIteration:
+            raise ApiError(
+                400,
+                Exit.BAD_INPUT,
+                "adopt.asset",
+                f"asset {backup['asset_id']} is not a registered server in operation",
+            ) from None
+        extravars: dict[str, Any] = {
+            "pulih_verify_items": [backup["item"]],
+            "pulih_verify_backup_ids": [backup["backup_id"]],
+        }
+        if age_identity:
+            extravars["pulih_verify_age_identity_file"] = age_identity
+        job = jobs.start(
+            who.account.name,
+            "adopt",
+            limit=hostname,
+            items=[backup["item"]],
+            extravars=extravars,
+            check=False,
+        )
+        with store.transaction() as conn:
+            store.append_audit(
+                conn,
+                actor=who.account.name,
+                action="backup.adoption_asked",
+                request_id=None,
+                payload={"backup": key, "reason": body.reason.strip(), "job": job.id, "run_id": job.run_id},
+            )
         return job.as_dict()
 
     def may_read(who: Caller, scopes: set[str], what: str) -> None:
@@ -532,8 +650,21 @@ def create_app(
             "status": "tampered" if problems else "intact",
             "entries": count,
             "problems": [{"seq": p.seq, "message": p.message} for p in problems],
+            "anchors": [a.name for a in store.anchors],
             "run_id": report.run_id,
         }
+
+    @app.get(f"{API}/audit/signers", response_class=PlainTextResponse)
+    def audit_signers(who: Authenticated) -> str:
+        """ssh-keygen's allowed-signers file for checking the record offline: every approval key
+        the chain ever registered (each within the window it was valid in) and the audit key
+        that signs the anchors."""
+        may_read_record(who)
+        text = approvals.allowed_signers(approvals.keys_on_chain(store))
+        audit_key = next((a.key for a in store.anchors if a.key is not None), None)
+        if audit_key is not None:
+            text += f'{NAMESPACE} namespaces="{NAMESPACE}" {audit_key.public.read_text().strip()}\n'
+        return text
 
     app.include_router(requests_router(requests, Authenticated, register, ApiError, demo=demo))
     return app

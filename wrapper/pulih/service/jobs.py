@@ -31,7 +31,12 @@ from pulih.exitcodes import Exit
 from pulih.requests import Refused, Requests
 from pulih.service import restores
 
-KINDS = {"backup": "backup.yml", "verify": "verify.yml"}
+# adopt: an admin's verification of a backup the service never recorded, which then goes on
+# the record (backup.adopted) when it passes.
+KINDS = {"backup": "backup.yml", "verify": "verify.yml", "adopt": "verify.yml"}
+
+# What the record says of the backups of some (asset_id, item) pairs (Store.recorded_backups).
+Recorded = Callable[[list[tuple[str, str]]], dict[str, dict[str, Any]]]
 
 
 class Cancel(threading.Event):
@@ -104,9 +109,12 @@ def _selected(register: reg.Register, limit: str | None) -> list[str]:
 
 
 class Jobs:
-    def __init__(self, inventory: Path | None, *, demo: bool = False) -> None:
+    def __init__(
+        self, inventory: Path | None, *, demo: bool = False, recorded: Recorded | None = None
+    ) -> None:
         self.inventory = inventory
         self.demo = demo  # a demo store's service: every report says so
+        self.recorded = recorded
         self._jobs: dict[str, Job] = {}
         self._busy: dict[str, str] = {}  # target -> job id
         self._lock = threading.Lock()
@@ -146,6 +154,16 @@ class Jobs:
             targets=[] if check else restores.item_keys(register, servers, items),
             created_at=reports.utcnow().isoformat().replace("+00:00", "Z"),
         )
+        if kind == "verify" and self.recorded is not None:
+            # Each backup is held to the record: one not on it, or changed since, is refused.
+            pairs = [
+                (a.asset_id, d.name)
+                for a in register.hosts()
+                if a.hostname in servers
+                for d in a.data
+                if not items or d.name in items
+            ]
+            extravars = {**extravars, "pulih_verify_recorded": self.recorded(pairs)}
         report = reports.RunReport(
             kind=job.kind,
             command=["pulih", job.kind, *(["--limit", job.limit] if job.limit else []), *job.items],

@@ -58,6 +58,10 @@ class Note(BaseModel):
 
 class Approval(Note):
     valid_hours: int | None = Field(default=None, ge=1, le=720)
+    # A signed approval: the statement the service gave (pulih request statement) and the
+    # approver's `ssh-keygen -Y sign -n pulih-approval` signature of its canonical bytes.
+    statement: dict[str, Any] | None = None
+    signature: str | None = Field(default=None, max_length=16384)
 
 
 class Rejection(BaseModel):
@@ -250,12 +254,11 @@ def router(
         actor = scoped(who, "approve")
         return record(lambda: acting(requests, who).receive(actor, request_id, body.note))
 
-    @routes.post("/v1/requests/{request_id}/approve")
-    def approve(request_id: str, body: Approval, who: authenticated) -> dict[str, Any]:
-        actor = scoped(who, "approve")
+    def approved_targets(request_id: str) -> list[str]:
+        """What an approval of the request covers, resolved now: the gate holds every restore to it."""
         request = record(lambda: requests.get(request_id))
-        try:  # what the approval covers, resolved now: the gate holds every restore to it
-            targets = restore_keys(the_register(), request["scope"], request["target"])
+        try:
+            return restore_keys(the_register(), request["scope"], request["target"])
         except (restoring.RestoreInputError, KeyError, StopIteration):
             raise api_error(
                 400,
@@ -263,9 +266,44 @@ def router(
                 "request.register",
                 f"request {request_id} names an item or target the register no longer holds: reject it",
             ) from None
+
+    @routes.get("/v1/requests/{request_id}/statement")
+    def statement(
+        request_id: str, who: authenticated, valid_hours: int | None = None, note: str = ""
+    ) -> dict[str, Any]:
+        """The statement the caller signs to approve the request so (pulih.approvals)."""
+        actor = scoped(who, "approve")
+        if valid_hours is not None and not 1 <= valid_hours <= 720:
+            raise api_error(400, Exit.BAD_INPUT, "request.valid_hours", "valid hours are 1 to 720")
+        targets = approved_targets(request_id)
+        return record(
+            lambda: requests.approval_statement(
+                actor, request_id, valid_hours=valid_hours, note=note, targets=targets
+            )
+        )
+
+    @routes.post("/v1/requests/{request_id}/approve")
+    def approve(request_id: str, body: Approval, who: authenticated) -> dict[str, Any]:
+        actor = scoped(who, "approve")
+        targets = approved_targets(request_id)
+        if (body.statement is None) != (body.signature is None):
+            raise api_error(
+                400,
+                Exit.BAD_INPUT,
+                "request.signed",
+                "a signed approval carries both its statement and its signature",
+            )
+        signed = (
+            None if body.signature is None else {"statement": body.statement, "signature": body.signature}
+        )
         return record(
             lambda: acting(requests, who).approve(
-                actor, request_id, valid_hours=body.valid_hours, note=body.note, targets=targets
+                actor,
+                request_id,
+                valid_hours=body.valid_hours,
+                note=body.note,
+                targets=targets,
+                signed=signed,
             )
         )
 
@@ -296,14 +334,28 @@ def router(
             raise api_error(
                 403, Exit.REFUSED, "auth.role", f"{who.account.name} is no operator, auditor or admin"
             )
-        listed = repo(lambda: repository.listing(register_path_or_fail(), asset=asset, item=item))
+        listed = repo(
+            lambda: repository.listing(
+                register_path_or_fail(), asset=asset, item=item, recorded=recorded_in(the_register())
+            )
+        )
         return {"status": "ok", "backups": listed}
+
+    def recorded_in(register: reg.Register) -> repository.Recorded:
+        """The record of every registered item's backups."""
+        return requests.store.recorded_backups(
+            [(a.asset_id, d.name) for a in register.assets for d in a.data]
+        )
 
     @routes.post("/v1/requests/{request_id}/check-backups")
     def check_backups(request_id: str, body: BackupCheck, who: authenticated) -> dict[str, Any]:
         actor = scoped(who, "restore")
         scope = record(lambda: requests.get(request_id))["scope"]
-        found = repo(lambda: repository.found_for(register_path_or_fail(), scope)) if body.query else []
+        found = (
+            repo(lambda: repository.found_for(register_path_or_fail(), scope, recorded_of(scope)))
+            if body.query
+            else []
+        )
         return record(lambda: acting(requests, who).check_backups(actor, request_id, found, body.note))
 
     @routes.post("/v1/requests/{request_id}/plan")
@@ -335,6 +387,9 @@ def router(
                     request_id,
                     body.backups,
                     allow_unverified=body.unverified is not None,
+                    recorded=recorded_of(
+                        [{"asset_id": k.partition(":")[0], "item": k.partition(":")[2]} for k in body.backups]
+                    ),
                 )
             )
         if body.unverified is not None:
@@ -347,6 +402,9 @@ def router(
                 actor, request_id, backups=body.backups, window=body.window, note=note, protected=body.query
             )
         )
+
+    def recorded_of(scope: list[dict[str, str]]) -> repository.Recorded:
+        return requests.store.recorded_backups([(s["asset_id"], s["item"]) for s in scope])
 
     def register_path_or_fail() -> Path:
         the_register()

@@ -18,7 +18,7 @@ description:
 positional: _input
 options:
   _input:
-    description: The backups of one server, as listed by C(pulih.core.backup_list).
+    description: The backups of one server, as the receiver lists them.
     type: list
     elements: dict
     required: true
@@ -34,6 +34,15 @@ options:
     type: str
     default: ''
     description: The wanted restore point, ISO 8601 (a date alone means the end of that day, UTC).
+  recorded:
+    type: dict
+    description:
+      - The service's record (C(ASSET:ITEM:BACKUP_ID) to C({manifest_sha256, verified})); when given,
+        a backup counts as verified only when the record says so, whatever the repository's list says.
+  asset_id:
+    type: str
+    default: ''
+    description: The server's asset id, to find its backups on I(recorded).
 """
 
 EXAMPLES = r"""
@@ -56,7 +65,13 @@ def _instant(text):
     return value
 
 
-def restore_choice(backups, item, backup_id="", before=""):
+def restore_choice(backups, item, backup_id="", before="", recorded=None, asset_id=""):
+    if recorded is not None:  # the service's record says what is verified, not the repository
+        said = {k: bool((v or {}).get("verified")) for k, v in recorded.items()}
+        backups = [
+            dict(b, verified=said.get("%s:%s:%s" % (asset_id, b["item"], b["backup_id"]), False))
+            for b in backups
+        ]
     if backup_id:
         found = [b for b in backups if b["backup_id"] == backup_id]
         if not found:

@@ -54,6 +54,21 @@ def manifest_sha256(manifest):
     return document_sha256(manifest)
 
 
+def published_record(results, asset_id):
+    """A backup run's own record of what it just published (its backup results), in the shape of
+    the service's record (ASSET:ITEM:BACKUP_ID to {manifest_sha256}): what its verification
+    holds the repository's manifest to."""
+    return {
+        "%s:%s:%s" % (asset_id, r["item"], r["backup_id"]): {"manifest_sha256": r["manifest_sha256"]}
+        for r in results
+        if r.get("ok") and r.get("backup_id") and r.get("manifest_sha256")
+    }
+
+
 class FilterModule:
     def filters(self):
-        return {"checksum_mismatches": checksum_mismatches, "manifest_sha256": manifest_sha256}
+        return {
+            "checksum_mismatches": checksum_mismatches,
+            "manifest_sha256": manifest_sha256,
+            "published_record": published_record,
+        }
