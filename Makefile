@@ -26,7 +26,7 @@ molecule: setup
 	molecule test --all
 
 test: setup lint  ## everything CI runs (the molecule scenarios are tests/integration/test_molecule.py)
-	python -m pytest -n 2 --dist loadfile
+	python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 demo: setup  ## the main job on the embedded default (example register + a 2-host lab)
 	bash scripts/demo.sh

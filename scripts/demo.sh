@@ -68,7 +68,7 @@ rm -rf "$service_state"
 pulih serve --init --state "$service_state" --admin "$(id -un)" --user "$(id -un)" --register "$lab_inventory"
 echo "restore_retry_seconds: 5" >> "$service_state/config.yml"
 # The audit chain's head goes to an anchor outside the service's state after every write.
-mkdir -p "$PWD/$reports/anchor"
+rm -rf "$PWD/$reports/anchor" && mkdir -p "$PWD/$reports/anchor"  # a new record, a new anchor
 printf 'anchors:\n  - file: %s\n' "$PWD/$reports/anchor/audit.jsonl" >> "$service_state/config.yml"
 pulih serve --state "$service_state" & service_pid=$!
 export PULIH_SERVER=unix:$service_state/pulih.sock

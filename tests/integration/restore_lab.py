@@ -16,6 +16,7 @@ import yaml
 
 from pulih import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration.artifacts import tasks_of
 from tests.integration.client import Service, pulih, report_of, skpd_of
 from tests.integration.trees import EXCLUDE, excluded, make_rich_tree, tree_state
 
@@ -49,6 +50,7 @@ def restore_lab(tmp_path_factory, name):
         backed_up = report_of(pulih(env, "backup", "--json", check=0))
         assert all(i["ok"] and i["verification"]["ok"] for i in backed_up["items"]), backed_up["items"]
         env["backups"] = {f"{i['asset_id']}:{i['item']}": i["backup_id"] for i in backed_up["items"]}
+        env["backed_up"] = {"pg": pg_print(env, "lab1", "app_lab1")}  # what those backups hold
         yield env
     finally:  # also when the setup above failed: no lab or service left running
         service.remove()
@@ -214,3 +216,17 @@ def follow_job(env, job_id, when=None, then=None):
             if event["type"] == "end":
                 return event
     raise AssertionError(f"job {job_id}'s events ended without its end")
+
+
+def no_task_on_the_repository_host(env, verbs):
+    """Every restore of the module's runs: no task ran on the repository host, none holds the
+    database password or the age identity in clear, those given a secret ran on the data
+    servers (the target's agent fetched the backup from the receiver itself), and the
+    controller asked the receiver at least `verbs`."""
+    tasks = tasks_of(env)
+    assert tasks.seen > 100, "no run's artifacts were found: nothing was checked"
+    assert tasks.on_repository == [], tasks.on_repository
+    assert tasks.leaked == [], tasks.leaked
+    assert "pulih.core.agent_pull" in tasks.with_secret, tasks.with_secret
+    assert tasks.with_secret <= {"pulih.core.agent_push", "pulih.core.agent_pull"}, tasks.with_secret
+    assert verbs <= tasks.receiver_verbs, tasks.receiver_verbs

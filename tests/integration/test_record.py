@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from pulih import anchors as anchors_mod
 from pulih import approvals
 from pulih import lab as lab_mod
 from pulih.anchors import AuditKey, FileAnchor, signed_text
@@ -362,6 +363,18 @@ ROW_EDITS = {
         "approved_by",
     ),
     "another requester": (planned_request, "UPDATE pulih_requests SET requester = 'budi'", {}, "requester"),
+    "another planned backup": (
+        planned_request,
+        'UPDATE pulih_requests SET plan = \'{"backups": {"DC-1:simpeg": "20261121T020000Z-ffff"}}\'',
+        {},
+        "plan",
+    ),
+    "another restore point": (
+        planned_request,
+        "UPDATE pulih_requests SET restore_point = '2026-11-30'",
+        {},
+        "restore_point",
+    ),
 }
 
 
@@ -530,7 +543,7 @@ def test_anchor_lines_are_signed_by_the_audit_key_and_verify_offline(make_store,
     forged = {"format": "pulih.anchor/1", "seq": head["seq"], "hash": head["hash"], "at": head["at"]}
     other = AuditKey.make(tmp_path / "other_ed25519")
     for line, says in (
-        (forged, "is not signed by the service's audit key"),
+        (forged, "is not signed by the audit key of that time"),
         (
             {
                 **forged,
@@ -1164,3 +1177,62 @@ def test_keys_are_checked_registered_once_and_revoked_on_the_chain(signing):
         accounts.revoke_key("root", "dewi", added["fingerprint"])
     actions = [e["action"] for e in signing["store"].audit_entries()]
     assert actions.count("key.added") == 2 and actions.count("key.revoked") == 1
+
+
+def test_the_plan_must_serve_the_restore_point_the_request_asked_for(make_store):
+    """A backup started after the request's restore point is refused at the plan and, were the
+    plan on the chain to name one, at the gate: the approval was for that point in time."""
+    requests = make_requests(make_store())
+    rid = requests.new(
+        "ani", procedure="recovery", skpd="bkpsdm", contact="a", scope=SIMPEG, reason="error",
+        restore_point="2026-11-20",
+    )["id"]  # fmt: skip
+    requests.receive("citra", rid)
+    requests.approve("dewi", rid)
+    requests.assess("eko", rid, data_exists=True, damage="error")
+    requests.check_backups("eko", rid, [])
+    for late in ("20261121T000001Z-0000", "not-an-id"):
+        with pytest.raises(Refused, match=r"after the restore point 2026-11-20|is not a backup id"):
+            requests.plan("eko", rid, backups={"DC-1:simpeg": late})
+    requests.plan("eko", rid, backups={"DC-1:simpeg": "20261120T235959Z-0000"})
+    assert requests.gate("eko", rid, run_scope=SIMPEG)["allowed"]
+
+
+def test_a_rotated_audit_key_signs_on_and_the_old_lines_still_verify(make_store, tmp_path):
+    """A rotation is an entry on the chain naming both keys, signed by the old one; lines after
+    it are the new key's, lines before it still verify with the old key the chain names (also
+    for a store opened with the new key alone). A rotation the old key did not sign, and a line
+    the old key signs after the rotation, are named."""
+    old, new = AuditKey.make(tmp_path / "old_ed25519"), AuditKey.make(tmp_path / "new_ed25519")
+    store = make_store()
+    anchor = tmp_path / "anchor.jsonl"
+    store.anchors = [FileAnchor(anchor, old)]
+    requests = make_requests(store)
+    planned_request(requests)
+    store.rotate_audit_key("root", new)
+    rotation = [e for e in store.audit_entries() if e["action"] == "audit_key.rotated"][-1]
+    said = json.loads(rotation["payload"])
+    assert (said["old"], said["new"]) == (old.fingerprint(), new.fingerprint())
+    planned_request(requests)
+    lines = [json.loads(line) for line in anchor.read_text().splitlines()]
+    assert {line["key"] for line in lines if line["seq"] <= rotation["seq"]} == {old.fingerprint()}
+    assert {line["key"] for line in lines if line["seq"] > rotation["seq"]} == {new.fingerprint()}
+    assert store.verify_audit() == []
+    reopened = Store(store.url, anchors=[FileAnchor(anchor, new)])
+    assert reopened.verify_audit() == []
+    # The old key, after the rotation, anchors nothing.
+    store.anchors = [FileAnchor(anchor, old)]
+    requests.new("ani", procedure="recovery", skpd="bkpsdm", contact="a", scope=SIMPEG, reason="error")
+    stale = reopened.verify_audit()
+    assert stale and "is not signed by the audit key of that time" in stale[-1].message, [
+        str(p) for p in stale
+    ]
+    # A rotation someone wrote into the store with a key of their own.
+    forger = AuditKey.make(tmp_path / "forger_ed25519")
+    forged = {**said, "old": new.fingerprint(), "old_public_key": new.public_key(),
+              "new": forger.fingerprint(), "new_public_key": forger.public_key()}  # fmt: skip
+    forged["signature"] = forger.sign(anchors_mod.rotation_text(forged))
+    with store.transaction() as conn:
+        store.append_audit(conn, actor="x", action="audit_key.rotated", request_id=None, payload=forged)
+    problems = [str(p) for p in reopened.verify_audit()]
+    assert any("is not signed by the key it replaces" in p for p in problems), problems

@@ -26,6 +26,7 @@ from tests.integration.restore_lab import (
     listed_backup,
     manifest,
     my_print,
+    no_task_on_the_repository_host,
     pg_print,
     planned_request,
     protected,
@@ -437,3 +438,11 @@ def test_a_foreign_backup_is_refused_before_anything_is_touched(env):
     assert "is not a backup of LAB-001:app-pg" in doc["items"][0]["error"]
     assert pg_print(env, "lab1", "app_lab1") == before and not leftovers(env, "lab1")
     shutil.rmtree(repository(env) / "LAB-001" / "app-pg" / planted)
+
+
+def test_no_task_of_a_restore_runs_on_the_repository_host_and_secrets_go_only_to_the_servers(env):
+    """This module's restores (in place with undo, alternate targets, the refused ones, and the
+    requests closed, which lift their protection)."""
+    no_task_on_the_repository_host(
+        env, {"list", "checksums", "grant", "revoke-grant", "protect", "unprotect"}
+    )

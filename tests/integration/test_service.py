@@ -746,3 +746,45 @@ def test_an_approval_signed_through_the_approvers_ssh_agent_verifies_offline(ser
         agent.terminate()  # by PID
         agent.wait(timeout=20)
         admin(service, "admin", "policy", "set", "--signed-approvals", "none", check=0)
+
+
+def test_the_audit_key_is_rotated_with_the_service_stopped_and_the_chain_still_verifies(tmp_path):
+    """`pulih serve --rotate-audit-key` refuses while the service runs; stopped, it puts the
+    rotation on the chain signed by the old key, pins the new key in the config, and the state
+    checks clean with every old anchor line still verifying."""
+    state = tmp_path / "state"
+    made = subprocess.run(
+        [PULIH, "serve", "--init", "--state", str(state), "--admin", "root", "--user", "root",
+         "--register", str(PROJECT / "inventories" / "example")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    with (state / "config.yml").open("a") as config:
+        config.write(f"anchors:\n  - file: {tmp_path / 'anchor.jsonl'}\n")
+    proc = subprocess.Popen(
+        [PULIH, "serve", "--state", str(state)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until("the service's socket", lambda: connects(state / "pulih.sock"))
+        env = {"socket": f"unix:{state / 'pulih.sock'}"}
+        admin(env, "admin", "user", "add", "sri", "--role", "approver", check=0)
+        running = admin(env, "serve", "--state", str(state), "--rotate-audit-key", check=2)
+        assert "the service is running" in running.stderr
+    finally:
+        proc.terminate()  # by PID
+        proc.wait(timeout=20)
+    before = yaml.safe_load((state / "config.yml").read_text())["audit_key"]
+    rotated = json.loads(
+        admin({"socket": ""}, "serve", "--state", str(state), "--rotate-audit-key", "--json", check=0).stdout
+    )
+    assert rotated["old"] == before and rotated["new"] != before
+    assert yaml.safe_load((state / "config.yml").read_text())["audit_key"] == rotated["new"]
+    admin({"socket": ""}, "serve", "--state", str(state), "--check", check=0)
+    from pulih.service import state as states
+
+    store = states.load(state).open_store()
+    try:
+        assert store.verify_audit() == []
+        assert [e["action"] for e in store.audit_entries()][-1] == "audit_key.rotated"
+    finally:
+        store.engine.dispose()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from pulih import lab as lab_mod
 from pulih.store import Store, runs_table
@@ -36,11 +37,22 @@ def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("service-jobs")
     inventory = base / "inventory"
     lab = lab_mod.Lab(1, inventory_dir=inventory)
-    lab.up()
-    service = Service(inventory, people=PEOPLE)
+    lab_state = lab.up()
+    repo = lab_state.repository_host
+    assert repo is not None
+    # The audit chain's anchor: the repository host's log, through its receiver, with the
+    # controller's key (the lab's).
+    anchor = {
+        "address": repo.address,
+        "port": repo.ssh_port,
+        "user": lab_mod.RECEIVER_ACCOUNT,
+        "ssh_identity": str(lab_state.private_key),
+        "ssh_known_hosts": str(lab_state.known_hosts),
+    }
+    service = Service(inventory, yaml.safe_dump({"anchors": [{"receiver": anchor}]}), people=PEOPLE)
     try:
         service.init()
-        env = {"state": service.state, "service": service, "server": service.server}
+        env = {"state": service.state, "service": service, "server": service.server, "lab": lab_state}
         env["tokens"] = {("budi", "backup"): service.tokens["budi"], ("rita", "read"): service.tokens["rita"]}
         env["tokens"][("budi", "read")] = service.admin(
             "admin", "token", "create", "budi", "--scope", "read"
@@ -147,3 +159,50 @@ def test_a_service_killed_mid_job_leaves_the_run_interrupted_at_restart(env):
     assert recorded_runs(env)[run_id].status == "interrupted"
     # Nothing of the killed job goes on writing, and the restarted service runs the next one.
     run(env, ("budi", "backup"), "jobs", "start", "backup", "--limit", "lab1", "--item", "app-pg", check=0)
+
+
+def test_the_audit_chain_is_anchored_on_the_repository_host_through_its_receiver(env):
+    """Every head goes to the repository host's anchor log, signed, through the receiver; the
+    log takes appends only (chattr +a: not even root rewrites it) and the receiver refuses a
+    head that is not after the last; a truncated chain is named against it, and an anchor that
+    cannot be reached fails the check naming it. Last: it tampers with the store and stops
+    the repository host."""
+    repo = env["lab"].repository_host
+    log = Path(repo.repository_path) / lab_mod.ANCHOR_FILE
+    checked = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=0).stdout)
+    assert checked["status"] == "intact" and checked["anchors"] == [
+        f"anchor on the repository host {repo.address}:{repo.ssh_port}"
+    ]
+    heads = [json.loads(line) for line in log.read_text().splitlines()]
+    assert heads and all(h["signature"].startswith("-----BEGIN SSH SIGNATURE") for h in heads)
+    assert (
+        "a"
+        in subprocess.run(["lsattr", str(log)], capture_output=True, text=True, check=True).stdout.split()[0]
+    )
+    with pytest.raises(PermissionError):
+        log.open("w")  # root too: the filesystem takes appends only
+    older = json.dumps({**heads[0], "seq": 1})
+    controller = ["ssh", "-i", str(env["lab"].private_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                  "-o", f"UserKnownHostsFile={env['lab'].known_hosts}", "-p", str(repo.ssh_port),
+                  f"{lab_mod.RECEIVER_ACCOUNT}@{repo.address}"]  # fmt: skip
+    refused = subprocess.run(
+        [*controller, "anchor-append"], input=older, capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 3 and "the anchor only grows" in refused.stderr
+    # The chain's tail cut off in the store: the anchor still holds its head.
+    store = Store(f"sqlite:///{env['state'] / 'pulih.db'}", upgrade=False)
+    try:
+        with store.engine.begin() as conn:
+            last = conn.execute(sa.text("SELECT max(seq) FROM pulih_audit")).scalar()
+            conn.execute(sa.text("DELETE FROM pulih_audit WHERE seq = :s"), {"s": last})
+    finally:
+        store.engine.dispose()
+    cut = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=1).stdout)
+    assert any(p["seq"] == last and "truncated" in p["message"] for p in cut["problems"]), cut
+    # The repository host down: the check fails naming the anchor, never falls back to the chain.
+    sshd = next(p for p in env["lab"].procs if p.name == f"{repo.name}/sshd")
+    assert lab_mod.stop_pid(sshd.pid, "sshd")
+    down = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=1).stdout)
+    assert any(f"anchor on the repository host {repo.address}" in p["message"] for p in down["problems"]), (
+        down
+    )

@@ -259,3 +259,29 @@ def test_a_new_backup_sweeps_away_dead_runs_but_never_a_live_store(repo):
     assert not dead.exists(), "a dead run's leftovers stay"
     assert live.exists(), "a store still running was swept away"
     assert (item_dir / f".tmp-{BACKUP}").exists(), "a recent unpublished backup was swept away"
+
+
+def test_the_anchor_log_only_grows_and_only_the_controller_writes_it(repo):
+    """The controller appends the audit chain's heads, each after the last; a head at or
+    before the last is refused, a data server's key may neither read nor write the log, and
+    it reads back as written, after a line saying it exists."""
+
+    def head(seq: int) -> bytes:
+        return json.dumps({"format": "pulih.anchor/1", "seq": seq, "hash": f"{seq:064x}", "at": "t"}).encode()
+
+    first = receive(repo, "anchor-read", asset=None)
+    assert json.loads(first.stdout.splitlines()[0]) == {"exists": False}
+    for seq in (3, 4, 9):
+        assert answer(receive(repo, "anchor-append", asset=None, stdin=head(seq))) == {"anchored": seq}
+    for seq in (9, 2):  # a rewritten or truncated history never lands
+        refused = receive(repo, "anchor-append", asset=None, stdin=head(seq), check=3)
+        assert b"the anchor only grows" in refused.stderr
+    bad = receive(repo, "anchor-append", asset=None, stdin=b'{"format": "x", "seq": 10}', check=2)
+    assert b"pulih.anchor/1" in bad.stderr
+    for verb in ("anchor-append", "anchor-read"):
+        receive(repo, verb, stdin=head(20), check=2)  # a data server's key
+    lines = receive(repo, "anchor-read", asset=None).stdout.decode().splitlines()
+    assert json.loads(lines[0]) == {"exists": True}
+    assert [json.loads(line)["seq"] for line in lines[1:]] == [3, 4, 9]
+    assert [p.name for p in repo.iterdir()] == [".pulih-anchor.jsonl"]
+    assert answer(receive(repo, "list", asset=None))["backups"] == []

@@ -25,7 +25,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,38 @@ def _keygen(*args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(["ssh-keygen", *args], input=data, capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise AnchorError(f"ssh-keygen could not run: {exc}") from None
+
+
+def verifies(public_key: str, data: bytes, signature: str) -> bool:
+    """Whether `signature` (pulih-audit namespace) over `data` is by `public_key` (TYPE BASE64)."""
+    with tempfile.TemporaryDirectory(prefix="pulih-anchor-") as folder:
+        signers, sig = Path(folder) / "allowed_signers", Path(folder) / "line.sig"
+        signers.write_text(f'{NAMESPACE} namespaces="{NAMESPACE}" {public_key.strip()}\n')
+        sig.write_text(signature)
+        done = _keygen(
+            "-Y", "verify", "-f", str(signers), "-I", NAMESPACE, "-n", NAMESPACE, "-s", str(sig), data=data
+        )
+    return done.returncode == 0
+
+
+ROTATION = "pulih.audit-key-rotation/1"
+
+
+def rotation_text(doc: dict[str, Any]) -> bytes:
+    """What a rotation's signature by the key it replaces covers."""
+    body = {k: doc[k] for k in ("format", "old", "old_public_key", "new", "new_public_key", "after")}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class PublicAuditKey:
+    """An audit key as the chain names it (its public half): what verifies the lines it signed."""
+
+    public_key: str
+    fingerprint: str
+
+    def verifies(self, data: bytes, signature: str) -> bool:
+        return verifies(self.public_key, data, signature)
 
 
 @dataclass(frozen=True)
@@ -84,29 +116,87 @@ class AuditKey:
             raise AnchorError(f"the audit key {self.private} cannot sign: {done.stderr.decode().strip()}")
         return done.stdout.decode()
 
+    def public_key(self) -> str:
+        """TYPE BASE64 of the public half."""
+        return " ".join(self.public.read_text().split()[:2])
+
     def verifies(self, data: bytes, signature: str) -> bool:
-        with tempfile.TemporaryDirectory(prefix="pulih-anchor-") as folder:
-            signers, sig = Path(folder) / "allowed_signers", Path(folder) / "line.sig"
-            signers.write_text(f'{NAMESPACE} namespaces="{NAMESPACE}" {self.public.read_text().strip()}\n')
-            sig.write_text(signature)
-            done = _keygen(
-                "-Y",
-                "verify",
-                "-f",
-                str(signers),
-                "-I",
-                NAMESPACE,
-                "-n",
-                NAMESPACE,
-                "-s",
-                str(sig),
-                data=data,
-            )
-        return done.returncode == 0
+        return verifies(self.public_key(), data, signature)
+
+    def as_public(self) -> PublicAuditKey:
+        return PublicAuditKey(self.public_key(), self.fingerprint())
+
+
+def parse_heads(text: str, name: str) -> list[dict[str, Any]]:
+    """The heads in an anchor log's text, each with its line number."""
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            found.append({**doc, "seq": int(doc["seq"]), "hash": str(doc["hash"]), "line": number})
+        except (ValueError, KeyError, TypeError):
+            raise AnchorError(f"{name}: line {number} is not an anchor line") from None
+    return found
+
+
+class Anchor:
+    """Where the chain's head goes: one signed line per head. Subclasses write and read it."""
+
+    key: AuditKey | None
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def line(self, seq: int, digest: str, at: str) -> str:
+        doc: dict[str, Any] = {"format": FORMAT, "seq": seq, "hash": digest, "at": at}
+        if self.key is not None:
+            doc["key"] = self.key.fingerprint()
+            doc["signature"] = self.key.sign(signed_text(doc))
+        return json.dumps(doc, sort_keys=True) + "\n"
+
+    def append(self, seq: int, digest: str, at: str) -> None:
+        raise NotImplementedError
+
+    def heads(self) -> list[dict[str, Any]]:
+        """Every head the anchor holds; AnchorError when it cannot be read (never an empty list
+        in its place: a missing anchor is no proof of anything)."""
+        raise NotImplementedError
+
+    def exists(self) -> bool:
+        """Whether the anchor holds a log yet (a new one begins at the current head)."""
+        raise NotImplementedError
+
+    def with_key(self, key: AuditKey) -> Anchor:
+        """The same anchor, its lines signed by `key` from now on (a rotation)."""
+        raise NotImplementedError
+
+    def signature_problems(
+        self, heads: list[dict[str, Any]], key_at: Callable[[int], PublicAuditKey] | None = None
+    ) -> list[tuple[int, str]]:
+        """(seq, message) for every line not signed by the audit key in force at its seq (the
+        service's key, or the one the chain's rotations name for that stretch): a line written by
+        someone who can append to the anchor but does not hold that key."""
+        if self.key is None:
+            return []
+        current = self.key.as_public()
+        found = []
+        for head in heads:
+            key = key_at(head["seq"]) if key_at is not None else current
+            where = f"{self.name}, line {head['line']}"
+            if head.get("key") != key.fingerprint or not isinstance(head.get("signature"), str):
+                found.append(
+                    (head["seq"], f"{where} is not signed by the audit key of that time, {key.fingerprint}")
+                )
+            elif not key.verifies(signed_text(head), head["signature"]):
+                found.append((head["seq"], f"{where}: its signature does not verify with {key.fingerprint}"))
+        return found
 
 
 @dataclass(frozen=True)
-class FileAnchor:
+class FileAnchor(Anchor):
     path: Path
     key: AuditKey | None = None  # None: unsigned lines (a store the tests open by hand)
 
@@ -115,11 +205,7 @@ class FileAnchor:
         return f"anchor file {self.path}"
 
     def append(self, seq: int, digest: str, at: str) -> None:
-        doc: dict[str, Any] = {"format": FORMAT, "seq": seq, "hash": digest, "at": at}
-        if self.key is not None:
-            doc["key"] = self.key.fingerprint()
-            doc["signature"] = self.key.sign(signed_text(doc))
-        line = json.dumps(doc, sort_keys=True) + "\n"
+        line = self.line(seq, digest, at)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
         except OSError as exc:
@@ -134,37 +220,78 @@ class FileAnchor:
             os.close(fd)
 
     def heads(self) -> list[dict[str, Any]]:
-        """Every head the anchor holds; AnchorError when it cannot be read (never an empty list
-        in its place: a missing anchor is no proof of anything)."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError as exc:
             raise AnchorError(f"{self.name}: cannot be read: {exc.strerror}") from None
-        found = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                found.append({**doc, "seq": int(doc["seq"]), "hash": str(doc["hash"]), "line": number})
-            except (ValueError, KeyError, TypeError):
-                raise AnchorError(f"{self.name}: line {number} is not an anchor line") from None
-        return found
+        return parse_heads(text, self.name)
 
-    def signature_problems(self, heads: list[dict[str, Any]]) -> list[tuple[int, str]]:
-        """(seq, message) for every line not signed by the service's audit key: a line written by
-        someone who can append to the anchor but does not hold the key."""
-        if self.key is None:
-            return []
-        fingerprint = self.key.fingerprint()
-        found = []
-        for head in heads:
-            where = f"{self.name}, line {head['line']}"
-            if head.get("key") != fingerprint or not isinstance(head.get("signature"), str):
-                found.append((head["seq"], f"{where} is not signed by the service's audit key {fingerprint}"))
-            elif not self.key.verifies(signed_text(head), head["signature"]):
-                found.append((head["seq"], f"{where}: its signature does not verify with {fingerprint}"))
-        return found
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def with_key(self, key: AuditKey) -> Anchor:
+        return FileAnchor(self.path, key)
+
+
+@dataclass(frozen=True, eq=False)
+class ReceiverAnchor(Anchor):
+    """The anchor log on the backup repository host, through its receiver with the controller's
+    key (`anchor-append`, `anchor-read`): the receiver refuses a head that is not after the
+    last, and the installer makes the log append-only (chattr +a) where the filesystem can."""
+
+    receiver: dict[str, Any]  # address, port, user, ssh_identity, ssh_known_hosts
+    key: AuditKey | None = None
+    timeout: float = 20  # a host that does not answer must not hold every write of the record for long
+
+    @property
+    def name(self) -> str:
+        return f"anchor on the repository host {self.receiver['address']}:{self.receiver.get('port') or 22}"
+
+    def _run(self, verb: str, data: bytes = b"") -> bytes:
+        from pulih.runner import (
+            module_utils,
+        )  # the collection's ssh command line (and not ansible_runner at import)
+
+        argv = module_utils("agent_io").receiver_argv(self.receiver, [verb])
+        try:
+            done = subprocess.run(argv, input=data, capture_output=True, timeout=self.timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise AnchorError(f"{self.name}: cannot be reached: {exc}") from None
+        if done.returncode != 0:
+            why = " ".join(done.stderr.decode("utf-8", "replace").split()) or f"exit {done.returncode}"
+            raise AnchorError(f"{self.name}: {verb} failed: {why}")
+        return done.stdout
+
+    def append(self, seq: int, digest: str, at: str) -> None:
+        self._run("anchor-append", self.line(seq, digest, at).encode())
+
+    def with_key(self, key: AuditKey) -> Anchor:
+        return ReceiverAnchor(self.receiver, key, self.timeout)
+
+    def _read(self) -> tuple[bool, str]:
+        first, _, rest = self._run("anchor-read").decode("utf-8", "replace").partition("\n")
+        try:
+            exists = bool(json.loads(first)["exists"])
+        except (ValueError, KeyError, TypeError):
+            raise AnchorError(f"{self.name}: anchor-read answered {first[:80]!r}") from None
+        return exists, rest
+
+    def heads(self) -> list[dict[str, Any]]:
+        exists, text = self._read()
+        if not exists:
+            raise AnchorError(f"{self.name}: holds no anchor log (it was removed, or never written)")
+        return parse_heads(text, self.name)
+
+    def exists(self) -> bool:
+        """Whether the log holds a head. The installer makes it empty (to make it append-only),
+        so an empty log is a new one; emptying it takes root on the repository host and lifting
+        chattr +a, and even then every entry before the head anchored anew stays bound by its
+        hash chain to that head."""
+        try:
+            there, text = self._read()
+        except AnchorError:
+            return True  # unreachable now: never started over; the check names it
+        return there and bool(text.strip())
 
 
 def problems_against(

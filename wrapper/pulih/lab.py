@@ -43,6 +43,7 @@ import yaml
 from pulih.fsutil import atomic_write_text
 
 ADDRESS_PREFIX = "127.0.50."
+ANCHOR_FILE = ".pulih-anchor.jsonl"  # the service's anchor log in the repository (the receiver's)
 # Labs started side by side (pytest-xdist's workers) each take a block of loopback addresses of
 # their own, so that no two of them ever bind the same address and port.
 ADDRESS_PREFIX_VAR = "PULIH_LAB_ADDRESS_PREFIX"
@@ -487,8 +488,13 @@ class Lab:
         (base / "run").chmod(0o777)  # sockets of postgres and mysql, both service accounts
         self._start_sshd(state, host, base)
         if host.is_repository:
-            Path(host.repository_path or "").mkdir(parents=True)
-            _chown(Path(host.repository_path or ""), RECEIVER_ACCOUNT)
+            repository = Path(host.repository_path or "")
+            repository.mkdir(parents=True)
+            _chown(repository, RECEIVER_ACCOUNT)
+            # As the installer makes it: the service's anchor log, appends only.
+            (repository / ANCHOR_FILE).touch(mode=0o640)
+            _chown(repository / ANCHOR_FILE, RECEIVER_ACCOUNT)
+            subprocess.run(["chattr", "+a", str(repository / ANCHOR_FILE)], capture_output=True, check=False)
             return
         _keygen(
             state.receiver_key(host),
@@ -761,6 +767,9 @@ def stop(root: Path, inventory_dir: Path | None = None, *, keep: bool = False) -
             for kid in kids:
                 stop_pid(kid, "sshd")
     if not keep:
+        # The repository's anchor log is append-only (chattr +a), which removal must lift first.
+        for anchor in (root / "hosts").glob(f"*/repository/{ANCHOR_FILE}"):
+            subprocess.run(["chattr", "-a", str(anchor)], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
         if inventory_dir is not None:
             for generated in (inventory_dir / REGISTER_FILE, inventory_dir / LAB_VARS_FILE):

@@ -164,9 +164,9 @@ class Config:
     # The SOP: repeat the restore until it succeeds; pulih tries this often, this far apart.
     restore_attempts: int = 3
     restore_retry_seconds: float = 30.0
-    # Files the audit chain's head is appended to after every write (pulih.anchors): outside
-    # the store, where its holders cannot write.
-    anchors: list[str] = field(default_factory=list)
+    # Where the audit chain's head is appended after every write (pulih.anchors), outside the
+    # store where its holders cannot write: {"file": PATH} or {"receiver": {address, ...}}.
+    anchors: list[dict[str, Any]] = field(default_factory=list)
 
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -192,6 +192,27 @@ def checked_text(
     if pattern is not None and value and not pattern.match(value):
         raise BadRequestInput(f"{what}: '{value}' is not valid: {hint}")
     return value
+
+
+_RECEIVER_FIELDS = {"address", "port", "user", "ssh_identity", "ssh_known_hosts"}
+
+
+def _anchor_entry(entry: Any) -> bool:
+    """{file: /absolute/path}, or {receiver: {address, port?, user?, ssh_identity?, ssh_known_hosts?}}."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        return False
+    if "file" in entry:
+        return isinstance(entry["file"], str) and entry["file"].startswith("/")
+    receiver = entry.get("receiver")
+    return (
+        isinstance(receiver, dict)
+        and "address" in receiver
+        and set(receiver) <= _RECEIVER_FIELDS
+        and all(isinstance(v, str | int) and not isinstance(v, bool) for v in receiver.values())
+        and all(
+            str(receiver[k]).startswith("/") for k in ("ssh_identity", "ssh_known_hosts") if k in receiver
+        )
+    )
 
 
 def load_config(path: Path) -> Config:
@@ -222,14 +243,14 @@ def load_config(path: Path) -> Config:
     if store is not None and not isinstance(store, str):
         raise BadRequestInput(f"{path}: field 'store': must be a database URL, not {type(store).__name__}")
     anchors = raw.get("anchors") or []
-    if not isinstance(anchors, list) or not all(
-        isinstance(a, dict) and set(a) == {"file"} and str(a["file"]).startswith("/") for a in anchors
-    ):
+    if not isinstance(anchors, list) or not all(_anchor_entry(a) for a in anchors):
         raise BadRequestInput(
-            f"{path}: field 'anchors': a list of {{file: /absolute/path}}, one per anchor of the audit chain"
+            f"{path}: field 'anchors': a list, one per anchor of the audit chain, each "
+            "{file: /absolute/path} or {receiver: {address: HOST, port: 22, user: pulih, "
+            "ssh_identity: /path, ssh_known_hosts: /path}}"
         )
     config = Config(
-        anchors=[a["file"] for a in anchors],
+        anchors=anchors,
         store=store,
         approval_validity_hours=int(number("approval_validity_hours", 72, 1, 720)),
         restore_attempts=int(number("restore_attempts", 3, 1, 20)),
@@ -274,7 +295,7 @@ def check_new(
         raise BadRequestInput("reason 'other' needs a text (--reason-text)")
     if restore_point:
         try:
-            parse_iso(restore_point if "T" in restore_point else restore_point + "T23:59:59+00:00")
+            restore_instant(restore_point)
         except ValueError:
             raise BadRequestInput(
                 f"restore point '{restore_point}' is not a date or time (ISO 8601)"
@@ -316,6 +337,7 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
         if step == "filed":
             state = {"status": "filed", "requester": row["actor"], "approved_by": None}
             state.update({k: payload[k] for k in ("scope", "target") if k in payload})
+            state["restore_point"], state["plan"] = payload.get("restore_point"), None
             state.update(approval_expires_at=None, targets=None, signed=None, approval_at=None)
             continue
         if state is None or step not in STEP:
@@ -324,10 +346,40 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
             state["status"] = step
         changes = payload.get("changes") or {}
         state.update({k: changes[k] for k in ("approved_by", "approval_expires_at") if k in changes})
+        if "plan" in changes:
+            state["plan"] = json.loads(changes["plan"])
         if step == "approved":
             state["targets"] = payload.get("targets")
             state["signed"], state["approval_at"] = payload.get("signed"), row["at"]
     return state
+
+
+def restore_instant(text: str) -> dt.datetime:
+    """A restore point as a moment: a date alone means the end of that day, UTC."""
+    return parse_iso(text if "T" in text else text + "T23:59:59+00:00")
+
+
+_BACKUP_STARTED = re.compile(r"^([0-9]{8}T[0-9]{6}Z)-[0-9a-f]{4}$")
+
+
+def after_restore_point(restore_point: str | None, backups: dict[str, str]) -> str:
+    """Why a plan does not serve the request's restore point ('' when it does): a backup taken
+    after it. A backup's id begins with the moment it was started (the manifest the record
+    binds says the same)."""
+    if not restore_point:
+        return ""
+    wanted = restore_instant(restore_point)
+    for key, backup_id in sorted(backups.items()):
+        started = _BACKUP_STARTED.match(backup_id)
+        if started is None:
+            return f"{backup_id} is not a backup id (YYYYMMDDTHHMMSSZ-xxxx) of {key}"
+        when = dt.datetime.strptime(started.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        if when > wanted:
+            return (
+                f"backup {backup_id} of {key} was taken at {iso(when)}, after the restore point "
+                f"{restore_point}"
+            )
+    return ""
 
 
 def signature_required(policy: dict[str, Any], target: dict[str, Any]) -> bool:
@@ -627,23 +679,30 @@ class Requests:
         hours = valid_hours or self.config.approval_validity_hours
         if hours <= 0:
             raise BadRequestInput("an approval is valid for a positive number of hours")
-        request = self.get(request_id)
-        signature = None
-        if signed is not None:
-            signature = self._checked_signature(
-                actor, request, signed, hours=hours, note=note, targets=targets or []
-            )
-        elif signature_required(self.store.policy(), request["target"]):
-            raise Refused(
-                f"the office's policy wants a signed approval for {describe_target(request['target'])}: "
-                f"approve request {request_id} with --sign (pulih admin policy show)"
-            )
+        signature: dict[str, Any] | None = None
+        audit: dict[str, Any] = {} if targets is None else {"targets": targets}
 
         def check(request: dict[str, Any]) -> dict[str, Any]:
+            nonlocal signature
             if request["requester"] == actor:
                 raise Refused(
                     f"{actor} filed request {request_id} and may not approve it: "
                     "the approver is never the requester"
+                )
+            parsed = {
+                **request,
+                "scope": json.loads(request["scope"]),
+                "target": json.loads(request["target"]),
+            }
+            if signed is not None:
+                signature = self._checked_signature(
+                    actor, parsed, signed, hours=hours, note=note, targets=targets or []
+                )
+                audit["signed"] = signature
+            elif signature_required(self.store.policy(), parsed["target"]):
+                raise Refused(
+                    f"the office's policy wants a signed approval for {describe_target(parsed['target'])}: "
+                    f"approve request {request_id} with --sign (pulih admin policy show)"
                 )
             return {
                 "approved_by": actor,
@@ -668,10 +727,7 @@ class Requests:
                 )
             )
 
-        audit: dict[str, Any] = {} if targets is None else {"targets": targets}
-        if signature is not None:
-            audit["signed"] = signature
-        return self._step(actor, request_id, "approved", note, check, approval, audit or None)
+        return self._step(actor, request_id, "approved", note, check, approval, audit)
 
     def reject(self, actor: str, request_id: str, reason: str) -> dict[str, Any]:
         if not reason.strip():
@@ -726,7 +782,9 @@ class Requests:
         protected: bool = False,
     ) -> dict[str, Any]:
         """The plan: a backup per item, and when. `protected`: the backups were checked in the
-        repository and are protected from retention until the request closes."""
+        repository and are protected from retention until the request closes. When each backup
+        was taken (its id begins with its start, as its recorded manifest says) must serve the
+        request's restore point."""
 
         def check(request: dict[str, Any]) -> dict[str, Any]:
             scope = {f"{s['asset_id']}:{s['item']}" for s in json.loads(request["scope"])}
@@ -736,6 +794,9 @@ class Requests:
                     f"the plan names {', '.join(outside)}, outside request {request_id}'s scope "
                     f"({', '.join(sorted(scope))}); a request is never stretched"
                 )
+            late = after_restore_point(request["restore_point"], backups)
+            if late:
+                raise Refused(f"{late}: plan one taken at or before it")
             return {"plan": json.dumps({"backups": backups, "window": window, "protected": protected})}
 
         return self._step(actor, request_id, "planned", note, check)
@@ -877,6 +938,8 @@ class Requests:
             "approval_expires_at": request["approval_expires_at"],
             "scope": json.loads(request["scope"]),
             "target": json.loads(request["target"]),
+            "plan": json.loads(request["plan"]) if request.get("plan") else None,
+            "restore_point": request["restore_point"],
         }
         for key, value in row.items():
             if key in chained and chained[key] != value:
@@ -1002,6 +1065,11 @@ class Requests:
             if run_targets is not None:
                 self._within_approved_targets(request_id, chained, run_targets)
             self._signed_as_the_policy_wants(request_id, chained, approved_target)
+            late = after_restore_point(
+                chained.get("restore_point"), (chained.get("plan") or {}).get("backups") or {}
+            )
+            if late:
+                raise Refused(f"request {request_id}'s plan does not serve what was approved: {late}")
         except Refused as exc:
             decision["allowed"], decision["reason"] = False, str(exc)
             with self.store.transaction() as conn:

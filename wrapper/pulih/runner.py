@@ -7,6 +7,7 @@ and collects what the roles publish (``pulih_backup_results``, ``pulih_verify_re
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import ansible_runner
@@ -29,6 +31,15 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 class ContentError(Exception):
     """The Ansible content pulih runs is not where it is looked for."""
+
+
+def module_utils(name: str) -> ModuleType:
+    """A module of the collection's module_utils (standard library only), imported from the
+    project's collections/: the one copy the roles' modules and the wrapper share."""
+    collections = str(project_dir() / "collections")
+    if collections not in sys.path:
+        sys.path.append(collections)
+    return importlib.import_module(f"ansible_collections.pulih.core.plugins.module_utils.{name}")
 
 
 def project_dir() -> Path:

@@ -24,7 +24,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pulih.anchors import AnchorError, FileAnchor, problems_against
+from pulih.anchors import (
+    ROTATION,
+    Anchor,
+    AnchorError,
+    AuditKey,
+    PublicAuditKey,
+    problems_against,
+    rotation_text,
+)
 
 SCHEMA_VERSION = 7
 GENESIS = "0" * 64
@@ -304,7 +312,7 @@ def _sqlite_begin(conn: Connection) -> None:
 class Store:
     """One connection pool to the record; every write in its own transaction."""
 
-    def __init__(self, url: str, *, upgrade: bool = True, anchors: Sequence[FileAnchor] = ()) -> None:
+    def __init__(self, url: str, *, upgrade: bool = True, anchors: Sequence[Anchor] = ()) -> None:
         self.url = url
         # Where the chain's head goes after every write, and what verify_audit checks it against.
         self.anchors = list(anchors)
@@ -379,7 +387,7 @@ class Store:
         to here (a head written outside the service must stay unanchored, and named)."""
         head = self.head()
         for anchor in self.anchors:
-            if head is not None and not anchor.path.exists():
+            if head is not None and not anchor.exists():
                 anchor.append(head["seq"], head["hash"], head["at"])
 
     def publish_head(self) -> None:
@@ -513,6 +521,8 @@ class Store:
         with self.engine.connect() as conn:
             chain = [(r.seq, r.hash) for r in conn.execute(sa.select(audit_table.c.seq, audit_table.c.hash))]
         found: list[AuditProblem] = []
+        key_at, rotation_problems = self._audit_keys()
+        found += rotation_problems
         for anchor in self.anchors:
             try:
                 heads = anchor.heads()
@@ -523,8 +533,89 @@ class Store:
             # The gate checks only the newest line's signature (one ssh-keygen call): a forged
             # line only ever helps to cover entries appended beyond the real head.
             checked = heads if signatures else sorted(heads, key=lambda h: h["seq"])[-1:]
-            found += [AuditProblem(seq, text) for seq, text in anchor.signature_problems(checked)]
+            found += [AuditProblem(seq, text) for seq, text in anchor.signature_problems(checked, key_at)]
         return sorted(found, key=lambda p: p.seq)
+
+    def _audit_keys(self) -> tuple[Callable[[int], PublicAuditKey], list[AuditProblem]]:
+        """Which audit key signs the anchor line of each seq: the key each rotation on the chain
+        names takes over after the rotation's own entry (signed by the old key, which anchors
+        that entry). A rotation not signed by the key it replaces is a problem, and ignored."""
+        current = next((a.key.as_public() for a in self.anchors if a.key is not None), None)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(audit_table.c.seq, audit_table.c.payload)
+                .where(audit_table.c.action == "audit_key.rotated")
+                .order_by(audit_table.c.seq)
+            ).all()
+        stretches: list[tuple[int, PublicAuditKey]] = []  # (the first seq it signs, the key)
+        problems = []
+        for seq, payload in rows:
+            said = json.loads(payload)
+            old = PublicAuditKey(said["old_public_key"], said["old"])
+            if stretches and stretches[-1][1].fingerprint != old.fingerprint:
+                problems.append(
+                    AuditProblem(
+                        seq, f"the audit key rotation replaces {old.fingerprint}, not the key then in force"
+                    )
+                )
+                continue
+            if said.get("format") != ROTATION or not old.verifies(
+                rotation_text(said), said.get("signature", "")
+            ):
+                problems.append(
+                    AuditProblem(
+                        seq, f"the audit key rotation is not signed by the key it replaces, {old.fingerprint}"
+                    )
+                )
+                continue
+            if not stretches:
+                stretches.append((0, old))
+            stretches.append((seq + 1, PublicAuditKey(said["new_public_key"], said["new"])))
+
+        def key_at(seq: int) -> PublicAuditKey:
+            chosen = stretches[0][1] if stretches else current
+            for first, key in stretches:
+                if seq >= first:
+                    chosen = key
+            assert chosen is not None
+            return chosen
+
+        return key_at, problems
+
+    def audit_public_keys(self) -> list[str]:
+        """Every audit key that ever signed an anchor line (the rotations on the chain name the
+        earlier ones), oldest first, as TYPE BASE64."""
+        found: list[str] = []
+        with self.engine.connect() as conn:
+            for (payload,) in conn.execute(
+                sa.select(audit_table.c.payload)
+                .where(audit_table.c.action == "audit_key.rotated")
+                .order_by(audit_table.c.seq)
+            ):
+                said = json.loads(payload)
+                found += [k for k in (said["old_public_key"], said["new_public_key"]) if k not in found]
+        current = next((a.key.public_key() for a in self.anchors if a.key is not None), None)
+        return found + ([current] if current and current not in found else [])
+
+    def rotate_audit_key(self, actor: str, new: AuditKey) -> None:
+        """Hand the anchors' signing over to `new`: an entry on the chain naming both keys,
+        signed by the old one (whose line anchors it); every line after it is `new`'s."""
+        old = next((a.key for a in self.anchors if a.key is not None), None)
+        if old is None:
+            raise AnchorError("no anchor is signed: there is no audit key to rotate")
+        head = self.head()
+        doc: dict[str, Any] = {
+            "format": ROTATION,
+            "old": old.fingerprint(),
+            "old_public_key": old.public_key(),
+            "new": new.fingerprint(),
+            "new_public_key": new.public_key(),
+            "after": {"seq": head["seq"], "hash": head["hash"]} if head else None,
+        }
+        doc["signature"] = old.sign(rotation_text(doc))
+        with self.transaction() as conn:
+            self.append_audit(conn, actor=actor, action="audit_key.rotated", request_id=None, payload=doc)
+        self.anchors = [a.with_key(new) if a.key is not None else a for a in self.anchors]
 
     # ---------------------------------------------------------------- backups
 

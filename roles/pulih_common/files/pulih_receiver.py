@@ -29,7 +29,9 @@ BACKUP_ID`), protect the backups a request depends on (`protect REQUEST_ID [allo
 the list on standard input; `unprotect REQUEST_ID`), prune one for retention (`prune ASSET ITEM
 BACKUP_ID`, refused while it is protected), place and take back one-job
 grants (`grant GRANT_ID GRANTEE ASSET ITEM BACKUP_ID SECONDS`, `revoke-grant GRANT_ID`) and
-append a verification (`verification ASSET ITEM BACKUP_ID`, its JSON on standard input). Nothing
+append a verification (`verification ASSET ITEM BACKUP_ID`, its JSON on standard input), and
+append to and read the service's anchor log (`anchor-append`, one signed head of its audit
+chain on standard input, refused unless it comes after the last; `anchor-read`). Nothing
 replaces or edits a published backup, and only the controller's prune removes one. Every answer
 is one JSON line on standard output (a fetch's is the artifact itself); a refusal is one line on
 standard error and exit 3, a bad command exit 2, a failure exit 1. Standard library only,
@@ -64,6 +66,9 @@ PROTECTED = ".pulih-protected.json"
 PROTECTED_FORMAT = "pulih.protected/1"
 PRUNED_PREFIX = ".pruned-"  # a pruned backup, renamed out of the listing before it is removed
 MAX_GRANT_SECONDS = 7 * 86400
+ANCHOR = ".pulih-anchor.jsonl"  # the service's audit chain heads, one signed line each, append-only
+ANCHOR_FORMAT = "pulih.anchor/1"
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_DOCUMENT = 4 << 20  # a manifest or a verification: a few KiB; a file tree's list is an artifact
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # an asset id or an item, as the register has them
@@ -460,6 +465,61 @@ class Repository:
         os.unlink(os.path.join(self.root, GRANTS, grant_id + ".json"))
         answer({"revoked": grant_id})
 
+    def anchor_append(self) -> None:
+        """One head of the service's audit chain (a signed pulih.anchor/1 line) appended to the
+        anchor log. The log only grows: a head at or before the last one is refused, and
+        nothing here rewrites or truncates it (the installer also makes it chattr +a)."""
+        doc = read_document(64 << 10)
+        seq = doc.get("seq")
+        if (
+            doc.get("format") != ANCHOR_FORMAT
+            or not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or not HEX64.match(str(doc.get("hash", "")))
+        ):
+            refuse("an anchor line is a pulih.anchor/1 document with its seq and hash", BAD_COMMAND)
+        line = (json.dumps(doc, sort_keys=True) + "\n").encode()
+        fd = os.open(
+            os.path.join(self.root, ANCHOR), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            last = self._last_anchored(fd)
+            if last is not None and seq <= last:
+                refuse(f"the anchor only grows: seq {seq} is not after the last anchored seq {last}")
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        answer({"anchored": seq})
+
+    def anchor_read(self) -> None:
+        """The anchor log as it is: a first line saying whether there is one, then its lines."""
+        try:
+            fd = os.open(os.path.join(self.root, ANCHOR), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            answer({"exists": False})
+            return
+        answer({"exists": True})
+        with os.fdopen(fd, "rb") as handle:
+            while True:
+                chunk = handle.read(CHUNK)
+                if not chunk:
+                    break
+                sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    @staticmethod
+    def _last_anchored(fd: int) -> int | None:
+        """The seq of the anchor log's last line (read from its tail: the log grows for years)."""
+        size = os.fstat(fd).st_size
+        start = max(0, size - 65536)
+        tail = os.pread(fd, size - start, start).decode("utf-8", "replace").splitlines()
+        for raw in reversed(tail[1:] if start else tail):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                return int(json.loads(raw)["seq"])
+        return None
+
     def verification(self, asset: str, item: str, backup_id: str) -> None:
         doc = read_document(64 << 10)
         line = (json.dumps(doc, sort_keys=True) + "\n").encode()
@@ -597,6 +657,8 @@ CONTROLLER_VERBS = {
     "unprotect": (("request", NAME),),
     "prune": (("asset", NAME), ("item", NAME), ("backup", BACKUP_ID)),
     "verification": (("asset", NAME), ("item", NAME), ("backup", BACKUP_ID)),
+    "anchor-append": (),
+    "anchor-read": (),
 }
 
 
@@ -661,6 +723,10 @@ def run(args: argparse.Namespace, command: str) -> None:
             repo.unprotect(w["request"])
         elif verb == "prune":
             repo.prune(w["asset"], w["item"], w["backup"])
+        elif verb in ("anchor-append", "anchor-read"):
+            if extra:
+                refuse(f"{verb} takes no words", BAD_COMMAND)
+            repo.anchor_append() if verb == "anchor-append" else repo.anchor_read()
         else:
             repo.verification(w["asset"], w["item"], w["backup"])
         return

@@ -68,6 +68,14 @@ def serve(
     check: Annotated[
         bool, typer.Option("--check", help="Check the state folder, store, keys and modes.")
     ] = False,
+    rotate_audit_key: Annotated[
+        bool,
+        typer.Option(
+            "--rotate-audit-key",
+            help="Replace the audit key (the service stopped): the rotation goes on the chain, signed by "
+            "the old key.",
+        ),
+    ] = False,
     listen: Annotated[
         str | None, typer.Option(help="unix:PATH (default DIR/pulih.sock) or HOST:PORT (tokens only).")
     ] = None,
@@ -97,6 +105,15 @@ def serve(
             )
             return
         loaded = states.load(state)
+        if rotate_audit_key:
+            was, now = states.rotate_audit_key(loaded)
+            _print(
+                {"status": "ok", "old": was, "new": now},
+                as_json,
+                f"audit key {was} replaced by {now}: the rotation is on the chain, signed by the old key; "
+                "the config pins the new one",
+            )
+            return
         if check:
             from pulih.service.server import drop_to_owner
 

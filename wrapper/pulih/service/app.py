@@ -661,9 +661,8 @@ def create_app(
         that signs the anchors."""
         may_read_record(who)
         text = approvals.allowed_signers(approvals.keys_on_chain(store))
-        audit_key = next((a.key for a in store.anchors if a.key is not None), None)
-        if audit_key is not None:
-            text += f'{NAMESPACE} namespaces="{NAMESPACE}" {audit_key.public.read_text().strip()}\n'
+        for public_key in store.audit_public_keys():
+            text += f'{NAMESPACE} namespaces="{NAMESPACE}" {public_key}\n'
         return text
 
     app.include_router(requests_router(requests, Authenticated, register, ApiError, demo=demo))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import socket
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from pulih.anchors import AnchorError, AuditKey, FileAnchor
+from pulih.anchors import Anchor, AnchorError, AuditKey, FileAnchor, ReceiverAnchor
 from pulih.fsutil import atomic_write_text
 from pulih.requests import BadRequestInput, Config, load_config
 from pulih.service.accounts import AccountError, Accounts
@@ -97,7 +98,25 @@ class State:
     def open_store(self) -> Store:
         """The record, publishing its chain's head to the anchors config.yml names."""
         key = self.audit_key if self.audit_key.private.exists() else None
-        return Store(self.store_url, anchors=[FileAnchor(Path(a), key) for a in self.settings().anchors])
+        return Store(self.store_url, anchors=self.anchors(key))
+
+    def anchors(self, key: AuditKey | None) -> list[Anchor]:
+        """The anchors config.yml names; a receiver's defaults are the service's own key and
+        known hosts, and the repository's account 'pulih' on port 22."""
+        found: list[Anchor] = []
+        for entry in self.settings().anchors:
+            if "file" in entry:
+                found.append(FileAnchor(Path(entry["file"]), key))
+                continue
+            receiver = {
+                "port": 22,
+                "user": "pulih",
+                "ssh_identity": str(self.ssh_key),
+                "ssh_known_hosts": str(self.root / "ssh" / "known_hosts"),
+                **entry["receiver"],
+            }
+            found.append(ReceiverAnchor(receiver, key))
+        return found
 
     def settings(self) -> Config:
         """The service's settings in config.yml: approval validity, restore attempts and retry."""
@@ -221,6 +240,45 @@ def is_demo(store: Store) -> bool:
     return bool(value and value.value == "yes")
 
 
+def rotate_audit_key(state: State) -> tuple[str, str]:
+    """Replace the audit key (the service stopped: the running one holds its key): a new key,
+    an entry `audit_key.rotated` on the chain naming both and signed by the old one (whose
+    anchor line covers it), then the new key in the old one's place and pinned in the config.
+    Returns (old, new) fingerprints."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(state.root / "pulih.sock"))
+        raise StateError("the service is running: stop it first (it signs with the key it holds)")
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass
+    finally:
+        probe.close()
+    state.check_audit_key()
+    old = state.audit_key
+    was = old.fingerprint()
+    store = state.open_store()
+    if not any(a.key is not None for a in store.anchors):
+        raise StateError(
+            "the config names no anchor: the audit key signs nothing yet, there is nothing to rotate"
+        )
+    following = old.private.with_name(old.private.name + ".next")
+    for leftover in (following, following.with_name(following.name + ".pub")):
+        leftover.unlink(missing_ok=True)
+    try:
+        new = AuditKey.make(following)
+        store.rotate_audit_key(pwd.getpwuid(os.geteuid()).pw_name, new)
+    except AnchorError as exc:
+        raise StateError(str(exc)) from None
+    finally:
+        store.engine.dispose()
+    new.public.replace(old.public)
+    new.private.replace(old.private)
+    pinned = {**state.config, "audit_key": AuditKey(old.private).fingerprint()}
+    atomic_write_text(state.root / "config.yml", yaml.safe_dump(pinned, sort_keys=False), mode=0o600)
+    state.config.update(pinned)
+    return was, pinned["audit_key"]
+
+
 def check(state: State) -> list[str]:
     """Everything wrong with a state folder and its store (empty: all is well)."""
     problems = []
@@ -253,9 +311,9 @@ def check(state: State) -> list[str]:
     identity = state.config.get("age_identity")
     if identity:
         private(Path(str(identity)), 0o600)
-    anchors: list[FileAnchor] = []
+    anchors: list[Anchor] = []
     try:
-        anchors = [FileAnchor(Path(a)) for a in state.settings().anchors]
+        anchors = state.anchors(None)
     except StateError as exc:
         problems.append(str(exc))
     try:
@@ -265,7 +323,7 @@ def check(state: State) -> list[str]:
         problem = state.audit_key_problem()
         if problem:
             problems.append(problem)
-        missing = [a.path for a in store.anchors if not a.path.parent.is_dir()]
+        missing = [a.path for a in store.anchors if isinstance(a, FileAnchor) and not a.path.parent.is_dir()]
         problems += [f"anchor file {path}: its folder does not exist" for path in missing]
         store.engine.dispose()
     except (AccountError, RuntimeError, Exception) as exc:
