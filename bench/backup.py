@@ -33,9 +33,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests import lab as lab_mod
 from tests.integration.client import Service  # the tests' service: budi, the operator, has a token
-
-from pulih import lab as lab_mod
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
 In one run, median of --runs each:
   plain     one host's databases by hand, in sequence: initdb + pg_ctl start, then
             mariadb-install-db + mariadbd until it listens (what a shell script would do);
-  lab N     pulih.lab bringing up N hosts (each: sshd with its own host key, PostgreSQL,
+  lab N     tests.lab bringing up N hosts (each: sshd with its own host key, PostgreSQL,
             MariaDB, users and sample rows) plus a repository host, hosts in parallel.
 
 Prints seconds and the ratio lab/plain. Run: make bench  (or python bench/lab_startup.py)
@@ -16,11 +16,13 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pulih import lab
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests import lab
 
 
 def plain_one_host() -> float:
@@ -111,7 +113,7 @@ def main() -> None:
     for hosts in args.hosts:
         took = statistics.median(lab_up(hosts) for _ in range(args.runs))
         print(
-            f"pulih.lab up, {hosts} host(s) + repository (sshd, both databases, seeded): "
+            f"tests.lab up, {hosts} host(s) + repository (sshd, both databases, seeded): "
             f"{took:6.2f}s  ({took / plain:.2f}x plain)"
         )
 

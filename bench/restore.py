@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests import lab as lab_mod
 from tests.integration.client import Service  # the tests' service: ani, sri, budi with tokens
 
 from backup import bench_data, sh
-from pulih import lab as lab_mod
 
 SERVICE: Service | None = None
 

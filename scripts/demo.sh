@@ -43,11 +43,11 @@ lab_inventory=$(mktemp -d /tmp/pulih-demo-XXXXXX)
 service_pid='' service_state=''
 cleanup() {
   if [[ -n $service_pid ]]; then kill "$service_pid" 2>/dev/null || true; wait "$service_pid" 2>/dev/null || true; fi
-  python -m pulih.lab down --inventory-dir "$lab_inventory" >/dev/null
+  python -m tests.lab down --inventory-dir "$lab_inventory" >/dev/null
   rm -rf "$lab_inventory"
 }
 trap cleanup EXIT
-python -m pulih.lab up --hosts 2 --inventory-dir "$lab_inventory" > "$reports/lab.json"
+python -m tests.lab up --hosts 2 --inventory-dir "$lab_inventory" > "$reports/lab.json"
 
 step "5. Someone creates a database on lab2 without registering it"
 ansible -i "$lab_inventory" lab2 -m community.postgresql.postgresql_db -a "name=aplikasi_lama \
@@ -93,9 +93,9 @@ step "8. Last night's backup of lab1 (PostgreSQL, MariaDB, documents), verified 
 as budi backup --limit lab1
 
 counts() {
-  python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 pg "SELECT count(*) FROM pegawai" app_lab1 | tr -d ' \n'
+  python -m tests.lab sql --inventory-dir "$lab_inventory" lab1 pg "SELECT count(*) FROM pegawai" app_lab1 | tr -d ' \n'
   printf ' pegawai rows, '
-  python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 mariadb "SELECT COUNT(*) FROM app_lab1.kunjungan" | tr -d ' \n'
+  python -m tests.lab sql --inventory-dir "$lab_inventory" lab1 mariadb "SELECT COUNT(*) FROM app_lab1.kunjungan" | tr -d ' \n'
   printf ' kunjungan rows, '
   find "$docs" -type f | wc -l | tr -d ' \n'
   echo ' documents'
@@ -105,8 +105,8 @@ docs=$(python -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); print
 echo "lab1 now: $(counts)"
 
 step "9. Damage: an import script deletes employees, visits go missing, a letter is deleted"
-python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 pg "DELETE FROM pegawai WHERE id > 40" app_lab1 >/dev/null
-python -m pulih.lab sql --inventory-dir "$lab_inventory" lab1 mariadb "DELETE FROM app_lab1.kunjungan WHERE id % 4 = 0" >/dev/null
+python -m tests.lab sql --inventory-dir "$lab_inventory" lab1 pg "DELETE FROM pegawai WHERE id > 40" app_lab1 >/dev/null
+python -m tests.lab sql --inventory-dir "$lab_inventory" lab1 mariadb "DELETE FROM app_lab1.kunjungan WHERE id % 4 = 0" >/dev/null
 find "$docs" -type f | sort | head -1 | xargs rm -f
 echo "lab1 now: $(counts)"
 

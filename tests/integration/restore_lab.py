@@ -14,7 +14,7 @@ import httpx
 import jsonschema
 import yaml
 
-from pulih import lab as lab_mod
+from tests import lab as lab_mod
 from tests.conftest import PROJECT
 from tests.integration.artifacts import tasks_of
 from tests.integration.client import Service, pulih, report_of, skpd_of

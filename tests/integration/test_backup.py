@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pulih import lab as lab_mod
+from tests import lab as lab_mod
 from tests.conftest import PROJECT
 from tests.integration.artifacts import tasks_of
 from tests.integration.client import Service, descendants, pulih, report_of, schema

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pulih import lab as lab_mod
+from tests import lab as lab_mod
 from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.lab
@@ -274,9 +274,10 @@ def test_down_stops_every_process_by_pid_including_control_masters(tmp_path):
     pids = [p.pid for p in state.procs] + masters
     assert all(lab_mod._alive(pid) for pid in pids)
     down = subprocess.run(
-        ["python", "-m", "pulih.lab", "down", "--inventory-dir", str(inventory)],
+        ["python", "-m", "tests.lab", "down", "--inventory-dir", str(inventory)],
         capture_output=True,
         text=True,
+        cwd=PROJECT,
         timeout=120,
         check=False,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pulih import lab as lab_mod
+from tests import lab as lab_mod
 from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.lab

@@ -20,12 +20,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from pulih import anchors as anchors_mod
 from pulih import approvals
-from pulih import lab as lab_mod
 from pulih.anchors import AuditKey, FileAnchor, signed_text
 from pulih.report import RunReport
 from pulih.requests import BadRequestInput, Config, Refused, Requests
 from pulih.service.accounts import AccountError, Accounts
 from pulih.store import GENESIS, SCHEMA_VERSION, Store, _entry_hash, audit_table, iso, parse_iso
+from tests import lab as lab_mod
 from tests.conftest import PROJECT
 
 ACTORS = {

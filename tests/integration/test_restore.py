@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pulih import lab as lab_mod
+from tests import lab as lab_mod
 from tests.integration.client import pulih, report_of
 from tests.integration.plain import ansible_playbook
 from tests.integration.restore_lab import (

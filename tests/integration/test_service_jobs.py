@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pulih import lab as lab_mod
 from pulih.store import Store, runs_table
+from tests import lab as lab_mod
 from tests.integration.client import Service, wait_until
 
 pytestmark = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pulih import lab as lab_mod
+from tests import lab as lab_mod
 
 TRICKY_DB = "data \"kantor\" 'lama' $(touch /tmp/pulih-pwned) ; Dinkes ü"
 TRICKY_TABLE = "tabel `x` \"y\" 'z' ; ö"

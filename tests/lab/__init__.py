@@ -1,21 +1,27 @@
 """The test lab: N SSH hosts on loopback, each with its own PostgreSQL cluster and
 MariaDB instance, plus a backup repository host, all real processes.
 
-One implementation serves the pytest fixtures and molecule's create/destroy:
+Test and demo infrastructure, not product: nothing in the `pulih` package imports it. One
+implementation serves the pytest fixtures, molecule's create/destroy, the demo and the benches
+(run from the project's folder, or with it on PYTHONPATH):
 
-    python -m pulih.lab up --hosts 2 --inventory-dir inventories/lab
-    python -m pulih.lab down --inventory-dir inventories/lab
+    python -m tests.lab up --hosts 2 --inventory-dir inventories/lab
+    python -m tests.lab down --inventory-dir inventories/lab
 
 Every host is an sshd listening on its own 127.0.50.x address and a free port with
 its own host key (checked against a known_hosts file, not ignored). The inventory it
 writes is an asset register in the same format as production's, so the lab exercises
 the real inventory plugin. Every process the lab starts is recorded with its PID and
 stopped by that PID (SSH ControlPersist masters included); nothing is stopped by name.
+
+Readiness is a retry until a deadline (READY_TIMEOUT, generous for a busy machine), never a
+single attempt: a server is ready when it answers (sshd a login, PostgreSQL and MariaDB a
+query), not when its port listens; and a wait ends at once, with the server's log tail, when
+the server it waits for has exited.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import getpass
@@ -28,7 +34,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -59,6 +64,9 @@ RECEIVER_KEY_FILE = "receiver_ed25519"
 HOST_KEY = "ssh_host_ed25519_key"  # each host's, in its folder (hosts/NAME/)
 HOST_KEY_PUB = HOST_KEY + ".pub"
 RECEIVER = Path(__file__).resolve().parents[2] / "roles" / "pulih_common" / "files" / "pulih_receiver.py"
+# How long a server that was just started may take to answer: generous, for a busy machine
+# (a fresh-clone CI on 2 cores beside a CPU hog); a server that exits ends its wait at once.
+READY_TIMEOUT = 120.0
 T = TypeVar("T")
 
 
@@ -226,24 +234,13 @@ def _free_port(address: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _read_pid(path: Path, what: str, timeout: float = 30) -> int:
-    """A daemon's PID from its PID file, which it may write a moment after it detaches."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int(path.read_text().split()[0])
-        time.sleep(0.02)
-    raise LabError(f"{what}: no PID in {path} after {timeout:.0f}s")
-
-
-def _wait_for_port(address: str, port: int, what: str, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-    raise LabError(f"{what} did not listen on {address}:{port} within {timeout:.0f}s: {' | '.join(tail)}")
+def _log_tail(log: Path | None, lines: int = 3) -> str:
+    """The last lines of a server's log, for a message that says why it is not ready."""
+    if log is None:
+        return ""
+    with contextlib.suppress(OSError):
+        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
+    return ""
 
 
 def _retry_until(
@@ -253,10 +250,12 @@ def _retry_until(
     timeout: float,
     every: float = 0.2,
     gone: Callable[[], str | None] = lambda: None,
+    log: Path | None = None,
 ) -> T:
     """`attempt()` until it returns without a LabError or the deadline passes: a server that
     listens is not yet one that answers, least of all on a busy machine. `gone()` names why
-    waiting longer is pointless (the server exited), which ends the wait at once."""
+    waiting longer is pointless (the server exited), which ends the wait at once. At the
+    deadline the message has the last error and, given the server's `log`, its tail."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -266,8 +265,95 @@ def _retry_until(
             if why is not None:
                 raise LabError(f"{what}: {why}") from None
             if time.monotonic() + every > deadline:
-                raise LabError(f"{what}: not ready within {timeout:.0f}s; last: {exc}") from None
+                tail = _log_tail(log)
+                last = f"last: {exc}" + (f"; log: {tail}" if tail else "")
+                raise LabError(f"{what}: not ready within {timeout:.0f}s; {last}") from None
         time.sleep(every)
+
+
+def _exited(pid: int, program: str, log: Path | None) -> Callable[[], str | None]:
+    """A `gone` for `_retry_until`: why waiting is pointless once the process `pid` (still
+    `program`) has exited, with its log's tail; None while it runs."""
+
+    def why() -> str | None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # our own child (mariadbd) is a zombie until reaped
+        if _alive(pid) and program in _cmdline(pid):
+            return None
+        tail = _log_tail(log)
+        return f"{program} (pid {pid}) exited" + (f": {tail}" if tail else "")
+
+    return why
+
+
+def _read_pid(
+    path: Path,
+    what: str,
+    timeout: float = READY_TIMEOUT,
+    *,
+    gone: Callable[[], str | None] = lambda: None,
+    log: Path | None = None,
+) -> int:
+    """A daemon's PID from its PID file, which it may write a while after it detaches."""
+
+    def read() -> int:
+        try:
+            return int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            raise LabError(f"no PID in {path}") from None
+
+    return _retry_until(what, read, timeout=timeout, every=0.05, gone=gone, log=log)
+
+
+def _wait_for_port(
+    address: str,
+    port: int,
+    what: str,
+    log: Path,
+    timeout: float = READY_TIMEOUT,
+    *,
+    gone: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Until something accepts on address:port; at once an error when `gone()` says why not."""
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((address, port), timeout=2):
+                return
+        except OSError as exc:
+            raise LabError(f"nothing accepts on {address}:{port} ({exc.strerror or exc})") from None
+
+    _retry_until(what, connect, timeout=timeout, every=0.05, gone=gone, log=log)
+
+
+def _ssh_argv(state: LabState, host: LabHost, command: str) -> list[str]:
+    """ssh to a lab host as the lab's user with the lab's key and known_hosts, and no config,
+    control master or prompt of the user's."""
+    return [
+        "ssh",
+        "-F",
+        "none",
+        "-i",
+        str(state.private_key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={state.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        "-o",
+        "ConnectTimeout=30",
+        "-p",
+        str(host.ssh_port),
+        f"{state.user}@{host.address}",
+        command,
+    ]
 
 
 def _as_user(user: str) -> list[str]:
@@ -393,7 +479,7 @@ class Lab:
             if running is not None:
                 raise LabError(
                     f"a lab is already running for {self.inventory_dir} (root {running}); "
-                    f"stop it first: python -m pulih.lab down --inventory-dir {self.inventory_dir}"
+                    f"stop it first: python -m tests.lab down --inventory-dir {self.inventory_dir}"
                 )
         started = time.monotonic()
         # Short path: unix sockets (PostgreSQL, MariaDB, ssh control) live below it.
@@ -550,13 +636,23 @@ class Lab:
                 ]
             )
         )
-        # sshd detaches and writes its PID file once it listens.
-        _run([sshd, "-f", str(config), "-E", str(base / "sshd.log")], what=f"{host.name}: starting sshd")
-        pid = _read_pid(base / "sshd.pid", f"{host.name}: sshd")
+        # sshd binds, detaches and then writes its PID file: on a busy machine, a while later.
+        log = base / "sshd.log"
+        _run([sshd, "-f", str(config), "-E", str(log)], what=f"{host.name}: starting sshd")
+        pid = _read_pid(base / "sshd.pid", f"{host.name}: sshd", log=log)
         self._record(state, Proc(f"{host.name}/sshd", pid, "sshd"))
-        _wait_for_port(host.address, host.ssh_port, f"{host.name}: sshd", base / "sshd.log")
+        gone = _exited(pid, "sshd", log)
+        _wait_for_port(host.address, host.ssh_port, f"{host.name}: sshd", log, gone=gone)
         with self._lock, state.known_hosts.open("a") as known:
             known.write(f"[{host.address}]:{host.ssh_port} {(key.with_suffix('.pub')).read_text().strip()}\n")
+        # Ready is a login that works (host key, the lab's key, a session), not a port that listens.
+        _retry_until(
+            f"{host.name}: sshd on {host.address}:{host.ssh_port}",
+            lambda: _run(_ssh_argv(state, host, "true"), what="ssh", timeout=30),
+            timeout=READY_TIMEOUT,
+            gone=gone,
+            log=log,
+        )
 
     def _start_postgresql(self, state: LabState, host: LabHost, base: Path) -> None:
         account = _service_user("postgres")
@@ -592,25 +688,44 @@ class Lab:
         log = base / "postgresql.log"
         log.touch()
         _chown(log, account)
-        _run(
-            [
-                *as_pg,
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(log),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                options,
-                "start",
-            ],
-            what=f"{host.name}: starting PostgreSQL",
-        )
-        pid = _read_pid(data / "postmaster.pid", f"{host.name}: PostgreSQL")
+        pid_file = data / "postmaster.pid"
+        # pg_ctl -w waits, until its deadline, for the server to say it is ready, and stops
+        # waiting when the server exits.
+        try:
+            _run(
+                [
+                    *as_pg,
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    f"{READY_TIMEOUT:.0f}",
+                    "-o",
+                    options,
+                    "start",
+                ],
+                what=f"{host.name}: starting PostgreSQL",
+                timeout=READY_TIMEOUT + 60,
+            )
+        except LabError as exc:
+            # A server still starting at pg_ctl's deadline runs on: record it, so 'down' stops it.
+            with contextlib.suppress(LabError):
+                late = _read_pid(pid_file, f"{host.name}: PostgreSQL", timeout=1)
+                self._record(state, Proc(f"{host.name}/postgresql", late, "postgres"))
+            tail = _log_tail(log)
+            raise LabError(f"{exc}" + (f"; log: {tail}" if tail else "")) from None
+        pid = _read_pid(pid_file, f"{host.name}: PostgreSQL", log=log)
         self._record(state, Proc(f"{host.name}/postgresql", pid, "postgres"))
+        _retry_until(
+            f"{host.name}: PostgreSQL on {state.pg_socket_dir(host)}",
+            lambda: state.psql(host, "SELECT 1", timeout=30),
+            timeout=READY_TIMEOUT,
+            gone=_exited(pid, "postgres", log),
+            log=log,
+        )
         # Names are the lab's own (labN) and the password is token_urlsafe: nothing to escape.
         sql = f"""
             CREATE ROLE {DB_USER} LOGIN SUPERUSER PASSWORD '{state.db_password}';
@@ -665,7 +780,7 @@ class Lab:
                 "--skip-test-db",
             ],
             what=f"{host.name}: mariadb-install-db",
-            timeout=180,
+            timeout=300,
         )
         with log.open("ab") as out:
             child = subprocess.Popen(
@@ -676,20 +791,15 @@ class Lab:
                 start_new_session=True,
             )
         self._record(state, Proc(f"{host.name}/mariadb", child.pid, "mariadbd"))
-        _wait_for_port(host.address, host.mariadb_port, f"{host.name}: MariaDB", log)
-
-        def exited() -> str | None:
-            if child.poll() is None:
-                return None
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            return f"mariadbd exited ({child.returncode}): {' | '.join(tail)}"
-
+        gone = _exited(child.pid, "mariadbd", log)
+        _wait_for_port(host.address, host.mariadb_port, f"{host.name}: MariaDB", log, gone=gone)
         # The TCP port can listen before the socket accepts (ERROR 2002 ... (111) under load).
         _retry_until(
             f"{host.name}: MariaDB on {socket_path}",
-            lambda: state.mariadb(host, "SELECT 1", timeout=10),
-            timeout=120,
-            gone=exited,
+            lambda: state.mariadb(host, "SELECT 1", timeout=30),
+            timeout=READY_TIMEOUT,
+            gone=gone,
+            log=log,
         )
         sql = f"""
             CREATE USER '{DB_USER}'@'127.0.0.0/255.0.0.0' IDENTIFIED BY '{state.db_password}';
@@ -737,13 +847,17 @@ def _running_lab(inventory_dir: Path) -> str | None:
 def _control_masters(control_dir: Path) -> Iterator[int]:
     """PIDs of the SSH ControlPersist masters whose sockets are in the lab's folder."""
     for sock in sorted(control_dir.glob("*")) if control_dir.exists() else []:
-        check = subprocess.run(
-            ["ssh", "-O", "check", "-o", f"ControlPath={sock}", "lab"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
+        try:
+            check = subprocess.run(
+                ["ssh", "-O", "check", "-o", f"ControlPath={sock}", "lab"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            # A master too busy to answer: 'down' goes on with the rest (ControlPersist ends it).
+            continue
         text = check.stderr + check.stdout
         if "pid=" in text:
             with contextlib.suppress(ValueError):
@@ -848,7 +962,7 @@ def _os_name() -> str:
 def write_inventory(state: LabState, inventory_dir: Path) -> None:
     """Write the lab's register and its connection settings into an inventory folder."""
     inventory_dir.mkdir(parents=True, exist_ok=True)
-    header = "# Written by the pulih test lab (python -m pulih.lab up); removed by 'down'.\n"
+    header = "# Written by the pulih test lab (python -m tests.lab up); removed by 'down'.\n"
     atomic_write_text(
         inventory_dir / REGISTER_FILE, header + yaml.safe_dump(register_document(state), sort_keys=False)
     )
@@ -888,79 +1002,3 @@ def write_inventory(state: LabState, inventory_dir: Path) -> None:
     atomic_write_text(
         inventory_dir / LAB_VARS_FILE, header + yaml.safe_dump(lab_vars, sort_keys=False), mode=0o600
     )
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pulih.lab", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start a lab and write its inventory")
-    up.add_argument("--hosts", type=int, default=2, help="database hosts (a repository host is added)")
-    up.add_argument("--inventory-dir", type=Path, default=Path("inventories/lab"))
-    up.add_argument("--no-databases", action="store_true", help="sshd only, no PostgreSQL/MariaDB")
-    down = sub.add_parser("down", help="stop the lab of an inventory folder and remove its files")
-    down.add_argument("--inventory-dir", type=Path, default=Path("inventories/lab"))
-    sql = sub.add_parser("sql", help="run SQL on a lab host's own server as its superuser (demo, benches)")
-    sql.add_argument("--inventory-dir", type=Path, default=Path("inventories/lab"))
-    sql.add_argument("host", help="lab1, lab2, ...")
-    sql.add_argument("engine", choices=("pg", "mariadb"))
-    sql.add_argument("statement")
-    sql.add_argument("database", nargs="?", default="postgres", help="PostgreSQL database (default postgres)")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "sql":
-            lab_vars = args.inventory_dir / LAB_VARS_FILE
-            if not lab_vars.exists():
-                print(f"pulih.lab: no lab recorded in {args.inventory_dir}", file=sys.stderr)
-                return 1
-            state = LabState.load(Path((yaml.safe_load(lab_vars.read_text()) or {})["pulih_lab_root"]))
-            if args.host not in {h.name for h in state.hosts}:
-                print(f"pulih.lab: no host {args.host} in this lab", file=sys.stderr)
-                return 1
-            host = state.host(args.host)
-            out = (
-                state.psql(host, args.statement, args.database)
-                if args.engine == "pg"
-                else state.mariadb(host, args.statement)
-            )
-            print(out, end="")
-            return 0
-        if args.command == "up":
-            state = Lab(args.hosts, inventory_dir=args.inventory_dir, databases=not args.no_databases).up()
-            print(
-                f"lab up in {state.seconds_to_start:.1f}s, inventory {args.inventory_dir}:", file=sys.stderr
-            )
-            for host in state.hosts:
-                what = (
-                    f"PostgreSQL :{host.pg_port}, MariaDB :{host.mariadb_port}"
-                    if host.pg_port
-                    else f"backup repository {host.repository_path}"
-                    if host.is_repository
-                    else "sshd only"
-                )
-                print(f"  {host.name}: ssh {host.address}:{host.ssh_port}, {what}", file=sys.stderr)
-            summary = {
-                "root": state.root,
-                "seconds_to_start": state.seconds_to_start,
-                "hosts": [asdict(h) for h in state.hosts],
-                "inventory": str(args.inventory_dir),
-            }
-            print(json.dumps(summary, indent=2))
-            return 0
-        lab_vars = args.inventory_dir / LAB_VARS_FILE
-        if not lab_vars.exists():
-            print(f"pulih.lab: no lab recorded in {args.inventory_dir}; nothing to stop", file=sys.stderr)
-            return 0
-        root = Path((yaml.safe_load(lab_vars.read_text()) or {})["pulih_lab_root"])
-        for line in stop(root, args.inventory_dir):
-            print(f"stopped {line}", file=sys.stderr)
-        return 0
-    except LabError as exc:
-        print(f"pulih.lab: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
