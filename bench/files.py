@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-AGENT = Path(__file__).resolve().parent.parent / "roles" / "pulih_common" / "files" / "pulih_agent.py"
+AGENT = Path(__file__).resolve().parent.parent / "roles" / "pulih_common" / "files" / "pulih_agent.pyz"
 
 
 def make_tree(root: Path) -> int:
@@ -61,7 +61,8 @@ def main() -> None:
     try:
         size = make_tree(root)
         plain = "set -o pipefail; tar --format=posix --sparse --xattrs --acls -cf - . | zstd -q -T0 -3 -c"
-        request = json.dumps({"mode": "dump", "engine": "files", "path": str(root), "zstd_level": 3}) + "\n"
+        item = {"engine": "files", "path": str(root), "zstd_level": 3}
+        request = json.dumps({"schema_version": 1, "mode": "dump", "items": [item]}) + "\n"
         listed = plain + " > /dev/null && find . -type f -print0 | xargs -0 sha256sum"
         results: dict[str, list[float]] = {"plain": [], "listed": [], "agent": []}
         for _ in range(args.runs):

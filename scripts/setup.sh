@@ -35,12 +35,14 @@ fi
 python=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
 stamp=.venv/.pulih-setup
 want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
-if [[ -x .venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
-  exit 0
+if ! [[ -x .venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+  echo "setup: creating .venv with $($python --version)"
+  "$python" -m venv --clear .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+  echo "$want" > "$stamp"
+  echo "setup: done"
 fi
-echo "setup: creating .venv with $($python --version)"
-"$python" -m venv --clear .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
-echo "$want" > "$stamp"
-echo "setup: done"
+
+# The agent the roles copy to data servers: one zipapp, built from agent/ (a second or less).
+.venv/bin/python scripts/build_agent.py >/dev/null

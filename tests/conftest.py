@@ -53,12 +53,17 @@ def ansible_plugins():
 # The longest files first (a few minutes each, measured), the rest in their order: pytest-xdist's
 # --dist loadfile hands whole files to its two workers in collection order, so the two restore
 # files start at once on the two workers instead of one after the other on one.
-LONGEST_FIRST = ["test_restore.py", "test_restore_faults.py", "test_backup.py", "test_molecule.py"]
+LONGEST_FIRST = [
+    "integration/test_restore.py",
+    "integration/test_restore_faults.py",
+    "integration/test_backup.py",
+    "integration/test_molecule.py",
+]
 
 
 def pytest_collection_modifyitems(config, items):
     def weight(item) -> int:
-        name = item.path.name
+        name = item.path.relative_to(Path(__file__).parent).as_posix()
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=weight)  # stable: each file's tests stay together and in their order

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pulih import lab as lab_mod
+from tests import agentkit
+from tests import lab as lab_mod
 from tests.conftest import PROJECT
 from tests.integration.client import descendants, pulih, report_of
 from tests.integration.plain import ansible_playbook
@@ -240,7 +241,7 @@ def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_
 
 # --------------------------------------------------------------------------- interrupted swaps
 
-AGENT = PROJECT / "roles" / "pulih_common" / "files" / "pulih_agent.py"
+AGENT = agentkit.ensure_built()
 SWAP_SCHEMA = """
     CREATE DATABASE swap_probe; USE swap_probe;
     CREATE TABLE akun (id INT PRIMARY KEY, saldo INT NOT NULL) ENGINE=InnoDB;
@@ -274,11 +275,11 @@ def schema_print(env, name="swap_probe"):
 def run_agent(env, request, data=b""):
     lab1 = host(env, "lab1")
     conn = {"socket": env["state"].mariadb_socket(lab1), "user": "root"}
-    line = json.dumps(
+    line = agentkit.request_line(
         {"engine": "mariadb", "conn": conn, "live": "swap_probe", "token": "swaptest", **request}
     )
     return subprocess.run(
-        ["/usr/bin/python3", str(AGENT)], input=line.encode() + b"\n" + data, capture_output=True, timeout=120
+        ["/usr/bin/python3", str(AGENT)], input=line + data, capture_output=True, timeout=120
     )
 
 
@@ -373,7 +374,7 @@ def test_secrets_live_only_in_the_agents_memory_and_die_with_it(env, tmp_path):
         stderr=subprocess.PIPE,
     )
     try:
-        agent.stdin.write((json.dumps(request) + "\n").encode())
+        agent.stdin.write(agentkit.request_line(request))
         agent.stdin.flush()  # and no artifact yet: age, zstd and pg_restore wait for it
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -403,7 +404,7 @@ def test_secrets_live_only_in_the_agents_memory_and_die_with_it(env, tmp_path):
         # The stage goes whatever happened above: no later test may find it.
         discarded = subprocess.run(
             ["/usr/bin/python3", str(AGENT)],
-            input=json.dumps({**request, "mode": "discard"}).encode() + b"\n",
+            input=agentkit.request_line({**request, "mode": "discard"}),
             capture_output=True,
             timeout=60,
         )

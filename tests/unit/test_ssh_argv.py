@@ -46,7 +46,7 @@ def params(**changes):
         "ssh_identity": None,
         "ssh_known_hosts": None,
         "python": "/usr/bin/python3",
-        "agent": "/var/lib/pulih/pulih_agent.py",
+        "agent": "/var/lib/pulih/pulih_agent.pyz",
     }
     return {**base, **changes}
 

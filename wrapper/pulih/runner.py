@@ -119,6 +119,22 @@ class _Watcher:
     def host(self, name: str) -> HostOutcome:
         return self.hosts.setdefault(name, HostOutcome(name))
 
+    @staticmethod
+    def publish(outcome: HostOutcome, key: str, value: Any) -> None:
+        """Keep a role's published fact, if it keeps the role-wrapper contract; if it does not,
+        the host fails with what is wrong (a report never reads a field that is not there)."""
+        from pulih import contract  # here: contract imports this module for project_dir
+
+        broken = contract.problems(key, value)
+        if broken:
+            outcome.status = "failed"
+            outcome.errors.append(
+                f"the roles published {key} that breaks the role-wrapper contract "
+                f"({contract.SCHEMA_FILE}): " + "; ".join(broken)
+            )
+            return
+        outcome.facts[key] = value
+
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data", {})
@@ -131,7 +147,7 @@ class _Watcher:
             outcome = self.host(name)
             for key in _PUBLISHED:
                 if key in facts:
-                    outcome.facts[key] = facts[key]
+                    self.publish(outcome, key, facts[key])
             verb = res.get("verb") if data.get("task_action") == "pulih.core.receiver" else None
             listed = (res.get("answer") or {}).get("backups")
             if verb == "list" and name == "localhost" and isinstance(listed, list):

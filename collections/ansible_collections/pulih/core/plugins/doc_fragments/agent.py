@@ -14,9 +14,9 @@ options:
     type: str
     required: true
   agent:
-    description: Path of C(pulih_agent.py) on this server.
+    description: Path of the agent (C(pulih_agent.pyz), a zipapp) on this server.
     type: str
-    default: /var/lib/pulih/pulih_agent.py
+    default: /var/lib/pulih/pulih_agent.pyz
   python:
     description: Python interpreter the agent runs with.
     type: str

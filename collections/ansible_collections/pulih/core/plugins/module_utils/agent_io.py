@@ -18,6 +18,8 @@ import threading
 
 import contextlib
 
+from ansible_collections.pulih.core.plugins.module_utils.agent_request_schema import request_problem
+
 CHUNK = 1 << 20
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
 SSH_WORD = re.compile(r"^[A-Za-z0-9_:.\[\]][A-Za-z0-9_:.%\[\]-]*$")  # never an option, never a space
@@ -242,7 +244,7 @@ def compare_files(expected_path, actual, ignore=()):
 # The options the modules that start the agent on this server share (doc fragment pulih.core.agent).
 AGENT_ARGUMENTS = dict(
     server=dict(type="str", required=True),
-    agent=dict(type="str", default="/var/lib/pulih/pulih_agent.py"),
+    agent=dict(type="str", default="/var/lib/pulih/pulih_agent.pyz"),
     python=dict(type="str", default="/usr/bin/python3"),
     tool_path=dict(type="list", elements="str", default=[]),
     receiver=dict(type="dict", required=True),
@@ -271,15 +273,26 @@ def agent_params_problem(p):
     return None
 
 
+AGENT_SCHEMA_VERSION = 1
+
+
 def agent_request(p):
-    """The agent's request with its tool path and its secrets (kept out of the task's arguments)."""
-    request = json.loads(json.dumps(p["request"]))
+    """The agent's request (schemas/agent_request.schema.json) for the task's one item, with
+    its tool path and its secrets (kept out of the task's arguments). Raises Failed, before
+    anything starts, when it does not match the schema the agent checks it against too."""
+    item = json.loads(json.dumps(p["request"]))
+    mode = item.pop("mode", None)
+    if p["secret"].get("password") is not None:
+        item.setdefault("conn", {})["password"] = p["secret"]["password"]
+    if p["secret"].get("identity"):
+        item["identity"] = p["secret"]["identity"]
+    request = {"schema_version": AGENT_SCHEMA_VERSION, "mode": mode, "items": [item]}
     if p["tool_path"]:
         request["tool_path"] = p["tool_path"]
-    if p["secret"].get("password") is not None:
-        request.setdefault("conn", {})["password"] = p["secret"]["password"]
-    if p["secret"].get("identity"):
-        request["identity"] = p["secret"]["identity"]
+    problem = request_problem(request)
+    if problem:
+        # The message names the field, never its value: the request holds the secrets.
+        raise Failed("%s (for the agent on %s; the roles and the agent disagree)" % (problem, p["server"]))
     return request
 
 

@@ -184,7 +184,10 @@ def main():
     data = [a for a in p["artifacts"] if a.get("role") == "data"]
     if len(data) > 1:
         module.fail_json(msg="the manifest names %d data artifacts, not one" % len(data), differences=[])
-    request = agent_request(p)
+    try:
+        request = agent_request(p)
+    except Failed as exc:
+        module.fail_json(msg=str(exc), differences=[])
     receiver = p["receiver"]
     started = time.monotonic()
     agent = fetch = timer = watch = None

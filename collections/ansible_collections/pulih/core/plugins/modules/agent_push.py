@@ -151,7 +151,10 @@ def main():
     if module.check_mode:
         module.exit_json(changed=True, msg="would back up %s to the repository" % p["item"], seconds=0.0)
 
-    request = agent_request(p)
+    try:
+        request = agent_request(p)
+    except Failed as exc:
+        module.fail_json(msg=str(exc))
     receiver = p["receiver"]
 
     started = time.monotonic()

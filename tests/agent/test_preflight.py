@@ -1,4 +1,4 @@
-"""The agent's preflight, run as it runs on a server (python3 pulih_agent.py, a request on
+"""The agent's preflight, run as it runs on a server (python3 pulih_agent.pyz, a request on
 standard input): before a dump, verification or stage reads or writes a byte, it names
 everything the server lacks, with the Debian package, and writes nothing to standard output.
 
@@ -7,8 +7,6 @@ is real: the agent finds no such program."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -16,17 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT
-
-AGENT = PROJECT / "roles" / "pulih_common" / "files" / "pulih_agent.py"
+from tests.agentkit import ensure_built, package, request_line
 
 
 def load_agent():
-    spec = importlib.util.spec_from_file_location("pulih_agent_under_test", AGENT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return package("preflight")
 
 
 def server_path(tmp_path: Path, keep: list[str]) -> str:
@@ -45,8 +37,8 @@ def run_agent(request: dict, path: str, tool_path: list[str] | None = None) -> s
         request = {**request, "tool_path": tool_path}
     return subprocess.run(
         # As on a server: the system's Python, with its psycopg2 and PyMySQL.
-        ["/usr/bin/python3", str(AGENT)],
-        input=(json.dumps(request) + "\n").encode(),
+        ["/usr/bin/python3", str(ensure_built())],
+        input=request_line(request),
         capture_output=True,
         env={"PATH": path, "HOME": os.environ.get("HOME", "/root")},
         timeout=60,
@@ -60,6 +52,7 @@ def message(run: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+RESTORE_IDS = {"live": "x", "token": "t0", "nonce": "n0"}
 DUMP_PG = {"mode": "dump", "engine": "postgresql", "conn": {"database": "nowhere", "host": "127.0.0.254"}}
 
 
@@ -82,10 +75,24 @@ def test_age_is_needed_only_when_encrypting(tmp_path):
     ("request_", "keep", "missing"),
     [
         ({"mode": "dump", "engine": "mariadb", "conn": {"database": "x"}}, ["zstd"], "mariadb-dump"),
-        ({"mode": "verify", "engine": "mariadb", "conn": {"database": "x"}}, ["zstd"], "mariadb"),
-        ({"mode": "verify", "engine": "postgresql", "conn": {"database": "x"}}, ["zstd"], "pg_restore"),
         (
-            {"mode": "stage", "engine": "postgresql", "conn": {"database": "x"}, "encrypted": True},
+            {"mode": "verify", "engine": "mariadb", "conn": {"database": "x"}, "scratch_database": "s"},
+            ["zstd"],
+            "mariadb",
+        ),
+        (
+            {"mode": "verify", "engine": "postgresql", "conn": {"database": "x"}, "scratch_database": "s"},
+            ["zstd"],
+            "pg_restore",
+        ),
+        (
+            {
+                "mode": "stage",
+                "engine": "postgresql",
+                "conn": {"database": "x"},
+                "encrypted": True,
+                **RESTORE_IDS,
+            },
             ["zstd", "pg_restore"],
             "age",
         ),
