@@ -5,13 +5,24 @@ VENV := .venv
 # molecule and ansible-runner look for ansible-playbook on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup lint unit integration molecule test demo lab-up lab-down bench bench-backup bench-restore bench-files clean
+.PHONY: setup agent collection lint unit integration molecule test demo lab-up lab-down bench bench-backup bench-restore bench-files clean
 
 setup:  ## Debian packages and .venv (only what is missing)
 	bash scripts/setup.sh
 
-lint: setup  ## ansible-lint (production profile), ruff, mypy
+agent: setup  ## the agent's zipapp (roles/pulih_common/files/pulih_agent.pyz) and its request validator
+	python scripts/build_agent.py
+
+collection: agent  ## build/pulih-core-VERSION.tar.gz: the collection with the roles, playbooks and agent (README)
+	python scripts/build_collection.py
+
+lint: setup  ## ansible-lint (production profile), ruff, mypy, the agent's oldest Python, its generated validator
 	ansible-lint
+	python scripts/build_agent.py --check
+	vermin --no-tips --violations --eval-annotations -t=3.9- agent/pulih_agent \
+	  collections/ansible_collections/pulih/core/plugins/modules collections/ansible_collections/pulih/core/plugins/module_utils/agent_io.py \
+	  collections/ansible_collections/pulih/core/plugins/module_utils/agent_request_schema.py \
+	  collections/ansible_collections/pulih/core/plugins/module_utils/canonical.py roles/pulih_common/files/pulih_receiver.py
 	ruff check .
 	ruff format --check .
 	mypy
@@ -32,10 +43,10 @@ demo: setup  ## the main job on the embedded default (example register + a 2-hos
 	bash scripts/demo.sh
 
 lab-up: setup  ## a lab for hands-on work: inventories/lab/
-	python -m pulih.lab up --hosts 2 --inventory-dir inventories/lab
+	python -m tests.lab up --hosts 2 --inventory-dir inventories/lab
 
 lab-down:
-	python -m pulih.lab down --inventory-dir inventories/lab
+	python -m tests.lab down --inventory-dir inventories/lab
 
 bench: setup  ## lab start-up against the bare tools (~1 min)
 	python bench/lab_startup.py

@@ -3,12 +3,17 @@ the plugin is loaded through Ansible's own plugin loader and parsed into Invento
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+
 import pytest
 from ansible.errors import AnsibleParserError
 from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
 
-from tests.conftest import EXAMPLE_REGISTER, EXAMPLE_TODAY
+from tests.conftest import EXAMPLE_REGISTER, EXAMPLE_TODAY, PROJECT
 
 
 @pytest.fixture
@@ -92,3 +97,50 @@ def test_bad_clock_is_a_parser_error(inventory, monkeypatch):
     monkeypatch.setenv("PULIH_TODAY", "yesterday")
     with pytest.raises(AnsibleParserError, match="not a date"):
         parse(inventory, EXAMPLE_REGISTER)
+
+
+def test_servers_get_the_agents_python_at_the_lowest_precedence(inventory):
+    data = parse(inventory, EXAMPLE_REGISTER)
+    # A variable of group all from the inventory source: group_vars/ and host_vars/ files beside
+    # the register override it, and it holds without the project's ansible.cfg.
+    assert data.groups["all"].get_vars()["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert "ansible_python_interpreter" not in data.get_host("simpeg-db01").get_vars()
+
+
+def test_group_vars_beside_the_register_override_the_python(tmp_path):
+    folder = tmp_path / "inv"
+    (folder / "group_vars").mkdir(parents=True)
+    (folder / "dc.asset_register.yml").write_text(EXAMPLE_REGISTER.read_text())
+    (folder / "group_vars" / "skpd_dinkes.yml").write_text(
+        "ansible_python_interpreter: /opt/py/bin/python3\n"
+    )
+    done = subprocess.run(
+        ["ansible-inventory", "-i", str(folder), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=PROJECT,
+        env={**os.environ, "PULIH_TODAY": EXAMPLE_TODAY},
+    )
+    hostvars = json.loads(done.stdout)["_meta"]["hostvars"]
+
+    def python(host):  # a value an inventory plugin sets is listed as unsafe (never templated)
+        value = hostvars[host]["ansible_python_interpreter"]
+        return value["__ansible_unsafe"] if isinstance(value, dict) else value
+
+    assert python("simpus-db01") == "/opt/py/bin/python3"
+    assert python("simpeg-db01") == "/usr/bin/python3"
+
+
+def test_the_plugin_and_the_modules_need_no_pulih_package():
+    # The collection is installed where the pulih package is not (tests/integration/
+    # test_collection_install.py runs it so): the validator is the collection's own.
+    plugins = PROJECT / "collections" / "ansible_collections" / "pulih" / "core" / "plugins"
+    importing = re.compile(r"^\s*(from|import)\s+pulih(\s|\.|$)", re.MULTILINE)
+    offenders = [
+        str(p.relative_to(plugins)) for p in plugins.rglob("*.py") if importing.search(p.read_text())
+    ]
+    assert offenders == []
+    source = (plugins / "inventory" / "asset_register.py").read_text()
+    assert "from ansible_collections.pulih.core.plugins.module_utils import register" in source

@@ -14,11 +14,19 @@ description:
     repository hosts.
   - Each host gets C(ansible_host), C(ansible_port), C(ansible_user), C(pulih_asset) (the register
     entry), C(pulih_data_items) (its databases and file trees) and C(pulih_repository_path).
+  - Group C(all) gets C(ansible_python_interpreter=/usr/bin/python3), the Python the pulih agent
+    runs on by default, at the lowest precedence a variable has; set it in C(group_vars/) or
+    C(host_vars/) beside the register for servers whose Python is elsewhere.
   - The file format is documented in the project's README; validation errors name the file,
     line, entry and field.
 author: pulih maintainers
-requirements:
-  - the C(pulih) Python package in the Python that runs Ansible (C(pip install -e .)).
+notes:
+  - The validator is the collection's own (C(module_utils/register.py), PyYAML only, which
+    ansible-core brings); the C(pulih) command uses the same one.
+  - ansible-core only warns when an inventory source fails to parse, and runs on what is left;
+    set C(any_unparsed_is_failed = true) under C([inventory]) in C(ansible.cfg) (or
+    C(ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED=true)) to fail instead. pulih's playbooks also
+    refuse, in their first play, an inventory without a server of a register.
 options:
   plugin:
     description: Marks the file as an asset register for this plugin.
@@ -85,10 +93,9 @@ import pathlib
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
 
-try:
-    from pulih import register as pulih_register
-except ImportError:  # pragma: no cover - depends on the controller's Python
-    pulih_register = None
+from ansible_collections.pulih.core.plugins.module_utils import register as pulih_register
+
+PYTHON = "/usr/bin/python3"
 
 
 class InventoryModule(BaseInventoryPlugin):
@@ -99,11 +106,6 @@ class InventoryModule(BaseInventoryPlugin):
 
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
-        if pulih_register is None:
-            raise AnsibleParserError(
-                "the pulih Python package is not installed in the Python that runs Ansible; "
-                "run 'make setup' in the pulih project, or 'pip install -e <pulih project>'"
-            )
         self.set_options(direct={"plugin": self.NAME})
         today = self._today()
         max_age = int(self.get_option("review_max_age_days"))
@@ -116,6 +118,12 @@ class InventoryModule(BaseInventoryPlugin):
             self.display.warning(
                 "%s: the register lists no server in operation, so this inventory has no host" % path
             )
+        if register.hosts():
+            # The Python that runs the modules on the servers, the agent's too (pulih_common_python):
+            # a variable of group all from this source, the lowest precedence a variable has, so
+            # it holds without ansible.cfg (interpreter discovery may find a pyenv shim or a
+            # newer Python of its own) and any group_vars/ or host_vars/ file overrides it.
+            self.inventory.set_variable("all", "ansible_python_interpreter", PYTHON)
         for asset in register.hosts():
             host = self.inventory.add_host(asset.hostname)
             for group in asset.groups():
