@@ -13,6 +13,7 @@ debian_packages=(
   tar acl                             # GNU tar carries file trees (sparse, ACLs, xattrs); setfacl for the tests
   python3-venv
   curl                                # the service tests speak HTTP over its socket as other OS users
+  sudo                                # become (pulih_common_agent_become), tested in test_real_servers.py
   python3-psycopg2 python3-pymysql    # what community.postgresql/mysql need on a managed host
 )
 

@@ -91,6 +91,8 @@ def dump_mariadb(request):
     conn, database = request["conn"], request["conn"]["database"]
     db = my_connect(conn)  # before any temporary file: a server that is down leaves nothing behind
     cur = db.cursor()
+    # mariadb-dump silently leaves out a routine whose body the account cannot read.
+    my_definitions(cur, database)
     locked = False
     try:
         with Pipeline() as pipe:
@@ -288,6 +290,12 @@ def my_definitions(cur, schema):
     for kind, name in cur.fetchall():
         cur.execute("SHOW CREATE %s %s" % (kind, my_ident(name)))
         row = cur.fetchone()
+        if row[2] is None:  # the account sees the routine but not its body: refuse, never lose it
+            raise AgentError(
+                "cannot read the body of %s %s.%s: the account needs SELECT ON mysql.proc "
+                "(README, Real servers), or the routine would be left out of the backup or lost "
+                "at the swap" % (kind.lower(), schema, name)
+            )
         found.append((kind, name, row[1], row[2]))
     cur.execute("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", (schema,))
     for (name,) in cur.fetchall():

@@ -164,3 +164,29 @@ def test_discard_drops_the_stage_and_a_swap_without_it_is_refused(server, backup
         and swap.message == "the restored copy pulih_restore_my1_d1 is gone: run the restore again"
     )
     assert rows(server) == "2"
+
+
+def test_an_account_that_cannot_read_a_routines_body_fails_the_dump_and_the_swap(server, backup):
+    """Without SELECT on mysql.proc, mariadb-dump leaves a routine out without an error and a
+    swap would drop the live one with nothing to put back: both refuse, naming the grant."""
+    sql(
+        server,
+        "DROP USER IF EXISTS 'noproc'@'%'; CREATE USER 'noproc'@'%' IDENTIFIED BY 'np-pass';"
+        "GRANT RELOAD ON *.* TO 'noproc'@'%';"
+        "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, INSERT, CREATE, DROP, ALTER, CREATE VIEW, CREATE ROUTINE,"
+        " ALTER ROUTINE ON agent_my.* TO 'noproc'@'%';"
+        "GRANT ALL ON `pulih\\_%`.* TO 'noproc'@'%';",
+    )
+    limited = conn(server, user="noproc", password="np-pass")
+    dump = agentkit.run({"mode": "dump", "engine": "mariadb", "conn": limited})
+    assert dump.code == 3 and dump.stdout == b""
+    assert dump.message.startswith("cannot read the body of function agent_my.dua: the account needs SELECT")
+    assert restore(server, backup, "stage", nonce="p1").code == 0
+    swap = agentkit.run(
+        {"mode": "swap", "engine": "mariadb", "conn": limited, "live": "agent_my", **IDS, "nonce": "p1"}
+    )
+    assert swap.code == 3 and "SELECT ON mysql.proc" in swap.message
+    assert objects(server) == "routine dua,trigger catat,view semua", "nothing live was lost"
+    assert rows(server) == "2"
+    assert restore(server, backup, "discard", nonce="p1").code == 0
+    sql(server, "DROP USER 'noproc'@'%'")
