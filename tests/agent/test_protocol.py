@@ -4,6 +4,7 @@ a message that names the field and never a value; a request of several items rep
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -117,27 +118,25 @@ def test_an_invalid_request_is_refused_with_the_field_named_and_no_value(request
     assert SECRET not in str(refused.value) and "54x2" not in str(refused.value)
 
 
-def test_the_modules_validator_is_the_agents():
+def module_utils(name):
+    """A module of the collection's module_utils, through Ansible's own collection loader (the
+    ansible_plugins fixture): a plain import would shadow it for every later test here."""
+    return importlib.import_module(f"ansible_collections.pulih.core.plugins.module_utils.{name}")
+
+
+def test_the_modules_validator_is_the_agents(ansible_plugins):
     """agent_io (what the modules import) refuses what the agent refuses, before it starts it."""
-    sys.path.insert(0, str(PROJECT / "collections"))
-    try:
-        from ansible_collections.pulih.core.plugins.module_utils import agent_request_schema
-    finally:
-        sys.path.remove(str(PROJECT / "collections"))
+    agent_request_schema = module_utils("agent_request_schema")
     for request_ in VALID:
         assert agent_request_schema.request_problem(agentkit.wire(request_)) is None
     for request_, says in INVALID:
         assert says in agent_request_schema.request_problem(agentkit.wire(request_))
 
 
-def test_the_module_refuses_a_request_the_agent_would_refuse_before_it_starts_it():
+def test_the_module_refuses_a_request_the_agent_would_refuse_before_it_starts_it(ansible_plugins):
     """agent_io.agent_request: the task's one item, with its secrets merged in, as the wire
     request; a field the schema refuses fails the task naming it, never the password."""
-    sys.path.insert(0, str(PROJECT / "collections"))
-    try:
-        from ansible_collections.pulih.core.plugins.module_utils import agent_io
-    finally:
-        sys.path.remove(str(PROJECT / "collections"))
+    agent_io = module_utils("agent_io")
     params = {
         "server": "simpeg-db01",
         "tool_path": ["/opt/pg16/bin"],
