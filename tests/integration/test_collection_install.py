@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 
 from tests import lab as lab_mod
 from tests.conftest import EXAMPLE_REGISTER, EXAMPLE_TODAY, PROJECT
+from tests.integration.plain import run
 
 pytestmark = pytest.mark.lab
 
@@ -52,17 +52,6 @@ def pinned(package: str) -> str:
 def galaxy_version() -> str:
     galaxy = PROJECT / "collections" / "ansible_collections" / "pulih" / "core" / "galaxy.yml"
     return yaml.safe_load(galaxy.read_text())["version"]
-
-
-def run(argv, *, cwd, env, timeout=900, check=True):
-    done = subprocess.run(
-        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check:
-        assert done.returncode == 0, (
-            f"{argv}: exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-        )
-    return done
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ import yaml
 
 from tests import lab as lab_mod
 from tests.conftest import PROJECT
+from tests.integration import plain
 
 pytestmark = pytest.mark.lab
 
@@ -54,14 +55,7 @@ def readme_sql() -> dict[str, str]:
 
 
 def run(argv, *, env=None, timeout=600, check=True, cwd=PROJECT):
-    done = subprocess.run(
-        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check:
-        assert done.returncode == 0, (
-            f"{argv}: exit {done.returncode}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
-        )
-    return done
+    return plain.run(argv, cwd=cwd, env=env, timeout=timeout, check=check)
 
 
 def fingerprint(public_key_line: str) -> str:
