@@ -27,7 +27,7 @@ def lab(tmp_path_factory):
     print(f"\nlab of 3 hosts + repository up in {state.seconds_to_start:.1f}s")
     yield state, inventory
     lab.down()
-    left = [p for p in state.procs if lab_mod._alive(p.pid) and p.program in lab_mod._cmdline(p.pid)]
+    left = [p for p in state.procs if lab_mod._runs(p.pid, p.program)]
     assert not left, f"processes left running: {left}"
 
 

@@ -278,7 +278,7 @@ def _exited(pid: int, program: str, log: Path | None) -> Callable[[], str | None
     def why() -> str | None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # our own child (mariadbd) is a zombie until reaped
-        if _alive(pid) and program in _cmdline(pid):
+        if _runs(pid, program):
             return None
         tail = _log_tail(log)
         return f"{program} (pid {pid}) exited" + (f": {tail}" if tail else "")
@@ -401,12 +401,29 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
+def _stat(pid: int) -> tuple[str, str] | None:
+    """A process's name (its comm) and state letter, or None when there is no such process."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        head, tail = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+        return head.split("(", 1)[1], tail.split()[0]
     except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[1] != "Z"
+
+
+def _runs(pid: int, program: str) -> bool:
+    """Whether `pid` is a live process of `program` (a PID can be reused). A process that has
+    just exec'd shows an empty cmdline for a moment after Popen returned (the kernel fills it
+    in after the point Popen waits for); its comm, set before that point, names it then."""
+    stat = _stat(pid)
+    if stat is None or stat[1] == "Z":
         return False
-    return state != "Z"
+    cmdline = _cmdline(pid)
+    return program in cmdline if cmdline else stat[0] == program[:15]
 
 
 def _children(pid: int) -> list[int]:
@@ -423,7 +440,7 @@ def _children(pid: int) -> list[int]:
 def stop_pid(pid: int, program: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 20) -> bool:
     """Stop one process by PID, but only while it is still the program we started
     (a PID can be reused); escalate to SIGKILL after ``timeout``. True if it was running."""
-    if not _alive(pid) or program not in _cmdline(pid):
+    if not _runs(pid, program):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -839,7 +856,7 @@ def _running_lab(inventory_dir: Path) -> str | None:
     if not root or not (Path(root) / STATE_FILE).exists():
         return None
     state = LabState.load(Path(root))
-    if any(_alive(p.pid) and p.program in _cmdline(p.pid) for p in state.procs):
+    if any(_runs(p.pid, p.program) for p in state.procs):
         return str(root)
     return None
 

@@ -145,6 +145,22 @@ def test_a_server_that_runs_is_not_gone(tmp_path):
         lab_mod.stop_pid(server.pid, "sleep")
 
 
+def test_a_server_that_has_just_started_is_neither_gone_nor_left_running(monkeypatch):
+    """Right after Popen returns, the new program's cmdline can still read empty (the kernel
+    fills it in a moment later; a suite run hit it): the process runs, a wait for it goes on,
+    and stopping it stops it. Its comm names it then."""
+    server = subprocess.Popen(["sleep", "30"])
+    try:
+        monkeypatch.setattr(lab_mod, "_cmdline", lambda pid: "")  # that moment, held
+        assert lab_mod._exited(server.pid, "sleep", None)() is None
+        assert lab_mod._exited(server.pid, "mariadbd", None)() == f"mariadbd (pid {server.pid}) exited"
+        assert lab_mod.stop_pid(server.pid, "sleep") is True
+        assert server.wait(timeout=30) is not None
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_a_postgresql_still_starting_at_pg_ctls_deadline_is_recorded_for_down(monkeypatch, tmp_path):
     """pg_ctl gives up at its deadline and leaves the server running: the lab records its PID
     (so that 'down' stops it) and says what the server's log says."""
