@@ -7,9 +7,10 @@ from typing import Any, Final
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from pulih.report import LANGS
 from pulih.requests import STEPS as SOP_STEPS
 
-LANGS: Final = ("en", "id")
+__all__ = ["LANGS", "render"]
 
 TEXT: Final[dict[str, dict[str, str]]] = {
     "en": {

@@ -18,6 +18,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pulih.fsutil import atomic_write_text
 
+LANGS = ("en", "id")  # the languages of printed reports and Forms PPD and PD
+
 FORMAT = "pulih.run_report/1"
 # Called with every written report: the CLI puts each run on the record (store, audit log).
 RECORDERS: list[Callable[[RunReport, Path], None]] = []

@@ -15,8 +15,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pulih import approvals, forms
 from pulih import report as reports
+from pulih import signing
 from pulih.cli.common import JsonOpt, call_service, err, fail, out, print_outcome, shown
 from pulih.cli.jobs import follow_to_end
 from pulih.client import ServiceError, call
@@ -174,8 +174,8 @@ def request_approve(
         doc = _statement(request_id, valid_hours, note, as_json)
         chosen = key or Path.home() / ".ssh" / "id_ed25519.pub"
         try:
-            body.update(statement=doc, signature=approvals.sign(approvals.canonical(doc), chosen))
-        except approvals.SignatureError as exc:
+            body.update(statement=doc, signature=signing.sign(signing.canonical(doc), chosen))
+        except signing.SignatureError as exc:
             fail(str(exc), Exit.BAD_INPUT, as_json=as_json)
     elif statement is not None and signature is not None:
         try:
@@ -207,7 +207,7 @@ def request_statement(
 
     ssh-keygen -Y sign -n pulih-approval -f ~/.ssh/id_ed25519 statement.json
     """
-    text = approvals.canonical(_statement(request_id, valid_hours, note, as_json))
+    text = signing.canonical(_statement(request_id, valid_hours, note, as_json))
     if output is None:
         sys.stdout.buffer.write(text)
         return
@@ -435,7 +435,7 @@ def request_form(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the HTML here.")] = None,
 ) -> None:
     """Print Form PPD or Form PD of a request as HTML, in English or Indonesian."""
-    if form not in ("ppd", "pd") or lang not in forms.LANGS:
+    if form not in ("ppd", "pd") or lang not in reports.LANGS:
         fail("--form is ppd or pd, --lang is en or id", Exit.BAD_INPUT)
     html = call_service(
         "GET", f"/requests/{request_id}/form?form={form}&lang={lang}", as_json=False, raw=True
@@ -599,7 +599,7 @@ def report_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a run's report (JSON, the default and with --json, or HTML)."""
-    if fmt not in ("json", "html") or lang not in ("en", "id"):
+    if fmt not in ("json", "html") or lang not in reports.LANGS:
         fail("--format is json or html, --lang is en or id", Exit.BAD_INPUT)
     if not reports.RUN_ID.match(run_id):  # an id, never a path
         fail(
