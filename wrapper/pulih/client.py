@@ -30,6 +30,7 @@ class ServiceError(Exception):
     message_id: str
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    status: int = 0  # the service's HTTP status (0: it was not reached)
 
     def __str__(self) -> str:
         return self.message
@@ -39,15 +40,27 @@ def server() -> str:
     return os.environ.get("PULIH_SERVER") or DEFAULT_SERVER
 
 
-def _client(timeout: float) -> httpx.Client:
-    where = server()
+@dataclass(frozen=True)
+class Via:
+    """Where the service is and the token to show it. The CLI's comes from its environment;
+    the desk makes one per browser session (its user's token, never a demo actor)."""
+
+    where: str
+    token: str | None = None
+    demo_actor: str | None = None
+
+    @classmethod
+    def from_environ(cls) -> Via:
+        return cls(server(), os.environ.get("PULIH_TOKEN"), os.environ.get("PULIH_DEMO_ACTOR"))
+
+
+def _client(timeout: float, via: Via) -> httpx.Client:
+    where = via.where
     headers = {"Accept": "application/json"}
-    token = os.environ.get("PULIH_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token.strip()}"
-    demo_actor = os.environ.get("PULIH_DEMO_ACTOR")
-    if demo_actor:  # only a service started with --demo-actors (on a demo store) listens to it
-        headers["X-Pulih-Demo-Actor"] = demo_actor
+    if via.token:
+        headers["Authorization"] = f"Bearer {via.token.strip()}"
+    if via.demo_actor:  # only a service started with --demo-actors (on a demo store) listens to it
+        headers["X-Pulih-Demo-Actor"] = via.demo_actor
     if where.startswith("unix:"):
         transport = httpx.HTTPTransport(uds=where[len("unix:") :])
         return httpx.Client(transport=transport, base_url="http://pulih", headers=headers, timeout=timeout)
@@ -59,18 +72,25 @@ def _client(timeout: float) -> httpx.Client:
 
 
 def call(
-    method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 60, raw: bool = False
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    timeout: float = 60,
+    raw: bool = False,
+    via: Via | None = None,
 ) -> Any:
     """The service's JSON answer (its text with `raw`), or ServiceError with its code, id and
-    message."""
+    message. `via`: whom to ask and as whom (default: this process's environment)."""
+    via = via or Via.from_environ()
     try:
-        with _client(timeout) as client:
+        with _client(timeout, via) as client:
             response = client.request(method, f"/v1{path}", json=body)
     except (httpx.TransportError, OSError) as exc:
         raise ServiceError(
             Exit.UNAVAILABLE,
             "client.unavailable",
-            f"cannot reach pulih serve at {server()}: {' '.join(str(exc).split()) or type(exc).__name__} "
+            f"cannot reach pulih serve at {via.where}: {' '.join(str(exc).split()) or type(exc).__name__} "
             "(is the service running, and may you use its socket? PULIH_SERVER names another)",
         ) from None
     if raw and response.is_success:
@@ -79,20 +99,21 @@ def call(
         doc = response.json()
     except ValueError:
         raise ServiceError(
-            Exit.FAILED, "client.not_json", f"{server()} answered {response.status_code} without JSON"
+            Exit.FAILED, "client.not_json", f"{via.where} answered {response.status_code} without JSON"
         ) from None
     if response.is_success:
         return doc
-    raise _error_of(response)
+    raise _error_of(response, via.where)
 
 
-def follow(path: str) -> Iterator[dict[str, Any]]:
+def follow(path: str, via: Via | None = None) -> Iterator[dict[str, Any]]:
     """The events of a stream (NDJSON), as they come, until the service ends it."""
+    via = via or Via.from_environ()
     try:
-        with _client(timeout=60) as client, client.stream("GET", f"/v1{path}") as response:
+        with _client(60, via) as client, client.stream("GET", f"/v1{path}") as response:
             if not response.is_success:
                 response.read()
-                raise _error_of(response)
+                raise _error_of(response, via.where)
             for line in response.iter_lines():
                 if line.strip():
                     yield json.loads(line)
@@ -100,18 +121,23 @@ def follow(path: str) -> Iterator[dict[str, Any]]:
         raise ServiceError(
             Exit.UNAVAILABLE,
             "client.unavailable",
-            f"lost pulih serve at {server()}: {' '.join(str(exc).split()) or type(exc).__name__}",
+            f"lost pulih serve at {via.where}: {' '.join(str(exc).split()) or type(exc).__name__}",
         ) from None
 
 
-def _error_of(response: httpx.Response) -> ServiceError:
+def _error_of(response: httpx.Response, where: str) -> ServiceError:
     """The service's envelope as an exception with its exit code."""
     try:
         error = response.json().get("error")
     except (ValueError, AttributeError):
         error = None
     if not isinstance(error, dict):
-        return ServiceError(Exit.FAILED, "client.unexpected", f"{server()} answered {response.status_code}")
+        return ServiceError(
+            Exit.FAILED,
+            "client.unexpected",
+            f"{where} answered {response.status_code}",
+            status=response.status_code,
+        )
     code = error.get("code")
     details = error.get("details")
     return ServiceError(
@@ -119,4 +145,5 @@ def _error_of(response: httpx.Response) -> ServiceError:
         str(error.get("id")),
         str(error.get("message")),
         details if isinstance(details, dict) else {},
+        response.status_code,
     )

@@ -77,6 +77,43 @@ class FailureBudget:
             return "log", extra
 
 
+class LoginThrottle:
+    """Password guessing, slowed per account name: after `failures` wrong passwords within
+    `window`, that name's logins are refused until the window has passed since the first of
+    them, the right password too (so a guesser learns nothing while it lasts). Held in memory:
+    a restart forgets it, and the audit log keeps every refusal it saw."""
+
+    def __init__(
+        self,
+        failures: int = 5,
+        window: dt.timedelta = dt.timedelta(minutes=15),
+        clock: Callable[[], dt.datetime] = now,
+        names: int = 10_000,
+    ) -> None:
+        self.failures, self.window, self.clock, self.names = failures, window, clock, names
+        self._lock = threading.Lock()
+        self._failed: dict[str, list[dt.datetime]] = {}
+
+    def blocked_until(self, name: str) -> dt.datetime | None:
+        with self._lock:
+            recent = self._recent(name)
+            return recent[0] + self.window if len(recent) >= self.failures else None
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            self._failed[name] = [*self._recent(name), self.clock()]
+            if len(self._failed) > self.names:  # a flood of made-up names: forget the oldest
+                del self._failed[next(iter(self._failed))]
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failed.pop(name, None)
+
+    def _recent(self, name: str) -> list[dt.datetime]:
+        start = self.clock() - self.window
+        return [at for at in self._failed.get(name, []) if at > start]
+
+
 class AccountError(Exception):
     """A refusal with a message id: bad input (`kind` 'input'), a missing account
     ('not_found'), or a rule of the record ('refused')."""
@@ -167,7 +204,10 @@ def unix_uid(user: str) -> int:
 
 
 class Accounts:
-    def __init__(self, store: Store, failures: FailureBudget | None = None) -> None:
+    def __init__(
+        self, store: Store, failures: FailureBudget | None = None, throttle: LoginThrottle | None = None
+    ) -> None:
+        self.throttle = throttle or LoginThrottle()
         self.store = store
         self.failures = failures or FailureBudget()
 
@@ -368,12 +408,23 @@ class Accounts:
     def login(self, name: str, password: str, *, hours: int = 12) -> tuple[str, dict[str, Any]]:
         """A password login: a token of the account's own scopes (from its roles), for `hours`.
         A wrong name and a wrong password are one answer; both go on the audit log."""
+        until = self.throttle.blocked_until(name)
+        if until is not None:
+            self.log_refusal("login_throttled", "-", {"name": name[:64]})
+            raise AccountError(
+                "throttled",
+                "auth.login_throttled",
+                f"too many wrong passwords for {name[:64]!r}: logins with that name are refused "
+                f"until {iso(until)}",
+            )
         account = self.check_password(name, password)
         if account is None:
+            self.throttle.failed(name)
             self.log_refusal("login_failed", "-", {"name": name[:64]})
             raise AccountError(
                 "refused", "auth.login", "wrong account name or password (or the account is disabled)"
             )
+        self.throttle.succeeded(name)
         scopes = sorted({scope for role in account.roles for scope in ROLE_SCOPES[role]})
         secret, record = self.create_token(
             account.name, account.name, scopes=scopes, expires_in=dt.timedelta(hours=hours)

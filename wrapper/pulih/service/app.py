@@ -26,10 +26,19 @@ from pulih import approvals
 from pulih import register as reg
 from pulih import report as reports
 from pulih.anchors import NAMESPACE
+from pulih.desk import app as desk
 from pulih.exitcodes import Exit
 from pulih.requests import PROCEDURES, STEPS, Config, Refused, Requests
 from pulih.service import repository
-from pulih.service.accounts import ROLES, SCOPES, AccountError, Accounts, Caller, FailureBudget
+from pulih.service.accounts import (
+    ROLES,
+    SCOPES,
+    AccountError,
+    Accounts,
+    Caller,
+    FailureBudget,
+    LoginThrottle,
+)
 from pulih.service.jobs import JobRefused, Jobs
 from pulih.service.peer import EXTENSION, Peer
 from pulih.service.requests_api import acting
@@ -49,9 +58,11 @@ class ApiError(Exception):
 
 
 def _from_account_error(exc: AccountError) -> ApiError:
-    status, code = {"input": (400, Exit.BAD_INPUT), "not_found": (404, Exit.BAD_INPUT)}.get(
-        exc.kind, (403, Exit.REFUSED)
-    )
+    status, code = {
+        "input": (400, Exit.BAD_INPUT),
+        "not_found": (404, Exit.BAD_INPUT),
+        "throttled": (429, Exit.REFUSED),
+    }.get(exc.kind, (403, Exit.REFUSED))
     return ApiError(status, code, exc.message_id, str(exc))
 
 
@@ -150,7 +161,7 @@ def create_app(
     """`config`: the service's settings (approval validity, restore attempts); `socket_path`:
     its own Unix socket, which its restore jobs' playbooks use to ask the gate before a swap;
     `clock`: the record's time (a property test moves it on)."""
-    accounts = Accounts(store, FailureBudget(clock=clock))
+    accounts = Accounts(store, FailureBudget(clock=clock), LoginThrottle(clock=clock))
     settings = config or Config()
 
     def roles_of(name: str) -> set[str]:
@@ -286,6 +297,14 @@ def create_app(
         account's own scopes, for at most a day; the token is shown once."""
         secret, record = accounts.login(body.name, body.password, hours=body.hours)
         return {**record, "token": secret}
+
+    @app.post(f"{API}/logout")
+    def logout(who: Authenticated) -> dict[str, Any]:
+        """The caller's own token, revoked (the desk's log out)."""
+        if who.token_id is None:
+            raise ApiError(400, Exit.BAD_INPUT, "auth.logout", "only a token logs out; a socket has none")
+        accounts.revoke_token(who.account.name, who.token_id)
+        return {"status": "ok", "revoked": who.token_id}
 
     @app.get(f"{API}/whoami")
     def whoami(who: Authenticated) -> dict[str, Any]:
@@ -666,4 +685,6 @@ def create_app(
         return text
 
     app.include_router(requests_router(requests, Authenticated, register, ApiError, demo=demo))
+    if socket_path is not None:  # the desk calls the API back over the service's own socket
+        desk.mount(app, socket_path)
     return app

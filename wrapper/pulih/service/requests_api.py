@@ -223,6 +223,30 @@ def router(
             )
         )
 
+    @routes.get("/v1/register/items")
+    def register_items(who: authenticated) -> dict[str, Any]:
+        """The registered data items the caller may see: a requester their SKPDs' only, the
+        others all (what a request may name, for the desk's form)."""
+        scoped(who, "read")
+        loaded = the_register()
+        only_own = set(who.account.roles) == {"requester"}
+        items = [
+            {
+                "asset_id": asset.asset_id,
+                "hostname": asset.hostname,
+                "skpd": asset.skpd,
+                "skpd_name": asset.skpd_name,
+                "item": data.name,
+                "engine": data.engine,
+                "description": data.description,
+                "in_operation": asset.in_operation,
+            }
+            for asset in loaded.assets
+            if not only_own or asset.skpd in who.account.skpds
+            for data in asset.data
+        ]
+        return {"items": items, "hosts": sorted(a.hostname for a in loaded.hosts())}
+
     @routes.get("/v1/requests")
     def list_requests(who: authenticated) -> dict[str, Any]:
         scoped(who, "read")
