@@ -23,7 +23,7 @@ import yaml
 from tests import lab as lab_mod
 from tests.conftest import PROJECT
 from tests.integration.artifacts import tasks_of
-from tests.integration.client import Service, descendants, pulih, report_of, schema
+from tests.integration.client import Service, descendants, pulih, report_of, schema, wait_until
 from tests.integration.plain import ansible_playbook
 from tests.integration.tricky import PWNED, TRICKY_DB, TRICKY_TABLE, make_tricky_data
 
@@ -699,23 +699,54 @@ def test_sigterm_writes_an_interrupted_report_and_nothing_keeps_writing(env):
     assert_published_complete(env, "LAB-001", "big-pg", before)
 
 
+@contextlib.contextmanager
+def table_locked(env, host, table, database):
+    """A session holding an ACCESS EXCLUSIVE lock on `table` until the block ends: a dump of
+    it waits, so a run can be stopped while it is surely still running (on a busy machine the
+    whole dump can otherwise finish between one look at the repository and the signal)."""
+    state = env["state"]
+    where = ["-h", state.pg_socket_dir(host), "-p", str(host.pg_port), "-U", "postgres", "-d", database]
+    holder = subprocess.Popen(
+        ["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", *where],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        holder.stdin.write(f"BEGIN;\nLOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;\nSELECT 'locked';\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.stdin.close()  # psql ends, its transaction with it: the lock goes
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()  # by PID
+            holder.wait()
+
+
 def test_ctrl_c_writes_an_interrupted_report_and_lists_nothing(env):
+    lab1 = env["state"].host("lab1")
     folder = repository(env) / "LAB-001" / "big-pg"
     before = published(env, "LAB-001", "big-pg")
-    started = {p.name for p in folder.glob(".tmp-*")}
-    run = start_big_backup(env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ({p.name for p in folder.glob(".tmp-*")} - started):
-        time.sleep(0.02)
-    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
-    stdout, _ = run.communicate(timeout=120)
-    assert run.returncode == 130
+    with table_locked(env, lab1, "besar", "app_lab1"):
+        since = psql(env, lab1, "SELECT clock_timestamp()").strip()  # this run's dump, not an earlier test's
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app_lab1' AND wait_event_type = 'Lock' "
+            f"AND backend_start > '{since}'"
+        )
+        run = start_big_backup(env)
+        wait_until("the backup waiting on the lock", lambda: psql(env, lab1, waiting).strip() != "0", 180)
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+        stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
     doc = json.loads(stdout)
     jsonschema.validate(doc, schema("run_report.schema.json"))
     assert doc["status"] == "interrupted"
     assert (Path(env["environ"]["PULIH_STATE_DIR"]) / "runs" / doc["run_id"] / "report.html").exists()
-    assert_stops_writing(folder, removed=False)
-    assert_published_complete(env, "LAB-001", "big-pg", before)
+    assert_stops_writing(folder, removed=False)  # the lock is gone: a dump left running would write now
+    assert published(env, "LAB-001", "big-pg") == before, "nothing of the stopped run is listed"
 
 
 @pytest.mark.skipif(
