@@ -102,8 +102,10 @@ class Service:
         register: Path,
         settings: str = "",
         people: dict[str, tuple[list[str], list[str], list[str]]] | None = None,
+        listen: str | None = None,
     ) -> None:
-        self.people = people or PEOPLE
+        self.people = PEOPLE if people is None else people
+        self.listen = listen  # HOST:PORT besides the socket (the desk, tokens over HTTP)
         self.state = Path(tempfile.mkdtemp(prefix="pulih-svc-", dir="/tmp"))
         self.state.rmdir()  # --init makes it
         self.register, self.settings = register, settings
@@ -145,14 +147,21 @@ class Service:
     def start(self, **environ: str) -> None:
         """Start it (`environ`: more of the service's own environment)."""
         (self.state / "pulih.sock").unlink(missing_ok=True)
+        listen = ["--listen", self.listen] if self.listen else []
         self.proc = subprocess.Popen(
-            [PULIH, "serve", "--state", str(self.state)],
+            [PULIH, "serve", "--state", str(self.state), *listen],
             env={**os.environ, **environ},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd="/",
         )
         wait_until("the service's socket", lambda: connects(self.state / "pulih.sock"))
+        if self.listen:
+            host, _, port = self.listen.rpartition(":")
+            wait_until(
+                f"the service on {self.listen}",
+                lambda: socket.create_connection((host, int(port)), 1).close() is None,
+            )
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

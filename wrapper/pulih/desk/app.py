@@ -1,0 +1,450 @@
+"""The request desk: the SOP's steps in a browser for the people with no shell (SKPD
+requesters, receivers, approvers), served by pulih serve under /desk/.
+
+The desk holds nothing of its own. A login asks the service's API for a token (POST
+/v1/login) and keeps it in an HttpOnly, SameSite=Strict cookie; every page then calls the
+API over the service's own Unix socket with that token, exactly as the CLI does with
+PULIH_TOKEN, so the API's roles, SKPD scoping and the record's rules decide everything and
+the desk cannot bypass them. It never opens the store (a contract test checks its imports).
+
+Every form carries a CSRF token derived from the session's secret (HMAC), which another site
+can neither read nor make; the login form, before any session, a random double-submit value.
+Pages are sent with a Content-Security-Policy that allows no script and no other origin."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from pulih import client
+from pulih.client import ServiceError, Via
+from pulih.desk import i18n, words
+
+PREFIX: Final = "/desk"
+SESSION: Final = "pulih_desk"
+PRE_SESSION: Final = "pulih_desk_login"
+LANG: Final = "pulih_lang"
+HERE: Final = Path(__file__).parent
+_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SESSION_HOURS: Final = 12
+# No script, nothing from another origin, no framing, forms only back to the desk.
+CSP: Final = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+# Forms PPD and PD are the service's printable pages, with their own inline styles.
+FORM_CSP: Final = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+HEADERS: Final = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+# A step of the record's SOP, the desk's action for it, and the API route that takes it.
+ACTIONS: Final = {
+    "received": "receive",
+    "approved": "approve",
+    "rejected": "reject",
+    "revoked": "revoke",
+    "assessed": "assess",
+    "backups_checked": "check-backups",
+    "planned": "plan",
+    "confirmed": "confirm",
+    "not_restored": "not-restored",
+    "closed": "close",
+}
+
+
+def csrf_of(secret: str) -> str:
+    """The session's form token: only someone holding the session's secret can make it."""
+    return hmac.new(secret.encode(), b"pulih-desk-form", hashlib.sha256).hexdigest()
+
+
+class LoggedOut(Exception):
+    """A page that needs a session, asked for without one (or with an expired one)."""
+
+
+class DeskRefusal(Exception):
+    """A refusal the desk itself gives (a forged form, bad input) before asking the service."""
+
+    def __init__(self, status: int, message_id: str, message: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message_id = status, message_id
+
+
+@dataclass
+class Page:
+    """One browser request: its language, and the account behind its session (if any)."""
+
+    lang: str
+    via: Via | None = None
+    who: dict[str, Any] | None = None
+    secret: str | None = None
+    secure: bool = False  # reached over HTTPS: its cookies are Secure
+    path: str = PREFIX + "/"  # where the language switch comes back to
+    cookies: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def csrf(self) -> str:
+        return csrf_of(self.secret) if self.secret else ""
+
+    @property
+    def roles(self) -> set[str]:
+        return set((self.who or {}).get("roles", []))
+
+
+def _environment(lang: str) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(["j2", "html"]),
+        extensions=["jinja2.ext.i18n"],
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.install_gettext_translations(i18n.translations(lang), newstyle=True)  # type: ignore[attr-defined]
+    return env
+
+
+def mount(app: FastAPI, socket_path: Path) -> None:
+    """The desk's pages and static files on the service's app."""
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="desk-static")
+    app.include_router(_router(socket_path, {lang: _environment(lang) for lang in i18n.LANGS}))
+    app.add_exception_handler(LoggedOut, _to_login)
+
+
+def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
+    routes = APIRouter(include_in_schema=False)
+    where = f"unix:{socket_path}"
+
+    def render(page: Page, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        env = envs[page.lang]
+        html = env.get_template(template).render(
+            page=page,
+            who=page.who,
+            lang=page.lang,
+            langs=i18n.LANGS,
+            prefix=PREFIX,
+            csrf=page.csrf,
+            words=words,
+            back=page.path,
+            **context,
+        )
+        response = HTMLResponse(html, status_code=status, headers=HEADERS)
+        for name, value in page.cookies.items():
+            _set_cookie(response, name, value, secure=page.secure)
+        return response
+
+    def refused(page: Page, exc: ServiceError | DeskRefusal) -> HTMLResponse:
+        if isinstance(exc, ServiceError):
+            status = exc.status or 503
+            summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
+            detail = str(exc)
+        else:
+            status, summary, detail = exc.status, words.REFUSALS[exc.message_id], str(exc)
+        return render(page, "refused.html.j2", status, summary=summary, detail=detail)
+
+    async def api(page: Page, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        assert page.via is not None
+        return await run_in_threadpool(client.call, method, path, body, via=page.via, raw=False)
+
+    def fresh(request: Request) -> Page:
+        return Page(
+            lang=i18n.chosen(request.cookies.get(LANG)),
+            secure=request.url.scheme == "https",
+            path=request.url.path if request.method == "GET" else PREFIX + "/",
+        )
+
+    async def session(request: Request) -> Page:
+        page = fresh(request)
+        secret = request.cookies.get(SESSION)
+        if secret:
+            page.via, page.secret = Via(where, secret), secret
+            try:
+                page.who = await api(page, "GET", "/whoami")
+            except ServiceError as exc:
+                if exc.status not in (401, 403):
+                    raise
+                page.via = page.secret = None  # expired, revoked or unknown: log in again
+        return page
+
+    async def signed_in(request: Request) -> Page:
+        """The session's page, or LoggedOut (the browser goes to the login)."""
+        page = await session(request)
+        if page.who is None:
+            raise LoggedOut
+        return page
+
+    async def checked_form(request: Request, page: Page) -> dict[str, str]:
+        """The posted form, if its CSRF token is the session's; else DeskRefusal 403."""
+        form = await request.form()
+        sent = str(form.get("csrf", ""))
+        if not page.secret or not hmac.compare_digest(sent, page.csrf):
+            raise DeskRefusal(403, "desk.csrf")
+        return {k: str(v) for k, v in form.items() if isinstance(v, str)}
+
+    def request_id(text: str) -> str:
+        if not _REQUEST_ID.match(text):
+            raise DeskRefusal(404, "desk.input", f"there is no request {text[:64]!r}")
+        return text
+
+    # ---------------------------------------------------------------- sessions
+
+    @routes.get(PREFIX, response_model=None)
+    @routes.get(f"{PREFIX}/", response_model=None)
+    async def home(request: Request) -> Response:
+        page = await session(request)
+        return RedirectResponse(f"{PREFIX}/requests" if page.who else f"{PREFIX}/login", status_code=303)
+
+    @routes.get(f"{PREFIX}/login", response_model=None)
+    async def login_page(request: Request) -> Response:
+        page = fresh(request)
+        pre = secrets.token_urlsafe(24)
+        page.cookies[PRE_SESSION] = pre
+        return render(page, "login.html.j2", pre=pre)
+
+    @routes.post(f"{PREFIX}/login", response_model=None)
+    async def login(request: Request) -> Response:
+        page = fresh(request)
+        form = await request.form()
+        pre = request.cookies.get(PRE_SESSION, "")
+        if not pre or not hmac.compare_digest(str(form.get("pre", "")), pre):
+            return refused(page, DeskRefusal(403, "desk.csrf"))
+        body = {"name": str(form.get("name", ""))[:64], "password": str(form.get("password", ""))[:1024]}
+        try:
+            answer = await run_in_threadpool(
+                client.call, "POST", "/login", {**body, "hours": SESSION_HOURS}, via=Via(where)
+            )
+        except ServiceError as exc:
+            again = secrets.token_urlsafe(24)
+            page.cookies[PRE_SESSION] = again
+            summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
+            return render(
+                page, "login.html.j2", exc.status or 503, pre=again, error=summary, name=body["name"]
+            )
+        response = RedirectResponse(f"{PREFIX}/requests", status_code=303)
+        _set_cookie(response, SESSION, str(answer["token"]), secure=page.secure, max_age=SESSION_HOURS * 3600)
+        response.delete_cookie(PRE_SESSION, path=PREFIX)
+        return response
+
+    @routes.post(f"{PREFIX}/logout", response_model=None)
+    async def logout(request: Request) -> Response:
+        page = await signed_in(request)
+        try:
+            await checked_form(request, page)
+            await api(page, "POST", "/logout")
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return await _to_login()
+
+    @routes.get(f"{PREFIX}/lang/{{code}}", response_model=None)
+    async def language(request: Request, code: str, back: str = f"{PREFIX}/") -> Response:
+        # Back only to a page of the desk: never an open redirect.
+        target = back if back.startswith(f"{PREFIX}/") and "//" not in back else f"{PREFIX}/"
+        response = RedirectResponse(target, status_code=303)
+        secure = request.url.scheme == "https"
+        _set_cookie(response, LANG, i18n.chosen(code), secure=secure, max_age=365 * 86400)
+        return response
+
+    # ---------------------------------------------------------------- requests
+
+    @routes.get(f"{PREFIX}/requests", response_model=None)
+    async def requests_page(request: Request) -> Response:
+        page = await signed_in(request)
+        try:
+            listed = (await api(page, "GET", "/requests"))["requests"]
+            sop = await api(page, "GET", "/sop")
+        except ServiceError as exc:
+            return refused(page, exc)
+        steps = {s["name"]: s for s in sop["steps"]}
+        for doc in listed:
+            doc["yours"] = sorted(
+                {steps[n]["role"] for n in steps[doc["status"]]["next"] if n in ACTIONS} & page.roles
+            )
+        return render(page, "requests.html.j2", requests=listed, steps=steps)
+
+    @routes.get(f"{PREFIX}/requests/new", response_model=None)
+    async def new_request_page(request: Request) -> Response:
+        page = await signed_in(request)
+        return await new_request_form(page)
+
+    async def new_request_form(
+        page: Page, status: int = 200, error: str = "", form: dict[str, str] | None = None
+    ) -> Response:
+        if "requester" not in page.roles:
+            return refused(page, DeskRefusal(403, "auth.role"))
+        try:
+            found = await api(page, "GET", "/register/items")
+        except ServiceError as exc:
+            return refused(page, exc)
+        return render(
+            page,
+            "new_request.html.j2",
+            status,
+            items=found["items"],
+            hosts=found["hosts"],
+            skpds=page.who["skpds"] if page.who else [],
+            error=error,
+            form=form or {},
+        )
+
+    @routes.post(f"{PREFIX}/requests", response_model=None)
+    async def file_request(request: Request) -> Response:
+        page = await signed_in(request)
+        try:
+            form = await checked_form(request, page)
+        except DeskRefusal as exc:
+            return refused(page, exc)
+        picked = (await request.form()).getlist("items")
+        scope = []
+        for key in picked:
+            asset_id, _, item = str(key).partition(":")
+            scope.append({"asset_id": asset_id, "item": item})
+        target: dict[str, Any] = {"kind": "in_place"}
+        if form.get("target") == "alternate":
+            target = {"kind": "alternate", "host": form.get("alternate_host", "")}
+            if form.get("alternate_name", "").strip():
+                target["name"] = form["alternate_name"].strip()
+        body = {
+            "procedure": form.get("procedure", "recovery"),
+            "skpd": form.get("skpd", ""),
+            "contact": form.get("contact", ""),
+            "scope": scope,
+            "reason": form.get("reason", ""),
+            "reason_text": form.get("reason_text", ""),
+            "restore_point": form.get("restore_point", "").strip() or None,
+            "target": target,
+        }
+        if not scope:
+            return await new_request_form(page, 400, page_text(page, words.NO_ITEMS), form)
+        try:
+            filed = await api(page, "POST", "/requests", body)
+        except ServiceError as exc:
+            summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
+            error = f"{page_text(page, summary)} {exc}"
+            return await new_request_form(page, exc.status or 503, error, form)
+        return RedirectResponse(f"{PREFIX}/requests/{quote(filed['id'])}?done=filed", status_code=303)
+
+    @routes.get(f"{PREFIX}/requests/{{rid}}", response_model=None)
+    async def request_page(request: Request, rid: str, done: str = "") -> Response:
+        page = await signed_in(request)
+        try:
+            doc = await api(page, "GET", f"/requests/{request_id(rid)}")
+            sop = await api(page, "GET", "/sop")
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        steps = {s["name"]: s for s in sop["steps"]}
+        actions = [
+            (name, ACTIONS[name])
+            for name in steps[doc["status"]]["next"]
+            if name in ACTIONS and steps[name]["role"] in page.roles
+        ]
+        return render(
+            page,
+            "request.html.j2",
+            doc=doc,
+            steps=steps,
+            actions=actions,
+            done=done if done in steps else "",
+            restore_due="executed" in steps[doc["status"]]["next"] and "operator" in page.roles,
+        )
+
+    @routes.post(f"{PREFIX}/requests/{{rid}}/{{action}}", response_model=None)
+    async def act(request: Request, rid: str, action: str) -> Response:
+        page = await signed_in(request)
+        try:
+            form = await checked_form(request, page)
+            rid = request_id(rid)
+            body = _action_body(action, form)
+            await api(page, "POST", f"/requests/{rid}/{action}", body)
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        step = next(name for name, route in ACTIONS.items() if route == action)
+        return RedirectResponse(f"{PREFIX}/requests/{quote(rid)}?done={step}", status_code=303)
+
+    @routes.get(f"{PREFIX}/requests/{{rid}}/form/{{form}}", response_model=None)
+    async def printable(request: Request, rid: str, form: str) -> Response:
+        page = await signed_in(request)
+        try:
+            if form not in ("ppd", "pd"):
+                raise DeskRefusal(404, "desk.input", f"there is no form {form[:16]!r}")
+            assert page.via is not None
+            html = await run_in_threadpool(
+                client.call,
+                "GET",
+                f"/requests/{request_id(rid)}/form?form={form}&lang={page.lang}",
+                via=page.via,
+                raw=True,
+            )
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return HTMLResponse(html, headers={**HEADERS, "Content-Security-Policy": FORM_CSP})
+
+    return routes
+
+
+async def _to_login(*_: Any) -> Response:
+    response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+    response.delete_cookie(SESSION, path=PREFIX)
+    return response
+
+
+def page_text(page: Page, message: str) -> str:
+    return i18n.translations(page.lang).gettext(message)
+
+
+def _action_body(action: str, form: dict[str, str]) -> dict[str, Any]:
+    """The API body of a step, from its form; DeskRefusal 400 on a field that cannot be one."""
+    note = form.get("note", "")
+    if action in ("receive", "confirm", "not-restored", "close"):
+        return {"note": note}
+    if action in ("reject", "revoke"):
+        return {"reason": form.get("reason", "")}
+    if action == "approve":
+        hours = form.get("valid_hours", "").strip()
+        if hours and not hours.isdigit():
+            raise DeskRefusal(400, "desk.input", f"valid hours {hours[:16]!r} is no whole number")
+        return {"note": note, **({"valid_hours": int(hours)} if hours else {})}
+    if action == "assess":
+        return {
+            "note": note,
+            "data_exists": form.get("data_exists") == "yes",
+            "damage": form.get("damage", ""),
+        }
+    if action == "check-backups":
+        return {"note": note, "query": True}
+    if action == "plan":
+        backups = {
+            key[len("backup:") :]: value for key, value in form.items() if key.startswith("backup:") and value
+        }
+        body: dict[str, Any] = {"note": note, "backups": backups, "window": form.get("window", "")}
+        if form.get("unverified", "").strip():
+            body["unverified"] = form["unverified"].strip()
+        return body
+    raise DeskRefusal(404, "desk.input", f"there is no step {action[:32]!r}")
+
+
+def _set_cookie(
+    response: Response,
+    name: str,
+    value: str,
+    *,
+    secure: bool,
+    max_age: int | None = None,
+) -> None:
+    """The desk's cookies: only to the desk's own path and site, never to a script; Secure
+    whenever the desk is reached over HTTPS."""
+    response.set_cookie(
+        name, value, max_age=max_age, path=PREFIX, httponly=True, samesite="strict", secure=secure
+    )
