@@ -5,7 +5,7 @@ VENV := .venv
 # molecule and ansible-runner look for ansible-playbook on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup agent collection messages lint unit integration molecule test demo lab-up lab-down bench bench-backup bench-restore bench-files clean
+.PHONY: setup agent collection messages lint unit integration molecule test demo desk lab-up lab-down bench bench-backup bench-restore bench-files clean
 
 setup:  ## Debian packages and .venv (only what is missing)
 	bash scripts/setup.sh
@@ -46,6 +46,9 @@ test: setup lint  ## everything CI runs (the molecule scenarios are tests/integr
 
 demo: setup  ## the main job on the embedded default (example register + a 2-host lab)
 	bash scripts/demo.sh
+
+desk: setup  ## the request desk on a lab: prints its URL and the SOP's logins; Ctrl-C stops it
+	bash scripts/desk.sh
 
 lab-up: setup  ## a lab for hands-on work: inventories/lab/
 	python -m tests.lab up --hosts 2 --inventory-dir inventories/lab
