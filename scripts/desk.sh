@@ -63,10 +63,8 @@ cat <<TEXT
   rita     auditor (read-only)             ${passwords[rita]}
 
   Ani files a request, Sri receives it, Kabid approves it, Budi assesses, checks the
-  backups and plans. The restore itself is, for now, Budi's command:
-    export PULIH_SERVER=$PULIH_SERVER
-    export PULIH_TOKEN=\$(pulih login budi)    # Budi's password
-    pulih restore --request ID
-  Then Ani confirms and Sri closes. Ctrl-C stops the service and the lab.
+  backups, plans and restores (and follows the job), Ani confirms, Sri closes.
+  The same from a shell: export PULIH_SERVER=$PULIH_SERVER PULIH_TOKEN=\$(pulih login budi)
+  Ctrl-C stops the service and the lab.
 TEXT
 wait "$service_pid"

@@ -76,6 +76,13 @@ def wait_until(what: str, ready: Callable[[], object], deadline: float = 60.0) -
     raise AssertionError(f"{what} not ready after {deadline}s")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def connects(path: Path) -> bool:
     """Whether a Unix socket accepts a connection."""
     with socket.socket(socket.AF_UNIX) as sock:

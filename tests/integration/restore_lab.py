@@ -17,7 +17,7 @@ import yaml
 from tests import lab as lab_mod
 from tests.conftest import PROJECT
 from tests.integration.artifacts import tasks_of
-from tests.integration.client import Service, pulih, report_of, skpd_of
+from tests.integration.client import Service, free_port, pulih, report_of, skpd_of
 from tests.integration.trees import EXCLUDE, excluded, make_rich_tree, tree_state
 
 SETTINGS = "restore_attempts: 3\nrestore_retry_seconds: 1\n"  # the service's config
@@ -31,7 +31,7 @@ def restore_lab(tmp_path_factory, name):
     inventory = base / "inventory"
     lab = lab_mod.Lab(2, inventory_dir=inventory)
     state = lab.up()
-    service = Service(inventory, SETTINGS)
+    service = Service(inventory, SETTINGS, listen=f"127.0.0.1:{free_port()}")  # and the desk
     try:
         service.init()
         outputs: list[str] = []

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +16,9 @@ import pytest
 
 from pulih.client import Via, call
 from tests.conftest import PROJECT
-from tests.integration.client import PULIH, Service
+from tests.integration import desk
+from tests.integration.client import Service, free_port
+from tests.integration.desk import act, add_people, browser, csrf, login, password
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs the service's account")
 
@@ -34,68 +34,17 @@ PEOPLE = {
 }
 
 
-def password(name: str) -> str:
-    return f"kata-sandi-{name}-2026"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
-    svc = Service(PROJECT / "inventories" / "example", people={}, listen=f"127.0.0.1:{_free_port()}")
+    svc = Service(PROJECT / "inventories" / "example", people={}, listen=f"127.0.0.1:{free_port()}")
     try:
         svc.init()
-        for name, (roles, skpds) in PEOPLE.items():
-            args = [f"--role={r}" for r in roles] + [f"--skpd={s}" for s in skpds]
-            done = subprocess.run(
-                [PULIH, "admin", "user", "add", name, *args, "--password-stdin"],
-                input=password(name) + "\n",
-                text=True,
-                capture_output=True,
-                env=svc.environ(),
-                check=False,
-            )
-            assert done.returncode == 0, done.stderr
+        add_people(svc, PEOPLE)
         # The office wants the one who received a request not to approve it.
         svc.admin("admin", "policy", "set", "--distinct", "receiver,approver")
         yield svc
     finally:
         svc.remove()
-
-
-def base(service: Service) -> str:
-    assert service.listen
-    return f"http://{service.listen}"
-
-
-def browser(service: Service) -> httpx.Client:
-    return httpx.Client(base_url=base(service), follow_redirects=False, timeout=60)
-
-
-def login(service: Service, name: str, secret: str | None = None) -> httpx.Client:
-    page = browser(service)
-    form = page.get("/desk/login")
-    assert form.status_code == 200, form.text
-    pre = re.search(r'name="pre" value="([^"]+)"', form.text)
-    assert pre, form.text
-    done = page.post(
-        "/desk/login", data={"name": name, "password": secret or password(name), "pre": pre.group(1)}
-    )
-    assert done.status_code == 303, done.text
-    assert done.headers["location"] == "/desk/requests"
-    return page
-
-
-def csrf(page: httpx.Client, path: str) -> str:
-    shown = page.get(path)
-    assert shown.status_code == 200, shown.text
-    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', shown.text)
-    assert found, shown.text
-    return found.group(1)
 
 
 def as_root(service: Service, path: str) -> Any:
@@ -104,29 +53,7 @@ def as_root(service: Service, path: str) -> Any:
 
 
 def file_request(page: httpx.Client, reason_text: str = "tabel pegawai terhapus") -> str:
-    token = csrf(page, "/desk/requests/new")
-    done = page.post(
-        "/desk/requests",
-        data={
-            "csrf": token,
-            "procedure": "recovery",
-            "skpd": "bkpsdm",
-            "items": ["DC-SRV-2023-001:simpeg"],
-            "reason": "accidental_deletion",
-            "reason_text": reason_text,
-            "contact": "0812-0000-1111",
-            "target": "in_place",
-        },
-    )
-    assert done.status_code == 303, done.text
-    found = re.match(r"^/desk/requests/([A-Za-z0-9-]+)\?done=filed$", done.headers["location"])
-    assert found, done.headers["location"]
-    return found.group(1)
-
-
-def act(page: httpx.Client, request_id: str, action: str, **fields: str) -> httpx.Response:
-    token = csrf(page, f"/desk/requests/{request_id}")
-    return page.post(f"/desk/requests/{request_id}/{action}", data={"csrf": token, **fields})
+    return desk.file_request(page, "bkpsdm", ["DC-SRV-2023-001:simpeg"], reason_text)
 
 
 def test_pages_are_sent_with_a_policy_that_allows_no_script_and_session_cookies_no_script_can_read(service):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +20,9 @@ import pytest
 from tests import agentkit
 from tests import lab as lab_mod
 from tests.conftest import PROJECT
-from tests.integration.client import descendants, pulih, report_of
+from tests.integration import desk
+from tests.integration.client import descendants, pulih, report_of, skpd_of, wait_until
+from tests.integration.desk import act, add_people, login
 from tests.integration.plain import ansible_playbook
 from tests.integration.restore_lab import (
     add_items,
@@ -56,6 +59,72 @@ pytestmark = pytest.mark.lab
 def env(tmp_path_factory):
     with restore_lab(tmp_path_factory, "restore-faults") as built:
         yield built
+
+
+def test_the_sop_through_the_desk_brings_the_data_back(env):
+    """Three people on the desk, as their browsers post its forms: the requester files, the
+    receiver receives and approves, the operator assesses, checks the backups, plans the one
+    the desk offers first (the newest verified), starts the restore and follows it on the job
+    page until it ends; the rows are back; the requester confirms and the request closes."""
+    service, skpd = env["service"], skpd_of(env, "LAB-001:app-pg")
+    add_people(
+        service,
+        {
+            "desk-ani": (["requester"], [skpd]),
+            "desk-sri": (["receiver", "approver"], []),
+            "desk-budi": (["operator"], []),
+        },
+    )
+    fresh = report_of(pulih(env, "backup", "--limit", "lab1", "--item", "app-pg", "--json", check=0))
+    assert fresh["items"][0]["verification"]["ok"], fresh["items"]
+    good = pg_print(env, "lab1", "app_lab1")
+    env["state"].psql(host(env, "lab1"), "DELETE FROM pegawai WHERE id > 10", "app_lab1")
+    assert pg_print(env, "lab1", "app_lab1") != good
+
+    ani, sri, budi = (login(service, name) for name in ("desk-ani", "desk-sri", "desk-budi"))
+    request_id = desk.file_request(ani, skpd, ["LAB-001:app-pg"], "pegawai terhapus oleh impor")
+    for page, action, fields in [
+        (sri, "receive", {}),
+        (sri, "approve", {"valid_hours": "4"}),
+        (budi, "assess", {"data_exists": "yes", "damage": "accidental_deletion"}),
+        (budi, "check-backups", {}),
+    ]:
+        done = act(page, request_id, action, **fields)
+        assert done.status_code == 303, (action, done.text)
+    shown = budi.get(f"/desk/requests/{request_id}").text
+    offered = re.search(r'<select name="backup:LAB-001:app-pg">\s*<option value="([^"]+)"', shown)
+    assert offered and offered.group(1) == fresh["items"][0]["backup_id"], "the newest verified comes first"
+    assert act(budi, request_id, "plan", **{"backup:LAB-001:app-pg": offered.group(1)}).status_code == 303
+
+    started = act(budi, request_id, "restore")
+    assert started.status_code == 303, started.text
+    job_page = started.headers["location"]
+    assert re.match(r"^/desk/jobs/job-[0-9a-f]+$", job_page), job_page
+    seen: list[str] = []
+
+    def ended() -> bool:
+        page = budi.get(job_page)
+        assert page.status_code == 200, page.text
+        status = re.search(r'id="job-status" data-status="([a-z_]+)"', page.text)
+        assert status, page.text
+        seen.append(status.group(1))
+        if status.group(1) == "running":
+            assert '<meta http-equiv="refresh"' in page.text, "a running job's page follows it"
+            return False
+        env["job_page"] = page.text
+        return True
+
+    wait_until("the restore job's end on its page", ended, deadline=900)
+    final = env.pop("job_page")
+    assert seen[-1] == "succeeded", seen
+    assert '<meta http-equiv="refresh"' not in final and final.count("<li class=") >= 5
+    report = re.search(r'href="(/desk/runs/[^"]+)" id="job-report"', final)
+    assert report and budi.get(report.group(1)).status_code == 200
+    assert pg_print(env, "lab1", "app_lab1") == good
+
+    assert act(ani, request_id, "confirm", note="data sudah kembali").status_code == 303
+    assert act(sri, request_id, "close").status_code == 303
+    assert 'data-status="closed"' in ani.get(f"/desk/requests/{request_id}").text
 
 
 # --------------------------------------------------------------------------- tricky names

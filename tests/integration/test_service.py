@@ -27,18 +27,12 @@ import yaml
 from pulih.store import Store, tokens_table
 from tests.conftest import PROJECT
 from tests.integration import test_record as record_tests
-from tests.integration.client import connects, wait_until
+from tests.integration.client import connects, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates OS users and runs the service's account")
 
 PULIH = str(Path(sys.executable).parent / "pulih")
 USERS = {"pt-ani": True, "pt-sri": True, "pt-noacct": True, "pt-stranger": False}  # in group pulih?
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _listens(port: int) -> bool:
@@ -86,7 +80,7 @@ def service():
         os.chown(anchors, state.stat().st_uid, state.stat().st_gid)
         with (state / "config.yml").open("a") as config:
             config.write(f"anchors:\n  - file: {anchors / 'audit.jsonl'}\n")
-        port = _free_port()
+        port = free_port()
         # One service: its Unix socket (always open) and an HTTP port beside it.
         procs.append(
             subprocess.Popen(

@@ -38,6 +38,10 @@ PRE_SESSION: Final = "pulih_desk_login"
 LANG: Final = "pulih_lang"
 HERE: Final = Path(__file__).parent
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_FORM: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}/(ppd|pd)$")  # REQUEST_ID/FORM
+_JOB_ID: Final = re.compile(r"^job-[0-9a-f]{1,32}$")
+_RUN_ID: Final = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z_]+-[0-9a-f]{1,16}$")
+REFRESH_SECONDS: Final = 2  # a running job's page reloads itself (no script: the CSP allows none)
 SESSION_HOURS: Final = 12
 # No script, nothing from another origin, no framing, forms only back to the desk.
 CSP: Final = (
@@ -61,6 +65,7 @@ ACTIONS: Final = {
     "assessed": "assess",
     "backups_checked": "check-backups",
     "planned": "plan",
+    "executed": "restore",  # the operator starts the restore job (POST /v1/restores)
     "confirmed": "confirm",
     "not_restored": "not-restored",
     "closed": "close",
@@ -357,7 +362,6 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             steps=steps,
             actions=actions,
             done=done if done in steps else "",
-            restore_due="executed" in steps[doc["status"]]["next"] and "operator" in page.roles,
         )
 
     @routes.post(f"{PREFIX}/requests/{{rid}}/{{action}}", response_model=None)
@@ -366,6 +370,9 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         try:
             form = await checked_form(request, page)
             rid = request_id(rid)
+            if action == "restore":  # a job of the service, whose progress the job page shows
+                job = await api(page, "POST", "/restores", {"request": rid})
+                return RedirectResponse(f"{PREFIX}/jobs/{quote(job['id'])}", status_code=303)
             body = _action_body(action, form)
             await api(page, "POST", f"/requests/{rid}/{action}", body)
         except (ServiceError, DeskRefusal) as exc:
@@ -373,23 +380,48 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         step = next(name for name, route in ACTIONS.items() if route == action)
         return RedirectResponse(f"{PREFIX}/requests/{quote(rid)}?done={step}", status_code=303)
 
-    @routes.get(f"{PREFIX}/requests/{{rid}}/form/{{form}}", response_model=None)
-    async def printable(request: Request, rid: str, form: str) -> Response:
+    @routes.get(f"{PREFIX}/jobs/{{job_id}}", response_model=None)
+    async def job_page(request: Request, job_id: str) -> Response:
         page = await signed_in(request)
         try:
-            if form not in ("ppd", "pd"):
-                raise DeskRefusal(404, "desk.input", f"there is no form {form[:16]!r}")
+            if not _JOB_ID.match(job_id):
+                raise DeskRefusal(404, "desk.input", f"there is no job {job_id[:64]!r}")
+            job = await api(page, "GET", f"/jobs/{job_id}?events=true")
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return render(
+            page, "job.html.j2", job=job, refresh=REFRESH_SECONDS if job["status"] == "running" else None
+        )
+
+    async def printed(page: Page, check: Any, path: str) -> Response:
+        """One of the service's printable pages (a run report, Form PPD or PD) in the reader's
+        language, after `check` (a DeskRefusal on a bad id)."""
+        try:
+            check()
             assert page.via is not None
-            html = await run_in_threadpool(
-                client.call,
-                "GET",
-                f"/requests/{request_id(rid)}/form?form={form}&lang={page.lang}",
-                via=page.via,
-                raw=True,
-            )
+            html = await run_in_threadpool(client.call, "GET", path, via=page.via, raw=True)
         except (ServiceError, DeskRefusal) as exc:
             return refused(page, exc)
         return HTMLResponse(html, headers={**HEADERS, "Content-Security-Policy": FORM_CSP})
+
+    def matching(pattern: re.Pattern[str], text: str, what: str) -> Any:
+        def check() -> None:
+            if not pattern.match(text):
+                raise DeskRefusal(404, "desk.input", f"there is no {what} {text[:64]!r}")
+
+        return check
+
+    @routes.get(f"{PREFIX}/runs/{{run_id}}", response_model=None)
+    async def run_report(request: Request, run_id: str) -> Response:
+        page = await signed_in(request)
+        path = f"/runs/{run_id}?format=html&lang={page.lang}"
+        return await printed(page, matching(_RUN_ID, run_id, "run"), path)
+
+    @routes.get(f"{PREFIX}/requests/{{rid}}/form/{{form}}", response_model=None)
+    async def printable(request: Request, rid: str, form: str) -> Response:
+        page = await signed_in(request)
+        path = f"/requests/{rid}/form?form={form}&lang={page.lang}"
+        return await printed(page, matching(_FORM, f"{rid}/{form}", "form"), path)
 
     return routes
 

@@ -25,6 +25,14 @@ REASONS: Final = {
     "other": N_("Other"),
 }
 DAMAGE: Final = {"none": N_("No damage"), **REASONS}
+JOB_STATUS: Final = {
+    "running": N_("running"),
+    "succeeded": N_("succeeded"),
+    "failed": N_("failed"),
+    "interrupted": N_("interrupted"),
+    "refused": N_("refused"),
+    "error": N_("error"),
+}
 
 # The service's refusals, by message id: what the person reads first; the service's own
 # message follows it with the particulars.

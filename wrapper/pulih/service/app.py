@@ -47,6 +47,7 @@ from pulih.service.restores import RestoreOrder
 from pulih.store import Store, now
 
 API = "/v1"
+PROGRESS_EVENTS = ("task", "stream", "host")  # a job's lines of progress, as the CLI prints them
 DEMO_ACTOR_HEADER = "x-pulih-demo-actor"  # honoured only by pulih serve --demo-actors
 _DURATION = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
 
@@ -558,9 +559,12 @@ def create_app(
         return {"jobs": [j.as_dict() for j in jobs.all()]}
 
     @app.get(f"{API}/jobs/{{job_id}}")
-    def show_job(job_id: str, who: Authenticated) -> dict[str, Any]:
+    def show_job(job_id: str, who: Authenticated, events: bool = False) -> dict[str, Any]:
+        """The job; with `events`, its progress so far (what the event stream has sent)."""
         may_read_jobs(who)
-        return jobs.get(job_id).as_dict()
+        job = jobs.get(job_id)
+        shown = [e for e in list(job.events) if e.get("type") in PROGRESS_EVENTS] if events else None
+        return {**job.as_dict(), **({"events": shown} if events else {})}
 
     @app.get(f"{API}/jobs/{{job_id}}/events")
     def job_events(job_id: str, who: Authenticated) -> StreamingResponse:
