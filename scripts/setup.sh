@@ -15,6 +15,7 @@ debian_packages=(
   curl                                # the service tests speak HTTP over its socket as other OS users
   sudo                                # become (pulih_common_agent_become), tested in test_real_servers.py
   python3-psycopg2 python3-pymysql    # what community.postgresql/mysql need on a managed host
+  chromium fonts-dejavu-core          # the desk's browser test (Playwright drives Debian's chromium)
 )
 
 missing=()

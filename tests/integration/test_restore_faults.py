@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -20,9 +19,9 @@ import pytest
 from tests import agentkit
 from tests import lab as lab_mod
 from tests.conftest import PROJECT
-from tests.integration import desk
-from tests.integration.client import descendants, pulih, report_of, skpd_of, wait_until
-from tests.integration.desk import act, add_people, login
+from tests.integration import desk_browser
+from tests.integration.client import descendants, pulih, report_of, skpd_of
+from tests.integration.desk import add_people
 from tests.integration.plain import ansible_playbook
 from tests.integration.restore_lab import (
     add_items,
@@ -61,16 +60,18 @@ def env(tmp_path_factory):
         yield built
 
 
-def test_the_sop_through_the_desk_brings_the_data_back(env):
-    """Three people on the desk, as their browsers post its forms: the requester files, the
-    receiver receives and approves, the operator assesses, checks the backups, plans the one
-    the desk offers first (the newest verified), starts the restore and follows it on the job
-    page until it ends; the rows are back; the requester confirms and the request closes."""
+def test_the_sop_in_a_browser_brings_the_data_back(env):
+    """Three people click the SOP through the desk in Debian's chromium (Playwright): the
+    requester files; the receiver receives; the requester's attempt to approve her own
+    request is refused; the receiver approves; the operator assesses, checks the backups, plans
+    the one the desk offers first (the newest verified), starts the restore and follows it on
+    the job page to its end; the rows are back on lab1; the requester confirms and the request
+    closes. Each page is saved as a screenshot (reports/desk/screens)."""
     service, skpd = env["service"], skpd_of(env, "LAB-001:app-pg")
     add_people(
         service,
         {
-            "desk-ani": (["requester"], [skpd]),
+            "desk-ani": (["requester", "approver"], [skpd]),
             "desk-sri": (["receiver", "approver"], []),
             "desk-budi": (["operator"], []),
         },
@@ -81,53 +82,70 @@ def test_the_sop_through_the_desk_brings_the_data_back(env):
     env["state"].psql(host(env, "lab1"), "DELETE FROM pegawai WHERE id > 10", "app_lab1")
     assert pg_print(env, "lab1", "app_lab1") != good
 
-    ani, sri, budi = (login(service, name) for name in ("desk-ani", "desk-sri", "desk-budi"))
-    request_id = desk.file_request(ani, skpd, ["LAB-001:app-pg"], "pegawai terhapus oleh impor")
-    for page, action, fields in [
-        (sri, "receive", {}),
-        (sri, "approve", {"valid_hours": "4"}),
-        (budi, "assess", {"data_exists": "yes", "damage": "accidental_deletion"}),
-        (budi, "check-backups", {}),
-    ]:
-        done = act(page, request_id, action, **fields)
-        assert done.status_code == 303, (action, done.text)
-    shown = budi.get(f"/desk/requests/{request_id}").text
-    offered = re.search(r'<select name="backup:LAB-001:app-pg">\s*<option value="([^"]+)"', shown)
-    assert offered and offered.group(1) == fresh["items"][0]["backup_id"], "the newest verified comes first"
-    assert act(budi, request_id, "plan", **{"backup:LAB-001:app-pg": offered.group(1)}).status_code == 303
+    with desk_browser.chromium() as browser:
+        ani, sri, budi = (
+            desk_browser.person(browser, service, n) for n in ("desk-ani", "desk-sri", "desk-budi")
+        )
+        shots = desk_browser.Screenshots(PROJECT / "reports" / "desk" / "screens")
+        ani.click("#new-request")
+        ani.select_option("#skpd", skpd)
+        ani.check('input[name="items"][value="LAB-001:app-pg"]')
+        ani.select_option("#reason", "accidental_deletion")
+        ani.fill("#reason_text", "data pegawai terhapus oleh impor")
+        ani.fill("#contact", "ani@dinkes.go.id")
+        shots.take(ani, "requester-files")
+        ani.click("#file")
+        ani.wait_for_url("**/desk/requests/*?done=filed")
+        request_id = ani.text_content("#request-id")
+        assert request_id and ani.get_attribute("#status", "data-status") == "filed"
 
-    started = act(budi, request_id, "restore")
-    assert started.status_code == 303, started.text
-    job_page = started.headers["location"]
-    assert re.match(r"^/desk/jobs/job-[0-9a-f]+$", job_page), job_page
-    seen: list[str] = []
+        sri.goto("/desk/requests")
+        assert sri.locator(f'tr.yours a[href="/desk/requests/{request_id}"]').count() == 1
+        shots.take(sri, "receiver-inbox")
+        sri.click(f'a[href="/desk/requests/{request_id}"]')
+        desk_browser.step(sri, "receive", "received")
 
-    def ended() -> bool:
-        page = budi.get(job_page)
-        assert page.status_code == 200, page.text
-        status = re.search(r'id="job-status" data-status="([a-z_]+)"', page.text)
-        assert status, page.text
-        seen.append(status.group(1))
-        if status.group(1) == "running":
-            assert '<meta http-equiv="refresh"' in page.text, "a running job's page follows it"
-            return False
-        env["job_page"] = page.text
-        return True
+        ani.goto(f"/desk/requests/{request_id}")
+        ani.click("#act-approve button")
+        ani.wait_for_load_state()
+        assert "Catatan menolak langkah ini." in ani.content(), "her own request: refused"
+        shots.take(ani, "self-approval-refused")
 
-    wait_until("the restore job's end on its page", ended, deadline=900)
-    final = env.pop("job_page")
-    assert seen[-1] == "succeeded", seen
-    assert '<meta http-equiv="refresh"' not in final and final.count("<li class=") >= 5
-    report = re.search(r'href="(/desk/runs/[^"]+)" id="job-report"', final)
-    assert report and budi.get(report.group(1)).status_code == 200
-    assert pg_print(env, "lab1", "app_lab1") == good
+        sri.fill("#act-approve input[name=valid_hours]", "4")
+        shots.take(sri, "approver-approves")
+        desk_browser.step(sri, "approve", "approved")
 
-    assert act(ani, request_id, "confirm", note="data sudah kembali").status_code == 303
-    assert act(sri, request_id, "close").status_code == 303
-    assert 'data-status="closed"' in ani.get(f"/desk/requests/{request_id}").text
+        budi.goto(f"/desk/requests/{request_id}")
+        budi.select_option("#act-assess select[name=damage]", "accidental_deletion")
+        desk_browser.step(budi, "assess", "assessed")
+        desk_browser.step(budi, "check-backups", "backups_checked")
+        offered = budi.locator('select[name="backup:LAB-001:app-pg"] option').first.get_attribute("value")
+        assert offered == fresh["items"][0]["backup_id"], "the newest verified backup comes first"
+        shots.take(budi, "operator-plans")
+        desk_browser.step(budi, "plan", "planned")
+        budi.click("#act-restore button")
+        budi.wait_for_url("**/desk/jobs/job-*")
+        shots.take(budi, "restore-running")
+        seen = desk_browser.follow_job(budi, deadline=900)
+        assert seen[0] == "running" or len(seen) == 1, seen
+        assert seen[-1] == "succeeded", seen
+        assert budi.locator("#progress li").count() >= 5
+        shots.take(budi, "restore-done")
+        assert pg_print(env, "lab1", "app_lab1") == good, "the rows are back"
+        budi.click("#job-report")
+        budi.wait_for_load_state()
+        shots.take(budi, "run-report")
 
-
-# --------------------------------------------------------------------------- tricky names
+        ani.goto(f"/desk/requests/{request_id}")
+        ani.fill("#act-confirm textarea[name=note]", "data sudah kembali")
+        desk_browser.step(ani, "confirm", "confirmed")
+        sri.goto(f"/desk/requests/{request_id}")
+        desk_browser.step(sri, "close", "closed")
+        shots.take(sri, "request-closed")
+        ani.goto(f"/desk/requests/{request_id}/form/pd")
+        assert request_id in ani.content() and "desk-sri" in ani.content()
+        shots.take(ani, "form-pd")
+    assert len(shots.taken) == 10
 
 
 def test_tricky_names_restore_in_place(env):
