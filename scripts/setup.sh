@@ -16,6 +16,8 @@ debian_packages=(
   sudo                                # become (pulih_common_agent_become), tested in test_real_servers.py
   python3-psycopg2 python3-pymysql    # what community.postgresql/mysql need on a managed host
   chromium fonts-dejavu-core          # the desk's browser test (Playwright drives Debian's chromium)
+  libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0  # WeasyPrint renders Forms PPD/PD as PDF
+  poppler-utils                       # pdftoppm/pdftotext: the tests read the PDFs back
 )
 
 missing=()
