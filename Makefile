@@ -19,6 +19,10 @@ collection: agent  ## build/pulih-core-VERSION.tar.gz: the collection with the r
 messages: setup  ## the desk's strings into its catalogs (then translate the new ones in desk.po)
 	pybabel --quiet extract -F wrapper/pulih/desk/babel.cfg -k N_ --no-location -o build/desk.pot wrapper/pulih/desk
 	pybabel --quiet update -N -D desk -i build/desk.pot -d wrapper/pulih/desk/locale
+	pybabel --quiet extract -F wrapper/pulih/locale/mail.babel.cfg -k N_ --no-location -o build/mail.pot wrapper/pulih/mail.py
+	pybabel --quiet update -N -D mail -i build/mail.pot -d wrapper/pulih/locale
+	pybabel --quiet extract -F wrapper/pulih/locale/forms.babel.cfg -k N_ --no-location -o build/forms.pot wrapper/pulih
+	pybabel --quiet update -N -D forms -i build/forms.pot -d wrapper/pulih/locale
 
 lint: setup  ## ansible-lint (production profile), ruff, mypy, the agent's oldest Python, its generated validator
 	ansible-lint

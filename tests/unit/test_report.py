@@ -48,17 +48,34 @@ def restore_report() -> reports.RunReport:
     return report
 
 
-@pytest.mark.parametrize(
-    ("lang", "words"),
-    [
-        ("en", ["Data items", "Restored", "Pre-restore backup (undo)", "Attempts", "Approval gate"]),
-        ("id", ["Data", "Dipulihkan", "Cadangan sebelum pemulihan", "Percobaan", "Gerbang persetujuan"]),
+SECTIONS = {  # each section's heading, and the record's codes by their names
+    "en": [
+        *("Data items", "Restored", "Pre-restore backup (undo)", "Attempts", "Approval gate"),
+        *("pulih — restore run", "succeeded (exit 0)", "connect: lab1 unreachable; restored"),
+        "checksums, row counts after the swap",
     ],
-)
+    "id": [
+        *("Data", "Dipulihkan", "Cadangan sebelum pemulihan", "Percobaan", "Gerbang persetujuan"),
+        *(
+            "pulih — pelaksanaan pemulihan",
+            "berhasil (kode keluar 0)",
+            "koneksi: lab1 unreachable; dipulihkan",
+        ),
+        *("checksum, jumlah baris sesudah penukaran", "diizinkan"),
+    ],
+}
+
+
+@pytest.mark.parametrize(("lang", "words"), SECTIONS.items())
 def test_a_restore_report_renders_every_section(lang, words):
     doc = restore_report().as_dict()
     jsonschema.validate(doc, json.loads((PROJECT / "schemas" / "run_report.schema.json").read_text()))
     html = reports.render_html(doc, lang)
-    for word in [*words, "20261121T101400Z-6727", "connect: lab1 unreachable", "row_counts after the swap"]:
+    for word in [*words, "20261121T101400Z-6727"]:
         assert word in html, word
     assert "built-in method" not in html and "object at 0x" not in html
+    assert "row_counts" not in html, "a check is shown by its name, not its code"
+    if lang == "id":  # the record's codes in Indonesian; the JSON keeps them
+        for code in ("succeeded", "restore run", "pelaksanaan restore", "restored", "swap"):
+            assert code not in html, code
+        assert doc["status"] == "succeeded" and doc["attempts"][1]["items"] == {"LAB-001:app-pg": "restored"}

@@ -79,9 +79,11 @@ def call(
     timeout: float = 60,
     raw: bool = False,
     via: Via | None = None,
+    binary: bool = False,
 ) -> Any:
-    """The service's JSON answer (its text with `raw`), or ServiceError with its code, id and
-    message. `via`: whom to ask and as whom (default: this process's environment)."""
+    """The service's JSON answer (its text with `raw`, its bytes with `raw` and `binary`: a
+    PDF), or ServiceError with its code, id and message. `via`: whom to ask and as whom
+    (default: this process's environment)."""
     via = via or Via.from_environ()
     try:
         with _client(timeout, via) as client:
@@ -94,7 +96,7 @@ def call(
             "(is the service running, and may you use its socket? PULIH_SERVER names another)",
         ) from None
     if raw and response.is_success:
-        return response.text
+        return response.content if binary else response.text
     try:
         doc = response.json()
     except ValueError:

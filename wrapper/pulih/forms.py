@@ -1,140 +1,121 @@
-"""Form PPD (the data recovery request) and Form PD (the recovery work form), printed
-from a request's record, in English or Indonesian."""
+"""Form PPD (the data recovery request) and Form PD (the recovery work form), printed from a
+request's record on A4, in Indonesian or English, under the office's letterhead (pulih.office):
+as HTML, and as PDF (WeasyPrint)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Final
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from weasyprint import HTML, URLFetcher  # type: ignore[import-untyped]
 
+from pulih import i18n, printing
+from pulih.office import Office
+from pulih.printing import N_
 from pulih.report import LANGS
+from pulih.requests import STEP
 from pulih.requests import STEPS as SOP_STEPS
 
-__all__ = ["LANGS", "render"]
+__all__ = ["DEFAULT_LANG", "FORMS", "LANGS", "pdf", "render"]
 
-TEXT: Final[dict[str, dict[str, str]]] = {
-    "en": {
-        "ppd": "Data Recovery Request Form (Form PPD)",
-        "pd": "Data Recovery Work Form (Form PD)",
-        "request": "Request",
-        "procedure": "Procedure",
-        "status": "Status",
-        "requester": "Requester",
-        "skpd": "Agency (SKPD)",
-        "contact": "Contact",
-        "filed": "Filed",
-        "scope": "Data to recover",
-        "reason": "Reason",
-        "restore_point": "Wanted restore point",
-        "target": "Target",
-        "decision": "Decision",
-        "approved_by": "Approved by",
-        "signed_with": "Signed by the approver with SSH key",
-        "unsigned": "The approval is not signed",
-        "valid_until": "Valid until",
-        "rejected": "Rejected, reason",
-        "pending": "pending",
-        "assessment": "Assessment",
-        "data_exists": "Does the data still exist?",
-        "damage": "Damage",
-        "yes": "yes",
-        "no": "no",
-        "backups": "Existing backups",
-        "plan": "Plan",
-        "window": "Window",
-        "steps": "Record of the steps",
-        "step": "Step",
-        "who": "Who",
-        "role": "Role",
-        "when": "When (UTC)",
-        "standard": "Standard time (min)",
-        "actual": "Actual (min)",
-        "overrun": "overrun",
-        "note": "Note",
-        "signatures": "Signatures",
-        "recovery": "A — data recovery",
-        "backup_restore": "B — backup / restore on request",
-        "in_place": "in place",
-        "alternate": "elsewhere",
-        "none": "-",
-        "demo": "DEMO: a demonstration store's form, whose people a script played; no real request",
-    },
-    "id": {
-        "ppd": "Formulir Permintaan Pemulihan Data (Form PPD)",
-        "pd": "Formulir Pemulihan Data (Form PD)",
-        "request": "Permintaan",
-        "procedure": "Prosedur",
-        "status": "Status",
-        "requester": "Pemohon",
-        "skpd": "Perangkat Daerah (SKPD)",
-        "contact": "Kontak",
-        "filed": "Diajukan",
-        "scope": "Data yang dipulihkan",
-        "reason": "Alasan",
-        "restore_point": "Titik pemulihan yang diminta",
-        "target": "Tujuan",
-        "decision": "Keputusan",
-        "approved_by": "Disetujui oleh",
-        "signed_with": "Ditandatangani penyetuju dengan kunci SSH",
-        "unsigned": "Persetujuan tidak ditandatangani",
-        "valid_until": "Berlaku sampai",
-        "rejected": "Ditolak, alasan",
-        "pending": "menunggu",
-        "assessment": "Pemeriksaan",
-        "data_exists": "Apakah data masih ada?",
-        "damage": "Kerusakan",
-        "yes": "ya",
-        "no": "tidak",
-        "backups": "Data pencadangan yang ada",
-        "plan": "Rencana",
-        "window": "Waktu pelaksanaan",
-        "steps": "Catatan langkah",
-        "step": "Langkah",
-        "who": "Oleh",
-        "role": "Peran",
-        "when": "Waktu (UTC)",
-        "standard": "Waktu baku (menit)",
-        "actual": "Waktu nyata (menit)",
-        "overrun": "melebihi",
-        "note": "Catatan",
-        "signatures": "Tanda tangan",
-        "recovery": "A — pemulihan data",
-        "backup_restore": "B — back-up / restore atas permohonan",
-        "in_place": "di tempat",
-        "alternate": "di tempat lain",
-        "none": "-",
-        "demo": "DEMO: formulir penyimpanan demonstrasi, pelakunya diperankan skrip; bukan permintaan nyata",
-    },
-}
+FORMS: Final = ("ppd", "pd")
+DEFAULT_LANG: Final = i18n.DEFAULT  # an office's forms are Indonesian unless asked otherwise
 # The steps' names come from the SOP's one table of steps.
 STEPS: Final[dict[str, dict[str, str]]] = {
     lang: {spec.name: spec.label[lang] for spec in SOP_STEPS} for lang in LANGS
 }
-REASONS: Final[dict[str, dict[str, str]]] = {
-    "en": {
-        "disaster": "disaster",
-        "error": "error",
-        "accidental_deletion": "accidental deletion",
-        "other": "other",
-        "none": "none",
-    },
-    "id": {
-        "disaster": "bencana",
-        "error": "kesalahan (error)",
-        "accidental_deletion": "terhapus tidak sengaja",
-        "other": "lainnya",
-        "none": "tidak ada",
-    },
+# Who signs each form: the roles of its steps, in the order the SOP's table has them.
+SIGNERS: Final[dict[str, tuple[str, ...]]] = {
+    form: tuple(dict.fromkeys(spec.role for spec in SOP_STEPS if spec.form == form)) for form in FORMS
 }
+TITLES: Final = {
+    "ppd": N_("Data Recovery Request Form (Form PPD)"),
+    "pd": N_("Data Recovery Work Form (Form PD)"),
+}
+PROCEDURES: Final = {
+    "recovery": N_("A — data recovery"),
+    "backup_restore": N_("B — backup / restore on request"),
+}
+ROLES: Final = {
+    "requester": N_("Requester"),
+    "receiver": N_("Receiver"),
+    "approver": N_("Approver"),
+    "operator": N_("Operator"),
+}
+REASONS: Final = {
+    "disaster": N_("disaster"),
+    "error": N_("system error"),
+    "accidental_deletion": N_("accidental deletion"),
+    "other": N_("other"),
+    "none": N_("none"),
+}
+TARGETS: Final = {"in_place": N_("in place"), "alternate": N_("elsewhere")}
 
-_ENV = Environment(loader=PackageLoader("pulih", "templates"), autoescape=select_autoescape(["html", "j2"]))
+# WeasyPrint renders through Pango and fontconfig, which are not safe to share between threads:
+# the service's threads print one PDF at a time.
+_PRINTING = threading.Lock()
 
 
-def render(request: dict[str, Any], form: str, lang: str, *, demo: bool = False) -> str:
-    """Form 'ppd' or 'pd' of a request (as Requests.get returns it), in 'en' or 'id'; a demo
-    store's form says so above everything else."""
-    if form not in ("ppd", "pd") or lang not in LANGS:
+def signers(request: dict[str, Any], form: str) -> list[dict[str, Any]]:
+    """The signature blocks of a form: one per person who did a step of it in a role the form
+    is signed in (their last step of it), and an empty one for each such role nobody has
+    acted in yet. An approver's block names the SSH key that signed their approval, if any."""
+    roles = SIGNERS[form]
+    blocks: dict[tuple[str, str], dict[str, Any]] = {}
+    for step in request.get("steps") or []:
+        spec = STEP.get(step["step"])
+        if spec is None or spec.form != form or step["role"] not in roles:
+            continue
+        blocks[(step["role"], step["actor"])] = {
+            "role": step["role"],
+            "actor": step["actor"],
+            "step": step["step"],
+            "at": step["at"],
+            "key_fingerprint": None,
+        }
+    for approval in request.get("approvals") or []:
+        block = blocks.get(("approver", approval.get("approver") or ""))
+        if block is not None and block["step"] == "approved":
+            block["key_fingerprint"] = approval.get("key_fingerprint")  # the newest approval's
+    done = {role for role, _ in blocks}
+    empty = [{"role": role, "actor": None} for role in roles if role not in done]
+    return sorted([*blocks.values(), *empty], key=lambda b: roles.index(b["role"]))
+
+
+def render(
+    request: dict[str, Any], form: str, lang: str, *, office: Office | None = None, demo: bool = False
+) -> str:
+    """Form 'ppd' or 'pd' of a request (as Requests.get returns it), in 'en' or 'id', headed by
+    `office`; a demo store's form says so above everything else."""
+    if form not in FORMS or lang not in LANGS:
         raise ValueError("form is ppd or pd, lang is en or id")
-    return _ENV.get_template("form.html.j2").render(
-        r=request, form=form, lang=lang, t=TEXT[lang], steps=STEPS[lang], reasons=REASONS[lang], demo=demo
+    return (
+        printing.environment(lang)
+        .get_template("form.html.j2")
+        .render(
+            r=request,
+            form=form,
+            lang=lang,
+            office=office,
+            demo=demo,
+            title=TITLES[form],
+            steps=STEPS[lang],
+            signers=signers(request, form),
+            procedures=PROCEDURES,
+            roles=ROLES,
+            reasons=REASONS,
+            targets=TARGETS,
+        )
     )
+
+
+def pdf(
+    request: dict[str, Any], form: str, lang: str, *, office: Office | None = None, demo: bool = False
+) -> bytes:
+    """The form as a PDF on A4: the same page, printed by WeasyPrint."""
+    html = render(request, form, lang, office=office, demo=demo)
+    # The page is whole: its logo is a data: URI, and nothing else is fetched, a file least of all.
+    fetcher = URLFetcher(allowed_protocols=("data",))
+    with _PRINTING:
+        printed: bytes = HTML(string=html, url_fetcher=fetcher).write_pdf()
+    return printed

@@ -12,11 +12,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from jinja2 import Environment, PackageLoader, select_autoescape
-
+from pulih import printing
 from pulih.fsutil import atomic_write_text
+from pulih.printing import N_
 
 LANGS = ("en", "id")  # the languages of printed reports and Forms PPD and PD
 
@@ -210,91 +210,71 @@ class RunReport:
         return self.run_dir / "report.json"
 
 
-_ENV = Environment(loader=PackageLoader("pulih", "templates"), autoescape=select_autoescape(["html", "j2"]))
-
-
-HEADINGS: dict[str, dict[str, str]] = {
-    "en": {
-        "title": "run",
-        "demo": "DEMO: a demonstration store's run, whose people a script played; no record of real work",
-        "run": "Run",
-        "status": "Status",
-        "operator": "Operator",
-        "times": "Started / finished (UTC)",
-        "inventory": "Inventory",
-        "check": "check mode, nothing changed",
-        "errors": "Errors",
-        "servers": "Servers",
-        "host": "Host",
-        "asset": "Asset",
-        "review": "Register review",
-        "overdue": "overdue",
-        "current": "current",
-        "items": "Data items",
-        "item": "Item",
-        "engine": "Engine",
-        "backup": "Backup",
-        "bytes": "Bytes",
-        "seconds": "Seconds",
-        "result": "Result",
-        "verification": "Verification",
-        "verified_on": "verified on",
-        "verify_skipped": "not verified (check mode: nothing restored)",
-        "findings": "Register findings",
-        "request": "Request",
-        "restored": "Restored",
-        "target": "Into",
-        "backup_taken": "Backup taken at",
-        "pre_restore": "Pre-restore backup (undo)",
-        "replaced": "replaced the live copy",
-        "tries": "Attempts",
-        "attempts": "Attempts",
-        "gate": "Approval gate",
-        "allowed": "allowed",
-    },
-    "id": {
-        "title": "pelaksanaan",
-        "demo": "DEMO: penyimpanan demonstrasi, pelakunya diperankan skrip; bukan catatan kerja nyata",
-        "run": "Pelaksanaan",
-        "status": "Status",
-        "operator": "Operator",
-        "times": "Mulai / selesai (UTC)",
-        "inventory": "Inventaris",
-        "check": "mode periksa, tidak ada yang diubah",
-        "errors": "Kesalahan",
-        "servers": "Server",
-        "host": "Host",
-        "asset": "Aset",
-        "review": "Tinjauan register",
-        "overdue": "terlambat",
-        "current": "terkini",
-        "items": "Data",
-        "item": "Data",
-        "engine": "Mesin",
-        "backup": "Cadangan",
-        "bytes": "Byte",
-        "seconds": "Detik",
-        "result": "Hasil",
-        "verification": "Verifikasi",
-        "verified_on": "diverifikasi di",
-        "verify_skipped": "tidak diverifikasi (mode periksa: tidak ada yang dipulihkan)",
-        "findings": "Temuan register",
-        "request": "Permintaan",
-        "restored": "Dipulihkan",
-        "target": "Ke",
-        "backup_taken": "Cadangan diambil pada",
-        "pre_restore": "Cadangan sebelum pemulihan (pembatalan)",
-        "replaced": "menggantikan salinan aktif",
-        "tries": "Percobaan",
-        "attempts": "Percobaan",
-        "gate": "Gerbang persetujuan",
-        "allowed": "diizinkan",
-    },
+# The record's codes as a reader sees them; the JSON keeps the codes.
+STATUSES: Final = {
+    "running": N_("running"),
+    "succeeded": N_("succeeded"),
+    "failed": N_("failed"),
+    "interrupted": N_("interrupted"),
+    "error": N_("error"),
+    "refused": N_("refused"),
+    "allowed": N_("allowed"),
 }
+KINDS: Final = {
+    "backup": N_("backup"),
+    "verify": N_("verification"),
+    "adopt": N_("adoption of a backup"),
+    "restore": N_("restore"),
+    "restore_check": N_("restore check"),
+    "audit": N_("audit check"),
+    "register_check": N_("register check"),
+    "list": N_("repository list"),
+    "protect": N_("backup protection"),
+}
+HOST_STATUSES: Final = {"ok": N_("ok"), "failed": N_("failed"), "unreachable": N_("unreachable")}
+ENGINES: Final = {"files": N_("files")}
+# What a verification or a restore checked (the roles' `checks`).
+CHECKS: Final = {
+    "manifest": N_("manifest"),
+    "recorded": N_("as on the record"),
+    "checksums": N_("checksums"),
+    "test_restore": N_("test restore"),
+    "row_counts": N_("row counts"),
+    "file_list": N_("file list"),
+    "row_counts before the swap": N_("row counts before the swap"),
+    "row_counts after the swap": N_("row counts after the swap"),
+    "file_list before the swap": N_("file list before the swap"),
+    "file_list after the swap": N_("file list after the swap"),
+}
+# Where a restore stopped (its history says "PHASE: ERROR"), and how an attempt ended.
+PHASES: Final = {
+    "connect": N_("connect"),
+    "checks": N_("checks"),
+    "target": N_("target"),
+    "stage": N_("stage"),
+    "pre_restore_backup": N_("pre-restore backup"),
+    "gate": N_("approval gate"),
+    "swap": N_("swap"),
+}
+RESULTS: Final = {"restored": N_("restored")}
 
 
 def render_html(doc: dict[str, Any], lang: str = "en") -> str:
-    return _ENV.get_template("run_report.html.j2").render(r=doc, t=HEADINGS[lang], lang=lang)
+    return (
+        printing.environment(lang)
+        .get_template("run_report.html.j2")
+        .render(
+            r=doc,
+            lang=lang,
+            statuses=STATUSES,
+            kinds=KINDS,
+            host_statuses=HOST_STATUSES,
+            engines=ENGINES,
+            checks=CHECKS,
+            phases=PHASES,
+            results=RESULTS,
+        )
+    )
 
 
 def load(run_id: str) -> dict[str, Any]:

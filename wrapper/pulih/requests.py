@@ -21,6 +21,9 @@ import sqlalchemy as sa
 import yaml
 
 from pulih import approvals
+from pulih.mail import MailSettings
+from pulih.mail import settings_from as mail_settings
+from pulih.office import Office, office_settings
 from pulih.store import Store, approvals_table, audit_table, iso, now, parse_iso, requests_table, steps_table
 
 PROCEDURES: Final = {"recovery": "A", "backup_restore": "B"}
@@ -167,6 +170,8 @@ class Config:
     # Where the audit chain's head is appended after every write (pulih.anchors), outside the
     # store where its holders cannot write: {"file": PATH} or {"receiver": {address, ...}}.
     anchors: list[dict[str, Any]] = field(default_factory=list)
+    mail: MailSettings | None = None  # the `mail:` section (pulih.mail); None: no mail is sent
+    office: Office | None = None  # the `office:` section (pulih.office): the forms' letterhead
 
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -255,6 +260,8 @@ def load_config(path: Path) -> Config:
         approval_validity_hours=int(number("approval_validity_hours", 72, 1, 720)),
         restore_attempts=int(number("restore_attempts", 3, 1, 20)),
         restore_retry_seconds=float(number("restore_retry_seconds", 30, 0, 3600)),
+        mail=mail_settings(raw.get("mail"), path, BadRequestInput),
+        office=office_settings(raw.get("office"), path, BadRequestInput),
     )
     for procedure, minutes in (raw.get("standard_minutes") or {}).items():
         if procedure not in config.standard_minutes:
@@ -302,19 +309,25 @@ def check_new(
             ) from None
 
 
+def last_step(conn: sa.Connection, request_id: str) -> dict[str, Any] | None:
+    """The newest step recorded on a request (inside the caller's transaction), or None."""
+    row = (
+        conn.execute(
+            sa.select(steps_table)
+            .where(steps_table.c.request_id == request_id)
+            .order_by(steps_table.c.id.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
 def _last_step(store: Store, request_id: str) -> dict[str, Any]:
     with store.engine.connect() as conn:
-        row = (
-            conn.execute(
-                sa.select(steps_table)
-                .where(steps_table.c.request_id == request_id)
-                .order_by(steps_table.c.id.desc())
-                .limit(1)
-            )
-            .mappings()
-            .first()
-        )
-    return dict(row) if row else {"actor": "?", "at": "?", "note": ""}
+        row = last_step(conn, request_id)
+    return row or {"actor": "?", "at": "?", "note": ""}
 
 
 def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
@@ -392,6 +405,12 @@ def describe_target(target: dict[str, Any]) -> str:
     return "restores in place" if target.get("kind") != "alternate" else "every restore"
 
 
+# What a recorded step sets going inside the step's own transaction (the service's mail
+# outbox), called with the connection and the request's id after its rows and audit entry: a
+# step on the record is never a mail lost, and a mail is never of a step that was not recorded.
+OnStep = Callable[[sa.Connection, str], None]
+
+
 class Requests:
     """The request record and its rules; ``clock`` is injectable for tests."""
 
@@ -404,8 +423,10 @@ class Requests:
         roles_of: Callable[[str], set[str]],
         roles_from: str | None = None,
         audit_context: dict[str, Any] | None = None,
+        on_step: OnStep | None = None,
     ) -> None:
         self.store, self.config, self.clock = store, config, clock
+        self.on_step = on_step
         # How the actor was proved (socket, token and its id): on every step's audit entry, so an
         # auditor can tell a step done with a token an admin minted from one done in person.
         self.audit_context = audit_context or {}
@@ -481,6 +502,8 @@ class Requests:
                 },
                 at=at,
             )
+            if self.on_step is not None:
+                self.on_step(conn, request_id)
         return self.get(request_id)
 
     def _distinct(self, conn: sa.Connection, actor: str, request_id: str, role: str) -> None:
@@ -586,6 +609,8 @@ class Requests:
                 },
                 at=at,
             )
+            if self.on_step is not None:
+                self.on_step(conn, request_id)
         return self.get(request_id)
 
     def receive(self, actor: str, request_id: str, note: str = "") -> dict[str, Any]:

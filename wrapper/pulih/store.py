@@ -34,7 +34,7 @@ from pulih.anchors import (
     rotation_text,
 )
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 GENESIS = "0" * 64
 
 metadata = sa.MetaData()
@@ -186,6 +186,31 @@ backup_events_table = sa.Table(  # added in schema version 7: an index into the 
 BACKUP_ACTIONS = ("backup.recorded", "backup.adopted", "backup.verified", "backup.verification_failed")
 
 
+outbox_table = sa.Table(  # added in schema version 8: mail, written in the transaction of its step
+    "pulih_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # No foreign key to pulih_requests: the outbox is the service's, beside the record, not in it.
+    sa.Column("request_id", sa.String(32), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),  # the step recorded, or 'overdue'
+    sa.Column("step", sa.String(32), nullable=False),  # the step it is of (overdue: the one waited after)
+    sa.Column("step_id", sa.Integer, nullable=False),  # the pulih_steps row it came from
+    sa.Column("account", sa.String(64), nullable=False),  # '-': no account to tell
+    sa.Column("recipient", sa.String(256)),  # the account's address then; none: not sent (skipped)
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | failed | sent | skipped
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.String(32)),
+    sa.Column("last_error", sa.Text),  # the last failed attempt's, or why it is skipped
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("sent_at", sa.String(32)),
+    # One mail per event and account: the same event written twice never mails twice.
+    sa.UniqueConstraint("request_id", "event", "step_id", "account", name="pulih_outbox_event"),
+    sa.Index("pulih_outbox_due", "status", "next_attempt_at"),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Version 1: every table, runs without exit_code."""
     tables = [meta_table, requests_table, steps_table, audit_table]
@@ -263,7 +288,12 @@ def _v7(conn: Connection) -> None:
         )
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(conn: Connection) -> None:
+    """Version 8: the mail outbox."""
+    outbox_table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 def now() -> dt.datetime:

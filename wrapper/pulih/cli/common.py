@@ -72,10 +72,11 @@ def call_service(
     as_json: bool,
     timeout: float = 60,
     raw: bool = False,
+    binary: bool = False,
 ) -> Any:
-    """The service's answer (its text with `raw`), or the command stops with its refusal's
-    message and exit code."""
+    """The service's answer (its text with `raw`, its bytes with `binary` too), or the command
+    stops with its refusal's message and exit code."""
     try:
-        return call(method, path, body, timeout=timeout, raw=raw)
+        return call(method, path, body, timeout=timeout, raw=raw, binary=binary)
     except ServiceError as exc:
         fail(exc.message, exc.code, as_json=as_json)

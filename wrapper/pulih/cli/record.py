@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlencode
@@ -21,7 +22,7 @@ from pulih.cli.common import JsonOpt, call_service, err, fail, out, print_outcom
 from pulih.cli.jobs import follow_to_end
 from pulih.client import ServiceError, call
 from pulih.exitcodes import Exit
-from pulih.fsutil import atomic_write_text
+from pulih.fsutil import atomic_write_bytes, atomic_write_text
 
 request_app = typer.Typer(help="Requests, step by step as the SOPs run them.", no_args_is_help=True)
 backups_app = typer.Typer(help="The backups in the repository.", no_args_is_help=True)
@@ -431,20 +432,35 @@ def request_list(as_json: JsonOpt = False) -> None:
 def request_form(
     request_id: RequestId,
     form: Annotated[str, typer.Option(help="ppd (the request) or pd (the recovery work).")] = "ppd",
-    lang: Annotated[str, typer.Option(help="en or id.")] = "en",
+    lang: Annotated[str, typer.Option(help="id (Indonesian) or en.")] = "id",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the HTML here.")] = None,
+    pdf: Annotated[
+        Path | None, typer.Option("--pdf", help="Write the form as a PDF (A4) here, not the HTML to stdout.")
+    ] = None,
 ) -> None:
-    """Print Form PPD or Form PD of a request as HTML, in English or Indonesian."""
+    """Print Form PPD or Form PD of a request as HTML, or write it as PDF, in Indonesian or
+    English: printed by the service, under the office's letterhead."""
     if form not in ("ppd", "pd") or lang not in reports.LANGS:
-        fail("--form is ppd or pd, --lang is en or id", Exit.BAD_INPUT)
-    html = call_service(
-        "GET", f"/requests/{request_id}/form?form={form}&lang={lang}", as_json=False, raw=True
-    )
-    if output is None:
-        print(html)
-    else:
-        atomic_write_text(output, html)
-        err.print(f"wrote {output}", soft_wrap=True)
+        fail("--form is ppd or pd, --lang is id or en", Exit.BAD_INPUT)
+    path = f"/requests/{request_id}/form?form={form}&lang={lang}"
+    if pdf is not None:
+        printed = call_service("GET", f"{path}&format=pdf", as_json=False, raw=True, binary=True)
+        _write(pdf, lambda: atomic_write_bytes(pdf, printed))
+    if pdf is None or output is not None:
+        html = call_service("GET", path, as_json=False, raw=True)
+        if output is None:
+            print(html)
+        else:
+            _write(output, lambda: atomic_write_text(output, html))
+
+
+def _write(path: Path, write: Callable[[], None]) -> None:
+    """Write a file the caller named (whole or not at all), or stop saying why not."""
+    try:
+        write()
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}", Exit.FAILED)
+    err.print(f"wrote {path}", soft_wrap=True)
 
 
 def _refused_run(exc: ServiceError, as_json: bool) -> NoReturn:

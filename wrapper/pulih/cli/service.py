@@ -13,6 +13,7 @@ from rich.table import Table
 
 from pulih.cli.common import JsonOpt, call_service, err, fail, out, shown
 from pulih.cli.jobs import jobs_app
+from pulih.cli.outbox import outbox
 from pulih.exitcodes import Exit
 
 admin_app = typer.Typer(
@@ -24,6 +25,7 @@ admin_app.add_typer(user_app, name="user")
 admin_app.add_typer(token_app, name="token")
 policy_app = typer.Typer(help="The office's separation of duties.", no_args_is_help=True)
 admin_app.add_typer(policy_app, name="policy")
+admin_app.command("outbox")(outbox)
 
 StateOpt = Annotated[Path, typer.Option("--state", help="The service's state folder.")]
 
@@ -182,7 +184,7 @@ def user_add(
     unix_user: Annotated[
         str | None, typer.Option(help="The OS user who is this account on the socket.")
     ] = None,
-    email: Annotated[str | None, typer.Option()] = None,
+    email: Annotated[str | None, typer.Option(help="Where the service mails this account.")] = None,
     skpd: Annotated[list[str] | None, typer.Option("--skpd", help="SKPD code (repeatable).")] = None,
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read a password (web login).")
@@ -203,13 +205,14 @@ def user_list(as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return
-    table = Table("name", "roles", "SKPD", "OS user", "state")
+    table = Table("name", "roles", "SKPD", "OS user", "e-mail", "state")
     for user in doc["users"]:
         table.add_row(
             user["name"],
             ", ".join(user["roles"]),
             ", ".join(user["skpds"]),
             user["unix_user"] or "",
+            user.get("email") or "",  # none: the outbox skips the account
             "disabled" if user["disabled"] else "enabled",
         )
     out.print(table)

@@ -24,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Connection
 
 from pulih import approvals
+from pulih.mail import address_problem
 from pulih.store import Store, accounts_table, iso, now, parse_iso, tokens_table
 
 ROLES = ("requester", "receiver", "approver", "operator", "auditor", "admin")
@@ -41,7 +42,6 @@ ROLE_SCOPES: dict[str, tuple[str, ...]] = {
 TOKEN_PREFIX = "pulih_"  # noqa: S105 - a prefix, no secret
 _NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 _SKPD = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-_EMAIL = re.compile(r"^[^@\s]{1,128}@[^@\s]{1,127}$")
 _HASHER = PasswordHasher()
 
 
@@ -194,6 +194,14 @@ def _checked_skpds(skpds: list[str]) -> list[str]:
     return sorted(set(skpds))
 
 
+def _checked_password(password: str) -> str:
+    if len(password) < 12:
+        raise AccountError("input", "account.password", "a password has at least 12 characters")
+    if len(password) > 1024:
+        raise AccountError("input", "account.password", "a password has at most 1024 characters")
+    return password
+
+
 def unix_uid(user: str) -> int:
     try:
         return pwd.getpwnam(user).pw_uid
@@ -252,9 +260,12 @@ class Accounts:
             raise AccountError("not_found", "account.unknown", f"there is no account {name!r}")
         return _account(row)
 
-    def all(self) -> list[Account]:
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(sa.select(accounts_table).order_by(accounts_table.c.name)).all()
+    def all(self, conn: Connection | None = None) -> list[Account]:
+        query = sa.select(accounts_table).order_by(accounts_table.c.name)
+        if conn is not None:  # inside the caller's transaction (the outbox, in a step's)
+            return [_account(r) for r in conn.execute(query).all()]
+        with self.store.engine.connect() as own:
+            rows = own.execute(query).all()
         return [_account(r) for r in rows]
 
     def count(self) -> int:
@@ -289,10 +300,11 @@ class Accounts:
             "disabled": False,
             "created_at": iso(now()),
         }
-        if email is not None and not _EMAIL.match(email):
-            raise AccountError("input", "account.email", f"e-mail {email!r} is not an address")
-        if password is not None and len(password) < 12:
-            raise AccountError("input", "account.password", "a password has at least 12 characters")
+        problem = address_problem(email) if email is not None else None
+        if problem:  # the outbox mails it: a plain address, no header or control character in it
+            raise AccountError("input", "account.email", f"e-mail {email!r} {problem}")
+        if password is not None:
+            _checked_password(password)
         with self.store.transaction() as conn:
             if conn.execute(sa.select(accounts_table.c.name).where(accounts_table.c.name == name)).first():
                 raise AccountError("refused", "account.exists", f"account {name!r} exists already")

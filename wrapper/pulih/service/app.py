@@ -40,6 +40,9 @@ from pulih.service.accounts import (
     LoginThrottle,
 )
 from pulih.service.jobs import JobRefused, Jobs
+from pulih.service.outbox import STATUSES as OUTBOX_STATUSES
+from pulih.service.outbox import Outbox
+from pulih.service.outbox import listing as outbox_rows
 from pulih.service.peer import EXTENSION, Peer
 from pulih.service.requests_api import acting
 from pulih.service.requests_api import router as requests_router
@@ -172,14 +175,22 @@ def create_app(
             return set()
         return set() if account.disabled else set(account.roles)
 
+    # Mail only when config.yml has a `mail:` section; pulih serve starts its sender thread.
+    outbox = Outbox(store, settings.mail, settings.standard_minutes) if settings.mail else None
     requests = Requests(
-        store, settings, clock, roles_of=roles_of, roles_from="the service's accounts (pulih admin user)"
+        store,
+        settings,
+        clock,
+        roles_of=roles_of,
+        roles_from="the service's accounts (pulih admin user)",
+        on_step=outbox.on_step if outbox else None,
     )
     app = FastAPI(
         title="pulih",
         version="1",
         description="Backups, verified restores and the approval record around them.",
     )
+    app.state.outbox = outbox
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -423,6 +434,21 @@ def create_app(
             who.account.name, body.account, scopes=body.scopes, expires_in=parse_duration(body.expires_in)
         )
         return {**record, "token": secret}
+
+    @app.get(f"{API}/admin/outbox")
+    def outbox_listing(
+        who: Authenticated,
+        status: str | None = None,
+        limit: int = Query(default=200, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        """The mail outbox, newest first (never a mail's body, nor anything of the SMTP
+        password): pending, failed with the last attempt's error, sent, skipped with why."""
+        require(who, role="admin", scope="admin")
+        if status is not None and status not in OUTBOX_STATUSES:
+            known = ", ".join(OUTBOX_STATUSES)
+            raise ApiError(400, Exit.BAD_INPUT, "outbox.status", f"status {status!r}: one of {known}")
+        summary = outbox.settings.summary() if outbox else None
+        return {"mail": summary, "mails": outbox_rows(store, status, limit)}
 
     @app.get(f"{API}/admin/tokens")
     def tokens(who: Authenticated) -> dict[str, Any]:

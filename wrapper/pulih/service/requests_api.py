@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from pulih import forms, restoring
@@ -32,6 +32,7 @@ def acting(requests: Requests, who: Caller) -> Requests:
         roles_of=requests.roles_of,
         roles_from=requests.roles_from,
         audit_context={"via": who.via, **({"token": who.token_id} if who.token_id else {})},
+        on_step=requests.on_step,  # the outbox: a caller's steps mail as every step does
     )
 
 
@@ -260,18 +261,53 @@ def router(
         hidden(who, request_id)
         return record(lambda: requests.get(request_id))
 
-    @routes.get("/v1/requests/{request_id}/form", response_class=HTMLResponse)
+    @routes.get("/v1/requests/{request_id}/backups")
+    def request_backups(request_id: str, who: authenticated) -> dict[str, Any]:
+        """The repository's backups of a request's items, verified or not, with when each was
+        taken: what an approver weighs before approving and an operator before planning. It
+        reads the repository and records nothing (the check-backups step records)."""
+        scoped(who, "read")
+        if not set(who.account.roles) - {"requester"}:
+            raise api_error(
+                403, Exit.REFUSED, "auth.role", f"{who.account.name} reads the steps, not the repository"
+            )
+        scope = record(lambda: requests.get(request_id))["scope"]
+        found = repo(lambda: repository.found_for(register_path_or_fail(), scope, recorded_of(scope)))
+        return {"request": request_id, "backups": found}
+
+    @routes.get(
+        "/v1/requests/{request_id}/form",
+        response_class=HTMLResponse,
+        responses={200: {"content": {"application/pdf": {}}}},
+    )
     def request_form(
-        request_id: str, who: authenticated, form: str = "ppd", lang: str = "en"
-    ) -> HTMLResponse:
-        """Form PPD or Form PD of a request, printed by the service (which alone knows whether
-        its store is a demo's) for the CLI and the desk alike."""
+        request_id: str,
+        who: authenticated,
+        form: str = "ppd",
+        lang: str = forms.DEFAULT_LANG,
+        format: str = "html",
+    ) -> Response:
+        """Form PPD or Form PD of a request on A4 under the office's letterhead, as HTML or PDF,
+        printed by the service (which alone knows whether its store is a demo's) for the CLI
+        and the desk alike."""
         scoped(who, "read")
         hidden(who, request_id)
-        if form not in ("ppd", "pd") or lang not in forms.LANGS:
-            raise api_error(400, Exit.BAD_INPUT, "form.input", "form is ppd or pd, lang is en or id")
+        if form not in forms.FORMS or lang not in forms.LANGS or format not in ("html", "pdf"):
+            raise api_error(
+                400,
+                Exit.BAD_INPUT,
+                "form.input",
+                "form is ppd or pd, lang is id or en, format is html or pdf",
+            )
         doc = record(lambda: requests.get(request_id))
-        return HTMLResponse(forms.render(doc, form, lang, demo=demo))
+        office = requests.config.office
+        if format == "pdf":
+            return Response(
+                forms.pdf(doc, form, lang, office=office, demo=demo),
+                media_type="application/pdf",
+                headers={"Content-Disposition": f'inline; filename="{doc["id"]}-{form}.pdf"'},
+            )
+        return HTMLResponse(forms.render(doc, form, lang, office=office, demo=demo))
 
     @routes.post("/v1/requests/{request_id}/receive")
     def receive(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import stat
@@ -22,6 +23,7 @@ from pulih import report as reports
 from pulih.exitcodes import Exit
 from pulih.fsutil import atomic_write_text
 from pulih.service.app import create_app
+from pulih.service.outbox import Sender
 from pulih.service.peer import PeerCredentialsProtocol
 from pulih.service.state import State, StateError, is_demo
 from pulih.store import Store
@@ -100,6 +102,17 @@ def mark_interrupted(store: Store, runs: Path) -> list[str]:
     return marked
 
 
+def log_to_stderr() -> None:
+    """pulih's own log lines (the mail sender's: each mail sent, each failed attempt) on
+    standard error, beside uvicorn's."""
+    logger = logging.getLogger("pulih")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("pulih: %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def serve(state: State, listen: str | None = None, *, demo_actors: bool = False) -> None:
     drop_to_owner(state.root)
     # The service's runs and reports live in its state folder, on its record.
@@ -145,9 +158,16 @@ def serve(state: State, listen: str | None = None, *, demo_actors: bool = False)
         sockets.append(tcp)
     config = uvicorn.Config(app, http=PeerCredentialsProtocol, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
+    # The outbox's sender (config.yml's `mail:`): overdue steps and due mail, every interval.
+    sender = Sender(app.state.outbox) if app.state.outbox is not None else None
+    log_to_stderr()
     try:
+        if sender is not None:
+            sender.start()
         asyncio.run(server.serve(sockets=sockets))
     finally:
+        if sender is not None:
+            sender.stop()
         for sock in sockets:
             sock.close()
         with contextlib.suppress(FileNotFoundError):
