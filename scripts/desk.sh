@@ -37,9 +37,10 @@ declare -A roles=(
   [kabid]="--role approver"
   [budi]="--role operator"
   [rita]="--role auditor"
+  [ana]="--role admin"
 )
 declare -A passwords
-for name in ani sri kabid budi rita; do
+for name in ani sri kabid budi rita ana; do
   passwords[$name]=$(python -c 'import secrets; print(secrets.token_urlsafe(9))')
   # shellcheck disable=SC2086 # the roles are separate options
   pulih admin user add "$name" ${roles[$name]} --password-stdin <<< "${passwords[$name]}" > /dev/null
@@ -61,9 +62,11 @@ cat <<TEXT
   kabid    approver (head of division)     ${passwords[kabid]}
   budi     operator                        ${passwords[budi]}
   rita     auditor (read-only)             ${passwords[rita]}
+  ana      administrator                   ${passwords[ana]}
 
   Ani files a request, Sri receives it, Kabid approves it, Budi assesses, checks the
   backups, plans and restores (and follows the job), Ani confirms, Sri closes.
+  Rita reads the runs and the audit log and checks it; Ana keeps the accounts and the policy.
   The same from a shell: export PULIH_SERVER=$PULIH_SERVER PULIH_TOKEN=\$(pulih login budi)
   Ctrl-C stops the service and the lab.
 TEXT

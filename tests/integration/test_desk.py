@@ -6,8 +6,10 @@ is refused and leaves the record as it was. Needs root (the service's account)."
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 from pulih.client import Via, call
 from tests.conftest import PROJECT
 from tests.integration import desk
-from tests.integration.client import Service, free_port
+from tests.integration.client import PULIH, Service, free_port
 from tests.integration.desk import act, add_people, browser, csrf, login, password
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs the service's account")
@@ -31,6 +33,7 @@ PEOPLE = {
     "budi": (["operator"], []),
     "rita": (["auditor"], []),
     "lupa": (["requester"], ["bkpsdm"]),
+    "ana": (["admin"], []),
 }
 
 
@@ -181,3 +184,206 @@ def test_logging_out_revokes_the_session_s_token(service):
     assert stolen.get("/desk/requests").headers["location"] == "/desk/login"
     with pytest.raises(Exception, match="revoked"):
         call("GET", "/whoami", via=Via(f"http://{service.listen}", token))
+
+
+def shown_once(page: httpx.Response) -> str:
+    """The new password the admin page shows once."""
+    found = re.search(r'id="new-password".*?<code>([^<]+)</code>', page.text, re.S)
+    assert found, page.text
+    return found.group(1)
+
+
+def logged_out(page: httpx.Client) -> bool:
+    went = page.get("/desk/requests")
+    return went.status_code == 303 and went.headers["location"] == "/desk/login"
+
+
+def test_an_auditor_reads_the_runs_and_the_audit_log_and_checks_it_but_changes_nothing(service):
+    rita, dewi, ana = login(service, "rita"), login(service, "dewi"), login(service, "ana")
+    log = rita.get("/desk/audit")
+    assert log.status_code == 200 and 'id="audit"' in log.text
+    assert "<code>login</code>" in log.text and "Log audit" in log.text  # Indonesian by default
+    checked = rita.post("/desk/audit/verify", data={"csrf": csrf(rita, "/desk/audit")})
+    assert checked.status_code == 200 and 'data-status="intact"' in checked.text, checked.text
+    run_id = re.search(r'href="/desk/runs/([^"]+)"', checked.text)
+    assert run_id, checked.text
+    runs = rita.get("/desk/runs")
+    assert runs.status_code == 200 and run_id.group(1) in runs.text
+    assert "pemeriksaan log audit" in runs.text
+    report = rita.get(f"/desk/runs/{run_id.group(1)}")
+    assert report.status_code == 200 and run_id.group(1) in report.text
+
+    # A requester reads neither; an auditor administers nothing; a forged form changes nothing.
+    for path in ("/desk/audit", "/desk/runs", "/desk/admin"):
+        assert dewi.get(path).status_code == 403, path
+    assert rita.get("/desk/admin").status_code == 403
+    users_before = as_root(service, "/admin/users")
+    assert (
+        rita.post(
+            "/desk/admin/users",
+            data={"csrf": csrf(rita, "/desk/account"), "name": "siluman", "roles": ["admin"]},
+        ).status_code
+        == 403
+    )
+    assert (
+        rita.post("/desk/admin/users/dewi/disable", data={"csrf": csrf(rita, "/desk/account")}).status_code
+        == 403
+    )
+    assert ana.post("/desk/admin/users/dewi/disable", data={}).status_code == 403  # no CSRF token
+    assert as_root(service, "/admin/users") == users_before
+
+
+def test_an_admin_adds_an_account_whose_owner_changes_the_password_shown_once_and_resets_end_sessions(
+    service,
+):
+    ana = login(service, "ana")
+    added = ana.post(
+        "/desk/admin/users",
+        data={
+            "csrf": csrf(ana, "/desk/admin"),
+            "name": "wati",
+            "roles": ["requester"],
+            "skpds": "bkpsdm",
+            "email": "wati@bkpsdm.contoh.go.id",
+        },
+    )
+    assert added.status_code == 200, added.text
+    first = shown_once(added)
+    again = ana.get("/desk/admin").text
+    assert first not in again  # shown once, never again
+    assert 'id="outbox"' in again and "Surel belum diatur" in again  # no mail: section here
+    account = next(u for u in as_root(service, "/admin/users")["users"] if u["name"] == "wati")
+    assert account["roles"] == ["requester"] and account["skpds"] == ["bkpsdm"]
+
+    wati, elsewhere = login(service, "wati", first), login(service, "wati", first)
+    form = csrf(wati, "/desk/account")
+    wrong = wati.post(
+        "/desk/account/password",
+        data={"csrf": form, "current": "bukan-ini-123", "new": "x" * 12, "again": "x" * 12},
+    )
+    assert wrong.status_code == 403 and "Kata sandi saat ini salah" in wrong.text
+    differ = wati.post(
+        "/desk/account/password",
+        data={"csrf": form, "current": first, "new": "kata-sandi-baru-wati", "again": "kata-sandi-lain-wati"},
+    )
+    assert differ.status_code == 400 and "berbeda" in differ.text
+    short = wati.post(
+        "/desk/account/password", data={"csrf": form, "current": first, "new": "pendek", "again": "pendek"}
+    )
+    assert short.status_code == 400 and "paling sedikit 12 karakter" in short.text
+    changed = wati.post(
+        "/desk/account/password",
+        data={"csrf": form, "current": first, "new": "kata-sandi-baru-wati", "again": "kata-sandi-baru-wati"},
+    )
+    assert changed.status_code == 200 and 'id="changed"' in changed.text, changed.text
+    assert logged_out(elsewhere) and not logged_out(wati)  # her other session ended, this one not
+    with pytest.raises(AssertionError):
+        login(service, "wati", first)
+    login(service, "wati", "kata-sandi-baru-wati")
+
+    reset = ana.post("/desk/admin/users/wati/password", data={"csrf": csrf(ana, "/desk/admin")})
+    assert reset.status_code == 200
+    second = shown_once(reset)
+    assert logged_out(wati)  # a reset ends every session of the account
+    login(service, "wati", second)
+    own = ana.post("/desk/admin/users/ana/password", data={"csrf": csrf(ana, "/desk/admin")})
+    assert own.status_code == 400  # an admin changes their own password with the current one
+
+    disabled = ana.post("/desk/admin/users/wati/disable", data={"csrf": csrf(ana, "/desk/admin")})
+    assert disabled.status_code == 200
+    with pytest.raises(AssertionError):
+        login(service, "wati", second)
+
+    # No password is on any page of the record, nor in the audit log itself.
+    log = ana.get("/desk/audit").text + str(as_root(service, "/audit?limit=1000"))
+    for secret in (first, second, "kata-sandi-baru-wati"):
+        assert secret not in log
+    assert "password_changed" in log and "password_reset" in log
+
+
+def test_an_admin_sets_the_policy_on_the_desk(service):
+    ana = login(service, "ana")
+    before = as_root(service, "/admin/policy")
+    assert before["distinct"] == [["receiver", "approver"]]
+    try:
+        saved = ana.post(
+            "/desk/admin/policy",
+            data={
+                "csrf": csrf(ana, "/desk/admin"),
+                "signed_approvals": "none",
+                "distinct": ["receiver,approver", "approver,operator"],
+            },
+        )
+        assert saved.status_code == 200, saved.text
+        assert sorted(as_root(service, "/admin/policy")["distinct"]) == [
+            ["approver", "operator"],
+            ["receiver", "approver"],
+        ]
+        assert 'value="approver,operator" checked' in saved.text
+    finally:
+        service.admin("admin", "policy", "set", "--distinct", "receiver,approver")
+    assert as_root(service, "/admin/policy")["distinct"] == before["distinct"]
+
+
+def test_an_approver_is_offered_the_repository_s_backups_and_a_requester_is_not(service):
+    dewi, sri, kabid = login(service, "dewi"), login(service, "sri"), login(service, "kabid")
+    request_id = file_request(dewi, "daftar gaji terhapus")
+    assert act(sri, request_id, "receive").status_code == 303
+    assert 'id="show-backups"' in kabid.get(f"/desk/requests/{request_id}").text
+    assert 'id="show-backups"' not in dewi.get(f"/desk/requests/{request_id}").text
+    # Asked anyway, the service refuses a requester the repository (before reading it).
+    token = dewi.cookies.get("pulih_desk", path="/desk")
+    with pytest.raises(Exception, match="reads the steps, not the repository"):
+        call("GET", f"/requests/{request_id}/backups", via=Via(f"http://{service.listen}", token))
+    shown = dewi.get(f"/desk/requests/{request_id}?backups=1")
+    assert shown.status_code == 200 and 'id="backups"' not in shown.text
+
+
+def test_the_cli_resets_and_changes_passwords_and_a_token_alone_never_sets_a_first_one(service):
+    add_people(service, {"joko": (["auditor"], [])})
+
+    def pulih(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PULIH, *args], input=stdin, text=True, capture_output=True, env=service.environ(), check=False
+        )
+
+    reset = pulih("admin", "user", "reset-password", "joko", "--json")
+    assert reset.returncode == 0, reset.stderr
+    new = json.loads(reset.stdout)["password"]
+    joko = login(service, "joko", new)
+    with pytest.raises(AssertionError):
+        login(service, "joko")  # the password before the reset
+
+    # Over the socket the kernel vouches: root's account (no password yet) sets a first one.
+    first = pulih("password", "--stdin", "--json", stdin="\nsandi-admin-pertama-2026\n")
+    assert first.returncode == 0, first.stderr
+    login(service, json.loads(first.stdout)["name"], "sandi-admin-pertama-2026")
+    wrong = pulih("password", "--stdin", "--json", stdin="salah-sama-sekali\nsandi-admin-kedua-2026\n")
+    refusal = json.loads(wrong.stdout)
+    assert wrong.returncode == refusal["exit_code"] == 3 and "current password is wrong" in refusal["message"]
+
+    # A token never buys a password: without the current one it is refused.
+    token = joko.cookies.get("pulih_desk", path="/desk")
+    with pytest.raises(Exception, match="current password"):
+        call(
+            "POST", "/password", {"new": "sandi-dari-token-2026"}, via=Via(f"http://{service.listen}", token)
+        )
+    login(service, "joko", new)
+
+
+def test_the_forms_come_as_pdf_from_the_desk_for_those_who_may_read_the_request(service, tmp_path):
+    dewi, tono = login(service, "dewi"), login(service, "tono")
+    request_id = file_request(dewi, "arsip surat hilang")
+    page = dewi.get(f"/desk/requests/{request_id}")
+    assert f'href="/desk/requests/{request_id}/form/ppd.pdf"' in page.text
+    pdf = dewi.get(f"/desk/requests/{request_id}/form/ppd.pdf")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF-")
+    (tmp_path / "ppd.pdf").write_bytes(pdf.content)
+    text = subprocess.run(
+        ["pdftotext", str(tmp_path / "ppd.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert request_id in text and "dewi" in text and "Pemohon" in text
+    other = tono.get(f"/desk/requests/{request_id}/form/ppd.pdf")
+    assert other.status_code == 403 and not other.content.startswith(b"%PDF")
+    assert dewi.get(f"/desk/requests/{request_id}/form/xyz.pdf").status_code == 404

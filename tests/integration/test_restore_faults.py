@@ -63,10 +63,11 @@ def env(tmp_path_factory):
 def test_the_sop_in_a_browser_brings_the_data_back(env):
     """Three people click the SOP through the desk in Debian's chromium (Playwright): the
     requester files; the receiver receives; the requester's attempt to approve her own
-    request is refused; the receiver approves; the operator assesses, checks the backups, plans
-    the one the desk offers first (the newest verified), starts the restore and follows it on
-    the job page to its end; the rows are back on lab1; the requester confirms and the request
-    closes. Each page is saved as a screenshot (reports/desk/screens)."""
+    request is refused; the receiver, shown the repository's backups, approves; the operator
+    assesses, checks the backups, plans the one the desk offers first (the newest verified),
+    starts the restore and follows it on the job page to its end; the rows are back on lab1;
+    the requester confirms and the request closes. Each page is saved as a screenshot
+    (reports/desk/screens)."""
     service, skpd = env["service"], skpd_of(env, "LAB-001:app-pg")
     add_people(
         service,
@@ -111,6 +112,10 @@ def test_the_sop_in_a_browser_brings_the_data_back(env):
         assert "Catatan menolak langkah ini." in ani.content(), "her own request: refused"
         shots.take(ani, "self-approval-refused")
 
+        sri.click("#show-backups")  # the approver weighs the backups there are
+        sri.wait_for_url("**?backups=1*")
+        available = sri.locator("#backups").text_content() or ""
+        assert fresh["items"][0]["backup_id"] in available, available
         sri.fill("#act-approve input[name=valid_hours]", "4")
         shots.take(sri, "approver-approves")
         desk_browser.step(sri, "approve", "approved")

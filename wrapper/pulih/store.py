@@ -339,6 +339,15 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def _shown_payload(text: str) -> Any:
+    """An entry's payload parsed, or as the text it is when someone made it no JSON (an edited
+    entry must still be shown, to the auditor who looks for it)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 class Store:
     """One connection pool to the record; every write in its own transaction."""
 
@@ -501,6 +510,16 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(audit_table).order_by(audit_table.c.seq)).mappings().all()
         return [dict(r) for r in rows]
+
+    def audit_page(self, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+        """`limit` entries before seq `before` (the newest when None), newest first, each with
+        its payload parsed (shown as stored: the chain's hashes are over these very bytes)."""
+        query = sa.select(audit_table).order_by(audit_table.c.seq.desc()).limit(limit)
+        if before is not None:
+            query = query.where(audit_table.c.seq < before)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [{**dict(r), "payload": _shown_payload(r["payload"])} for r in rows]
 
     def audit_count(self) -> int:
         with self.engine.connect() as conn:

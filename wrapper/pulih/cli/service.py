@@ -239,6 +239,39 @@ def user_enable(name: str, as_json: JsonOpt = False) -> None:
     _print(doc, as_json, f"account {name} enabled")
 
 
+@user_app.command("reset-password")
+def user_reset_password(name: str, as_json: JsonOpt = False) -> None:
+    """A new random password for NAME, printed once on standard output (hand it over in
+    person); every session of the account ends."""
+    doc = _call("POST", f"/admin/users/{name}/password", None, as_json)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(doc["password"])
+    err.print(f"account {name}: new password; its sessions have ended", soft_wrap=True)
+
+
+def password(
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Read the current and the new password, one per line.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change your own password (for the desk's login); your other sessions end. Over the
+    socket, an account without a password sets its first one (leave the current one empty)."""
+    import getpass
+
+    if stdin:
+        current, new = sys.stdin.readline().rstrip("\n"), sys.stdin.readline().rstrip("\n")
+    else:
+        current = getpass.getpass("current password (empty if none): ")
+        new = getpass.getpass("new password: ")
+        if getpass.getpass("new password again: ") != new:
+            fail("the two new passwords differ; nothing changed", Exit.BAD_INPUT, as_json=as_json)
+    doc = _call("POST", "/password", {"current": current or None, "new": new}, as_json)
+    _print(doc, as_json, f"password of {doc['name']} changed; your other sessions have ended")
+
+
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Argument(help="The account the token acts as.")],
@@ -373,5 +406,6 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("login")(login)
     app.command("whoami")(whoami)
+    app.command("password")(password)
     app.add_typer(admin_app, name="admin")
     app.add_typer(jobs_app, name="jobs")

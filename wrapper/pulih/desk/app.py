@@ -13,6 +13,7 @@ Pages are sent with a Content-Security-Policy that allows no script and no other
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import re
@@ -28,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from pulih import client
+from pulih import client, printing, report
 from pulih.client import ServiceError, Via
 from pulih.desk import i18n, words
 
@@ -41,6 +42,14 @@ _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FORM: Final = re.compile(_REQUEST_ID.pattern.rstrip("$") + "/(ppd|pd)$")  # REQUEST_ID/FORM
 _JOB_ID: Final = re.compile(r"^job-[0-9a-f]{1,32}$")
 _RUN_ID: Final = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z_]+-[0-9a-f]{1,16}$")
+_ACCOUNT: Final = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+_TOKEN_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+AUDIT_PAGE: Final = 100  # audit entries per page, newest first
+OUTBOX_SHOWN: Final = 50  # the newest mails on the admin's page (pulih admin outbox: all)
+# Who reads what beyond the requests (the service decides; the desk only leaves out links).
+READERS: Final = frozenset({"operator", "auditor", "admin"})
+# Who weighs the repository's backups of a request: the approver before approving.
+BACKUP_READERS: Final = frozenset({"receiver", "approver", "operator", "auditor", "admin"})
 REFRESH_SECONDS: Final = 2  # a running job's page reloads itself (no script: the CSP allows none)
 SESSION_HOURS: Final = 12
 # No script, nothing from another origin, no framing, forms only back to the desk.
@@ -342,7 +351,7 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         return RedirectResponse(f"{PREFIX}/requests/{quote(filed['id'])}?done=filed", status_code=303)
 
     @routes.get(f"{PREFIX}/requests/{{rid}}", response_model=None)
-    async def request_page(request: Request, rid: str, done: str = "") -> Response:
+    async def request_page(request: Request, rid: str, done: str = "", backups: bool = False) -> Response:
         page = await signed_in(request)
         try:
             doc = await api(page, "GET", f"/requests/{request_id(rid)}")
@@ -355,6 +364,15 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             for name in steps[doc["status"]]["next"]
             if name in ACTIONS and steps[name]["role"] in page.roles
         ]
+        available, unavailable = None, ""
+        if backups and page.roles & BACKUP_READERS:
+            # On asking only: reading the repository takes a playbook run, seconds, not a page's.
+            try:
+                available = (await api(page, "GET", f"/requests/{rid}/backups"))["backups"]
+                for backup in available:
+                    backup["age"] = _age(backup.get("finished_at"))
+            except ServiceError as exc:  # the repository unreachable: the page, saying so
+                unavailable = str(exc)
         return render(
             page,
             "request.html.j2",
@@ -362,6 +380,9 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             steps=steps,
             actions=actions,
             done=done if done in steps else "",
+            available=available,
+            unavailable=unavailable,
+            may_see_backups=bool(page.roles & BACKUP_READERS),
         )
 
     @routes.post(f"{PREFIX}/requests/{{rid}}/{{action}}", response_model=None)
@@ -417,13 +438,202 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         path = f"/runs/{run_id}?format=html&lang={page.lang}"
         return await printed(page, matching(_RUN_ID, run_id, "run"), path)
 
+    @routes.get(f"{PREFIX}/requests/{{rid}}/form/{{form}}.pdf", response_model=None)
+    async def printable_pdf(request: Request, rid: str, form: str) -> Response:
+        """The form as the PDF the office files (the service renders it). Routed before the
+        HTML form's route, whose {form} would take "ppd.pdf" too."""
+        page = await signed_in(request)
+        try:
+            matching(_FORM, f"{rid}/{form}", "form")()
+            assert page.via is not None
+            path = f"/requests/{rid}/form?form={form}&lang={page.lang}&format=pdf"
+            pdf = await run_in_threadpool(client.call, "GET", path, via=page.via, raw=True, binary=True)
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        disposition = f'inline; filename="{rid}-{form}.pdf"'  # rid matched _REQUEST_ID: no quote in it
+        return Response(
+            pdf, media_type="application/pdf", headers={**HEADERS, "Content-Disposition": disposition}
+        )
+
     @routes.get(f"{PREFIX}/requests/{{rid}}/form/{{form}}", response_model=None)
     async def printable(request: Request, rid: str, form: str) -> Response:
         page = await signed_in(request)
         path = f"/requests/{rid}/form?form={form}&lang={page.lang}"
         return await printed(page, matching(_FORM, f"{rid}/{form}", "form"), path)
 
+    # ---------------------------------------------------------------- auditors
+
+    @routes.get(f"{PREFIX}/runs", response_model=None)
+    async def runs_page(request: Request) -> Response:
+        page = await signed_in(request)
+        try:
+            runs = (await api(page, "GET", "/runs"))["runs"]
+        except ServiceError as exc:
+            return refused(page, exc)
+        # A run's kind by the name its printed report gives it (the forms' catalog).
+        kinds = {code: printing.CATALOG.gettext(page.lang, name) for code, name in report.KINDS.items()}
+        ordered = sorted(runs, key=lambda r: r["run_id"], reverse=True)
+        return render(page, "runs.html.j2", runs=ordered, kinds=kinds)
+
+    async def audit_view(
+        page: Page, before: int | None, verification: dict[str, Any] | None = None
+    ) -> Response:
+        query = f"/audit?limit={AUDIT_PAGE}" + (f"&before={before}" if before else "")
+        try:
+            shown = await api(page, "GET", query)
+        except ServiceError as exc:
+            return refused(page, exc)
+        entries = shown["entries"]
+        older = entries[-1]["seq"] if len(entries) == AUDIT_PAGE and entries[-1]["seq"] > 1 else None
+        return render(
+            page,
+            "audit.html.j2",
+            entries=entries,
+            total=shown["total"],
+            older=older,
+            verification=verification,
+        )
+
+    @routes.get(f"{PREFIX}/audit", response_model=None)
+    async def audit_page(request: Request, before: int | None = None) -> Response:
+        page = await signed_in(request)
+        return await audit_view(page, before if before and before > 0 else None)
+
+    @routes.post(f"{PREFIX}/audit/verify", response_model=None)
+    async def audit_verify(request: Request) -> Response:
+        """The whole chain checked by the service (every entry's hash, the anchors, the
+        signatures), its answer shown above the newest entries."""
+        page = await signed_in(request)
+        try:
+            await checked_form(request, page)
+            verification = await api(page, "POST", "/audit/verify")
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return await audit_view(page, None, verification)
+
+    # ---------------------------------------------------------------- admins
+
+    async def admin_view(page: Page, status: int = 200, **flash: Any) -> Response:
+        try:
+            users = (await api(page, "GET", "/admin/users"))["users"]
+            tokens = (await api(page, "GET", "/admin/tokens"))["tokens"]
+            policy = await api(page, "GET", "/admin/policy")
+            outbox = await api(page, "GET", f"/admin/outbox?limit={OUTBOX_SHOWN}")
+        except ServiceError as exc:
+            return refused(page, exc)
+        # In use: neither revoked nor expired (an expiry still to come has no age yet).
+        live = [t for t in tokens if not t["revoked_at"] and _age(t["expires_at"]) is None]
+        return render(
+            page,
+            "admin.html.j2",
+            status,
+            users=users,
+            tokens=live,
+            policy=policy,
+            all_roles=list(words.ROLES),
+            outbox=outbox,
+            **flash,
+        )
+
+    @routes.get(f"{PREFIX}/admin", response_model=None)
+    async def admin_page(request: Request) -> Response:
+        page = await signed_in(request)
+        return await admin_view(page)
+
+    @routes.post(f"{PREFIX}/admin/users", response_model=None)
+    async def add_account(request: Request) -> Response:
+        page = await signed_in(request)
+        try:
+            form = await checked_form(request, page)
+            posted = await request.form()
+            body: dict[str, Any] = {
+                "name": form.get("name", "").strip(),
+                "roles": [str(r) for r in posted.getlist("roles")],
+                "skpds": [s for s in re.split(r"[\s,]+", form.get("skpds", "")) if s],
+                "email": form.get("email", "").strip() or None,
+            }
+            await api(page, "POST", "/admin/users", body)
+            new_password = await api(page, "POST", f"/admin/users/{quote(body['name'])}/password")
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        # The first password is made by the service and shown once, like a reset's.
+        return await admin_view(page, done="added", account=body["name"], password=new_password["password"])
+
+    @routes.post(f"{PREFIX}/admin/users/{{name}}/{{action}}", response_model=None)
+    async def account_action(request: Request, name: str, action: str) -> Response:
+        page = await signed_in(request)
+        try:
+            await checked_form(request, page)
+            if not _ACCOUNT.match(name) or action not in ("disable", "enable", "password"):
+                raise DeskRefusal(404, "desk.input", f"there is no account step {action[:16]!r}")
+            answer = await api(page, "POST", f"/admin/users/{name}/{action}")
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return await admin_view(page, done=action, account=name, password=answer.get("password"))
+
+    @routes.post(f"{PREFIX}/admin/tokens/{{token_id}}/revoke", response_model=None)
+    async def revoke_token(request: Request, token_id: str) -> Response:
+        page = await signed_in(request)
+        try:
+            await checked_form(request, page)
+            if not _TOKEN_ID.match(token_id):
+                raise DeskRefusal(404, "desk.input", f"there is no token {token_id[:32]!r}")
+            await api(page, "POST", f"/admin/tokens/{token_id}/revoke")
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return await admin_view(page, done="revoked", account=token_id)
+
+    @routes.post(f"{PREFIX}/admin/policy", response_model=None)
+    async def set_policy(request: Request) -> Response:
+        page = await signed_in(request)
+        try:
+            form = await checked_form(request, page)
+            posted = await request.form()
+            pairs = [str(p).split(",", 1) for p in posted.getlist("distinct") if "," in str(p)]
+            body = {"signed_approvals": form.get("signed_approvals", "none"), "distinct": pairs}
+            await api(page, "PUT", "/admin/policy", body)
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return await admin_view(page, done="policy")
+
+    # ---------------------------------------------------------------- everyone
+
+    @routes.get(f"{PREFIX}/account", response_model=None)
+    async def account_page(request: Request) -> Response:
+        page = await signed_in(request)
+        return render(page, "account.html.j2")
+
+    @routes.post(f"{PREFIX}/account/password", response_model=None)
+    async def change_password(request: Request) -> Response:
+        page = await signed_in(request)
+        try:
+            form = await checked_form(request, page)
+            if form.get("new", "") != form.get("again", ""):
+                return render(page, "account.html.j2", 400, error=words.PASSWORDS_DIFFER)
+            body = {"current": form.get("current", "")[:1024], "new": form.get("new", "")[:1024]}
+            await api(page, "POST", "/password", body)
+        except ServiceError as exc:
+            if exc.status in (400, 403, 429):  # the form again, saying what was wrong
+                summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
+                return render(page, "account.html.j2", exc.status or 400, error=summary)
+            return refused(page, exc)
+        except DeskRefusal as exc:
+            return refused(page, exc)
+        return render(page, "account.html.j2", changed=True)
+
     return routes
+
+
+def _age(stamp: Any) -> float | None:
+    """Hours since an ISO time in the past (None: no time, or one still to come)."""
+    try:
+        then = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=dt.UTC)
+    hours = (dt.datetime.now(dt.UTC) - then).total_seconds() / 3600
+    return round(hours, 1) if hours >= 0 else None
 
 
 async def _to_login(*_: Any) -> Response:

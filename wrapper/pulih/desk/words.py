@@ -33,6 +33,12 @@ JOB_STATUS: Final = {
     "refused": N_("refused"),
     "error": N_("error"),
 }
+MAIL_STATUS: Final = {
+    "pending": N_("waiting to be sent"),
+    "sent": N_("sent"),
+    "failed": N_("failed, retried"),
+    "skipped": N_("not sent"),
+}
 
 # The service's refusals, by message id: what the person reads first; the service's own
 # message follows it with the particulars.
@@ -53,6 +59,21 @@ REFUSALS: Final = {
     "desk.csrf": N_("The form has expired or did not come from this desk; open the page again."),
     "desk.input": N_("Part of the form is not valid."),
     "desk.login": N_("Log in first."),
+    "account.password": N_("A password has at least 12 characters."),
+    "account.password_current": N_("The current password is wrong."),
+    "account.password_same": N_("The new password is the current one."),
+    "account.password_own": N_("Change your own password on your account's page."),
+    "account.exists": N_("That account exists already."),
+    "account.name": N_("An account name is lower-case letters, digits, dots, dashes or underscores."),
+    "account.roles": N_("Choose one or more roles for the account."),
+    "account.skpd": N_("An SKPD is written in lower-case letters, digits and dashes."),
+    "account.email": N_("That e-mail address is not valid."),
+    "account.last_admin": N_("This is the last administrator: add another one first."),
+    "account.unknown": N_("There is no such account."),
+    "token.unknown": N_("There is no such token."),
+    "policy.pair": N_("Each pair names two different roles."),
+    "repository.unreachable": N_("The backup repository cannot be read right now."),
 }
 REFUSED: Final = N_("The service refused this.")
 NO_ITEMS: Final = N_("Choose at least one data item.")
+PASSWORDS_DIFFER: Final = N_("The new password and its repetition differ.")

@@ -404,6 +404,66 @@ class Accounts:
             )
             return self.get(name, conn)
 
+    # ---------------------------------------------------------------- passwords
+
+    def change_password(self, name: str, current: str | None, new: str, *, keep_token: str | None) -> None:
+        """An account's own new password. The current one must be given when there is one (a
+        stolen session alone cannot lock its owner out); only an account without a password,
+        reached over the socket (the kernel vouches), sets a first one without. Every other
+        session of the account ends: whoever else held one must log in with the new password."""
+        _checked_password(new)
+        with self.store.engine.connect() as conn:
+            row = conn.execute(sa.select(accounts_table).where(accounts_table.c.name == name)).first()
+        if row is None:
+            raise AccountError("not_found", "account.unknown", f"there is no account {name!r}")
+        if row.password_hash or current is not None:
+            # The same throttle as the login: a stolen session cannot guess the password here.
+            until = self.throttle.blocked_until(name)
+            if until is not None:
+                raise AccountError(
+                    "throttled",
+                    "auth.login_throttled",
+                    f"too many wrong passwords for {name}: try again after {iso(until)}",
+                )
+            if current is None or self.check_password(name, current) is None:
+                self.throttle.failed(name)
+                self.log_refusal("password_change_refused", name, {"name": name})
+                raise AccountError("refused", "account.password_current", "the current password is wrong")
+        if current is not None and secrets.compare_digest(current, new):
+            raise AccountError("input", "account.password_same", "the new password is the current one")
+        self._set_password(name, name, new, "password_changed", keep_token=keep_token)
+
+    def reset_password(self, by: str, name: str) -> str:
+        """An admin's reset: a new random password, shown once to the admin (who hands it over);
+        every session of the account ends. An admin changes their own with change_password."""
+        if by == name:
+            raise AccountError(
+                "input", "account.password_own", "change your own password with your current one"
+            )
+        new = secrets.token_urlsafe(12)  # 16 characters, 96 bits
+        self._set_password(by, name, new, "password_reset", keep_token=None)
+        return new
+
+    def _set_password(self, by: str, name: str, new: str, action: str, *, keep_token: str | None) -> None:
+        at = iso(now())
+        with self.store.transaction() as conn:
+            self.get(name, conn)
+            conn.execute(
+                sa.update(accounts_table)
+                .where(accounts_table.c.name == name)
+                .values(password_hash=_HASHER.hash(new))
+            )
+            ended = sa.update(tokens_table).where(
+                tokens_table.c.account == name, tokens_table.c.revoked_at.is_(None)
+            )
+            if keep_token is not None:
+                ended = ended.where(tokens_table.c.id != keep_token)
+            count = conn.execute(ended.values(revoked_at=at)).rowcount
+            # The audit entry names who and how many sessions ended; never the password.
+            self.store.append_audit(
+                conn, actor=by, action=action, request_id=None, payload={"name": name, "tokens_ended": count}
+            )
+
     def check_password(self, name: str, password: str) -> Account | None:
         with self.store.engine.connect() as conn:
             row = conn.execute(sa.select(accounts_table).where(accounts_table.c.name == name)).first()

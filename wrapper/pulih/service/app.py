@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -144,6 +144,11 @@ class Login(BaseModel):
     name: str = Field(max_length=64)
     password: str = Field(max_length=1024)
     hours: int = Field(default=12, ge=1, le=24)
+
+
+class PasswordChange(BaseModel):
+    current: str | None = Field(default=None, max_length=1024)  # needed whenever there is one
+    new: str = Field(max_length=1024)
 
 
 class NewToken(BaseModel):
@@ -328,6 +333,18 @@ def create_app(
             "demo": demo,
         }
 
+    @app.post(f"{API}/password")
+    def change_password(body: PasswordChange, who: Authenticated) -> dict[str, Any]:
+        """The caller's own new password; their other sessions end. A first password without a
+        current one only over the socket, where the kernel says who asks: a token alone (which
+        may be narrower than the account's roles) never buys a password login."""
+        if body.current is None and who.via != "socket":
+            raise ApiError(
+                400, Exit.BAD_INPUT, "account.password_current", "give the current password as well"
+            )
+        accounts.change_password(who.account.name, body.current, body.new, keep_token=who.token_id)
+        return {"name": who.account.name, "status": "changed"}
+
     @app.get(f"{API}/sop")
     def sop(who: Authenticated) -> dict[str, Any]:
         """The SOP's steps as the record runs them: role, what may follow, standard minutes per
@@ -374,6 +391,13 @@ def create_app(
             password=body.password,
         )
         return account.as_dict()
+
+    @app.post(f"{API}/admin/users/{{name}}/password")
+    def reset_password(name: str, who: Authenticated) -> dict[str, Any]:
+        """A new random password for `name`, shown once (the admin hands it over); every session
+        of the account ends."""
+        require(who, role="admin", scope="admin")
+        return {"name": name, "password": accounts.reset_password(who.account.name, name)}
 
     @app.post(f"{API}/admin/users/{{name}}/disable")
     def disable(name: str, who: Authenticated) -> dict[str, Any]:
@@ -683,6 +707,18 @@ def create_app(
         if format == "html":
             return HTMLResponse(reports.render_html(doc, lang if lang in ("en", "id") else "en"))
         return doc
+
+    @app.get(f"{API}/audit")
+    def audit_log(
+        who: Authenticated,
+        before: int | None = Query(default=None, ge=1),
+        limit: int = Query(default=100, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        """The audit log, newest first, `limit` entries before `before` (a seq): as stored, so
+        a reader sees exactly what POST /v1/audit/verify checks."""
+        may_read_record(who)
+        entries = store.audit_page(before=before, limit=limit)
+        return {"entries": entries, "total": store.audit_count()}
 
     @app.post(f"{API}/audit/verify")
     def audit_verify(who: Authenticated) -> dict[str, Any]:

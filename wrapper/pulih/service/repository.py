@@ -86,6 +86,7 @@ def found_for(register: Path, scope: list[dict[str, str]], recorded: Recorded) -
             "verified": b["verified"],
             "recorded": b["recorded"],
             "kind": (b.get("manifest") or {}).get("kind"),
+            "finished_at": (b.get("manifest") or {}).get("finished_at"),  # its age, for the desk
         }
         for b in listing(register, recorded=recorded)
         if (b["asset_id"], b["item"]) in wanted
