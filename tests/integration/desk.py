@@ -36,14 +36,18 @@ def browser(service: Service) -> httpx.Client:
     return httpx.Client(base_url=f"http://{service.listen}", follow_redirects=False, timeout=120)
 
 
-def login(service: Service, name: str, secret: str | None = None) -> httpx.Client:
+def login(
+    service: Service, name: str, secret: str | None = None, fields: dict[str, str] | None = None
+) -> httpx.Client:
+    """A session through the login form; `fields`: more of it (the second factor's code)."""
     page = browser(service)
     form = page.get("/desk/login")
     assert form.status_code == 200, form.text
     pre = re.search(r'name="pre" value="([^"]+)"', form.text)
     assert pre, form.text
     done = page.post(
-        "/desk/login", data={"name": name, "password": secret or password(name), "pre": pre.group(1)}
+        "/desk/login",
+        data={"name": name, "password": secret or password(name), "pre": pre.group(1), **(fields or {})},
     )
     assert done.status_code == 303, done.text
     assert done.headers["location"] == "/desk/requests"

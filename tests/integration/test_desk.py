@@ -10,10 +10,12 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pyotp
 import pytest
 
 from pulih.client import Via, call
@@ -155,7 +157,7 @@ def test_a_wrong_password_is_refused_and_five_of_them_stop_the_account_s_logins_
         secret = password("lupa") if attempt == 5 else f"salah-{attempt}"
         done = page.post("/desk/login", data={"name": "lupa", "password": secret, "pre": pre.group(1)})
         if attempt < 5:
-            assert done.status_code == 403 and "Nama akun atau kata sandi salah" in done.text
+            assert done.status_code == 403 and "Nama akun, kata sandi atau kode salah" in done.text
         else:  # the right password, after five wrong ones: still refused
             assert done.status_code == 429 and "Terlalu banyak kata sandi salah" in done.text
         assert secret not in done.text
@@ -387,3 +389,49 @@ def test_the_forms_come_as_pdf_from_the_desk_for_those_who_may_read_the_request(
     other = tono.get(f"/desk/requests/{request_id}/form/ppd.pdf")
     assert other.status_code == 403 and not other.content.startswith(b"%PDF")
     assert dewi.get(f"/desk/requests/{request_id}/form/xyz.pdf").status_code == 404
+
+
+def refused_login(service: Service, name: str, code: str | None = None) -> str:
+    page = browser(service)
+    pre = re.search(r'name="pre" value="([^"]+)"', page.get("/desk/login").text)
+    assert pre
+    fields = {"name": name, "password": password(name), "pre": pre.group(1), "totp": code or ""}
+    done = page.post("/desk/login", data=fields)
+    assert done.status_code == 403, done.text
+    return done.text
+
+
+def test_a_second_factor_is_set_up_with_a_code_each_code_logs_in_once_and_an_admin_turns_it_off(service):
+    add_people(service, {"tari": (["approver"], [])})
+    tari, ana = login(service, "tari"), login(service, "ana")
+    offered = tari.post("/desk/account/totp/offer", data={"csrf": csrf(tari, "/desk/account")})
+    found = re.search(r'id="totp-secret">([A-Z2-7]{32})<', offered.text)
+    assert offered.status_code == 200 and found, offered.text
+    secret, totp = found.group(1), pyotp.TOTP(found.group(1))
+    form = csrf(tari, "/desk/account")
+    wrong = tari.post("/desk/account/totp/enable", data={"csrf": form, "secret": secret, "code": "000000"})
+    if totp.verify("000000", valid_window=1):  # one in a few hundred thousand: try another
+        wrong = tari.post(
+            "/desk/account/totp/enable", data={"csrf": form, "secret": secret, "code": "999999"}
+        )
+    assert wrong.status_code == 403 and "Kode salah" in wrong.text
+    assert not as_root(service, "/admin/users/tari")["totp"]
+    on = tari.post("/desk/account/totp/enable", data={"csrf": form, "secret": secret, "code": totp.now()})
+    assert on.status_code == 200 and 'id="totp-done"' in on.text, on.text
+    assert as_root(service, "/admin/users/tari")["totp"]
+    assert secret not in str(as_root(service, "/audit?limit=1000"))
+
+    # The password alone is refused, with the answer a wrong password gets: it says nothing
+    # of whether the password was right.
+    assert "Nama akun, kata sandi atau kode salah" in refused_login(service, "tari")
+    # The code of the next 30 s (clock drift is allowed one step) logs in, once.
+    upcoming = totp.at(time.time() + 30)
+    login(service, "tari", fields={"totp": upcoming})
+    refused_login(service, "tari", upcoming)
+
+    # Lost phone: the admin turns it off, and the password alone logs in again.
+    off = ana.post("/desk/admin/users/tari/totp-reset", data={"csrf": csrf(ana, "/desk/admin")})
+    assert off.status_code == 200, off.text
+    assert not as_root(service, "/admin/users/tari")["totp"]
+    login(service, "tari")
+    assert "totp_enabled" in str(as_root(service, "/audit?limit=1000"))

@@ -459,10 +459,17 @@ def test_a_version_7_store_is_upgraded_with_an_empty_outbox_that_steps_then_fill
     old = Store(url, upgrade=False)
     old.upgrade(to=7)
     assert old.version() == 7
-    Accounts(old).add("test", "sri", roles=["receiver"], email="sri@diskominfo.example.go.id")
+    with old.transaction() as conn:  # as a version 7 service added her (without later columns)
+        conn.execute(
+            sa.text(
+                "INSERT INTO pulih_accounts (name, email, roles, skpds, disabled, created_at) "
+                "VALUES ('sri', 'sri@diskominfo.example.go.id', '[\"receiver\"]', '[]', false, "
+                "'2026-11-01T00:00:00Z')"
+            )
+        )
     old.engine.dispose()
     upgraded = Store(url)
-    assert upgraded.version() == SCHEMA_VERSION == 8
+    assert upgraded.version() == SCHEMA_VERSION
     with upgraded.engine.connect() as conn:
         assert sa.inspect(conn).has_table("pulih_outbox")
         assert conn.execute(sa.select(sa.func.count()).select_from(outbox_table)).scalar() == 0

@@ -665,7 +665,7 @@ def test_a_password_login_gives_a_token_of_the_accounts_own_scopes(service):
         refused = pulih_as(
             service, None, "login", name, "--password-stdin", server="http", stdin=wrong + "\n", check=3
         )
-        assert "wrong account name or password" in refused.stderr
+        assert "wrong account name, password or code" in refused.stderr
     assert audit_actions(service)[-4:] == ["token_created", "login", "login_failed", "login_failed"]
 
 

@@ -109,7 +109,9 @@ def verify(
     `at`; SignatureError otherwise."""
     mine = [k for k in keys if k.account == principal]
     if not mine:
-        raise SignatureError(f"{principal} has no registered signing key (pulih admin user key add)")
+        raise SignatureError(
+            f"{principal} has no registered signing key (pulih admin user key add)", "approval.no_key"
+        )
     with tempfile.TemporaryDirectory(prefix="pulih-approval-") as folder:
         signers, sig = Path(folder) / "allowed_signers", Path(folder) / "statement.sig"
         signers.write_text(allowed_signers(mine))

@@ -147,7 +147,12 @@ STANDARD_MINUTES: Final[dict[str, dict[str, int | None]]] = {
 
 
 class Refused(Exception):
-    """The record does not allow it (exit 3)."""
+    """The record does not allow it (exit 3). `message_id` says which refusal it is, for the
+    front ends that translate it (the desk); the message gives the particulars."""
+
+    def __init__(self, message: str, message_id: str = "record.refused") -> None:
+        super().__init__(message)
+        self.message_id = message_id
 
 
 class BadRequestInput(Exception):
@@ -660,7 +665,8 @@ class Requests:
                 raise Refused(
                     f"the signed statement's {key} is {json.dumps(given.get(key))}, but this approval of "
                     f"request {request['id']} is {json.dumps(expected.get(key))}: sign the statement the "
-                    "service gives for it (pulih request statement)"
+                    "service gives for it (pulih request statement)",
+                    "approval.statement",
                 )
         head = given.get("chain_head")
         with self.store.engine.connect() as conn:
@@ -674,7 +680,8 @@ class Requests:
         if on_log is None or not isinstance(head, dict) or on_log != head.get("hash"):
             raise Refused(
                 f"the signed statement names the audit chain's head {json.dumps(head)}, which is not on "
-                "this audit log: it was signed on another history"
+                "this audit log: it was signed on another history",
+                "approval.statement",
             )
         try:
             fingerprint = approvals.verify(
@@ -685,7 +692,7 @@ class Requests:
                 at=self.clock(),
             )
         except approvals.SignatureError as exc:
-            raise Refused(str(exc)) from None
+            raise Refused(str(exc), exc.message_id) from None
         return {"statement": given, "signature": signature, "key": fingerprint}
 
     def approve(
@@ -727,7 +734,8 @@ class Requests:
             elif signature_required(self.store.policy(), parsed["target"]):
                 raise Refused(
                     f"the office's policy wants a signed approval for {describe_target(parsed['target'])}: "
-                    f"approve request {request_id} with --sign (pulih admin policy show)"
+                    f"approve request {request_id} with --sign (pulih admin policy show)",
+                    "approval.unsigned",
                 )
             return {
                 "approved_by": actor,

@@ -20,7 +20,11 @@ _KEY_LINE = re.compile(rf"^({_KEY_TYPES}) [A-Za-z0-9+/=]+( [^\n]*)?$")
 
 
 class SignatureError(Exception):
-    """A key or a signature that cannot be used; the message says why."""
+    """A key or a signature that cannot be used; the message says why, the id what to do."""
+
+    def __init__(self, message: str, message_id: str = "approval.signature") -> None:
+        super().__init__(message)
+        self.message_id = message_id
 
 
 def canonical(doc: dict[str, Any]) -> bytes:

@@ -34,7 +34,7 @@ from pulih.anchors import (
     rotation_text,
 )
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 GENESIS = "0" * 64
 
 metadata = sa.MetaData()
@@ -117,7 +117,12 @@ accounts_table = sa.Table(  # added in schema version 3: who may act, held by th
     sa.Column("password_hash", sa.Text),  # argon2id
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.String(32), nullable=False),
+    # Added in schema version 9: the optional second factor (RFC 6238 TOTP) of a password
+    # login, and the last time step a code was accepted for (no code is good twice).
+    sa.Column("totp_secret", sa.String(64)),
+    sa.Column("totp_last_step", sa.Integer),
 )
+_V9_ACCOUNT_COLUMNS = ("totp_secret", "totp_last_step")
 tokens_table = sa.Table(  # added in schema version 3
     "pulih_tokens",
     metadata,
@@ -235,7 +240,12 @@ def _v2(conn: Connection) -> None:
 
 def _v3(conn: Connection) -> None:
     """Version 3: accounts and API tokens (pulih serve)."""
-    accounts_table.create(conn, checkfirst=True)
+    accounts_v3 = sa.Table(  # as it was in version 3: without the columns of version 9
+        "pulih_accounts",
+        sa.MetaData(),
+        *(c._copy() for c in accounts_table.columns if c.name not in _V9_ACCOUNT_COLUMNS),
+    )
+    accounts_v3.create(conn, checkfirst=True)
     tokens_table.create(conn, checkfirst=True)
 
 
@@ -293,7 +303,13 @@ def _v8(conn: Connection) -> None:
     outbox_table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+def _v9(conn: Connection) -> None:
+    """Version 9: an account's optional second factor (TOTP)."""
+    for column in ("totp_secret VARCHAR(64)", "totp_last_step INTEGER"):
+        conn.execute(sa.text(f"ALTER TABLE pulih_accounts ADD COLUMN {column}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 
 
 def now() -> dt.datetime:

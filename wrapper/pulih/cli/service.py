@@ -144,13 +144,17 @@ def login(
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
     hours: Annotated[int, typer.Option(min=1, max=24, help="How long the token holds.")] = 12,
+    code: Annotated[
+        str | None, typer.Option(help="The second factor's code, for an account that has one (TOTP).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Log in with the account's password: prints a token of its roles' scopes (PULIH_TOKEN)."""
     import getpass
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass("password: ")
-    doc = _call("POST", "/login", {"name": name, "password": password, "hours": hours}, as_json)
+    body = {"name": name, "password": password, "hours": hours, "totp": code}
+    doc = _call("POST", "/login", body, as_json)
     if as_json:
         print(json.dumps(doc, indent=2))
         return
@@ -237,6 +241,13 @@ def user_enable(name: str, as_json: JsonOpt = False) -> None:
     """Enable an account again."""
     doc = _call("POST", f"/admin/users/{name}/enable", None, as_json)
     _print(doc, as_json, f"account {name} enabled")
+
+
+@user_app.command("reset-totp")
+def user_reset_totp(name: str, as_json: JsonOpt = False) -> None:
+    """Turn NAME's second factor off (a lost phone); they set up a new one on the desk."""
+    doc = _call("POST", f"/admin/users/{name}/totp/reset", None, as_json)
+    _print(doc, as_json, f"account {name}: second factor off")
 
 
 @user_app.command("reset-password")

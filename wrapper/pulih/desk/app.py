@@ -16,20 +16,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
-from pulih import client, printing, report
+from pulih import client, printing, report, signing
 from pulih.client import ServiceError, Via
 from pulih.desk import i18n, words
 
@@ -45,6 +47,13 @@ _RUN_ID: Final = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z_]+-[0-9a-f]{1,16}$")
 _ACCOUNT: Final = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 _TOKEN_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 AUDIT_PAGE: Final = 100  # audit entries per page, newest first
+# An admin's buttons on an account, and the API route each posts to.
+ACCOUNT_STEPS: Final = {
+    "disable": "disable",
+    "enable": "enable",
+    "password": "password",
+    "totp-reset": "totp/reset",
+}
 OUTBOX_SHOWN: Final = 50  # the newest mails on the admin's page (pulih admin outbox: all)
 # Who reads what beyond the requests (the service decides; the desk only leaves out links).
 READERS: Final = frozenset({"operator", "auditor", "admin"})
@@ -236,9 +245,10 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         if not pre or not hmac.compare_digest(str(form.get("pre", "")), pre):
             return refused(page, DeskRefusal(403, "desk.csrf"))
         body = {"name": str(form.get("name", ""))[:64], "password": str(form.get("password", ""))[:1024]}
+        code = str(form.get("totp", "")).strip()[:16] or None
         try:
             answer = await run_in_threadpool(
-                client.call, "POST", "/login", {**body, "hours": SESSION_HOURS}, via=Via(where)
+                client.call, "POST", "/login", {**body, "hours": SESSION_HOURS, "totp": code}, via=Via(where)
             )
         except ServiceError as exc:
             again = secrets.token_urlsafe(24)
@@ -389,17 +399,42 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
     async def act(request: Request, rid: str, action: str) -> Response:
         page = await signed_in(request)
         try:
+            _bounded(request)
             form = await checked_form(request, page)
             rid = request_id(rid)
             if action == "restore":  # a job of the service, whose progress the job page shows
                 job = await api(page, "POST", "/restores", {"request": rid})
                 return RedirectResponse(f"{PREFIX}/jobs/{quote(job['id'])}", status_code=303)
             body = _action_body(action, form)
+            if action == "approve":
+                body = await _signed(await request.form(), body)
             await api(page, "POST", f"/requests/{rid}/{action}", body)
-        except (ServiceError, DeskRefusal) as exc:
+        except ServiceError as exc:
+            return refused(page, exc)
+        except DeskRefusal as exc:
             return refused(page, exc)
         step = next(name for name, route in ACTIONS.items() if route == action)
         return RedirectResponse(f"{PREFIX}/requests/{quote(rid)}?done={step}", status_code=303)
+
+    @routes.get(f"{PREFIX}/requests/{{rid}}/statement", response_model=None)
+    async def statement(request: Request, rid: str, valid_hours: str = "", note: str = "") -> Response:
+        """The statement an approval so signs, as the exact bytes to sign, for the approver to
+        sign on their own machine (ssh-keygen -Y sign): their private key never comes here."""
+        page = await signed_in(request)
+        try:
+            rid = request_id(rid)
+            asked = _action_body("approve", {"valid_hours": valid_hours, "note": note})
+            query = urlencode({k: v for k, v in asked.items() if v != ""})
+            doc = await api(page, "GET", f"/requests/{rid}/statement?{query}")
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        # The approve form takes this file back as it is (_signed); rid matched _REQUEST_ID.
+        disposition = f'attachment; filename="{rid}-statement.json"'
+        return Response(
+            signing.canonical(doc),
+            media_type="application/json",
+            headers={**HEADERS, "Content-Disposition": disposition},
+        )
 
     @routes.get(f"{PREFIX}/jobs/{{job_id}}", response_model=None)
     async def job_page(request: Request, job_id: str) -> Response:
@@ -564,9 +599,9 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         page = await signed_in(request)
         try:
             await checked_form(request, page)
-            if not _ACCOUNT.match(name) or action not in ("disable", "enable", "password"):
+            if not _ACCOUNT.match(name) or action not in ACCOUNT_STEPS:
                 raise DeskRefusal(404, "desk.input", f"there is no account step {action[:16]!r}")
-            answer = await api(page, "POST", f"/admin/users/{name}/{action}")
+            answer = await api(page, "POST", f"/admin/users/{name}/{ACCOUNT_STEPS[action]}")
         except (ServiceError, DeskRefusal) as exc:
             return refused(page, exc)
         return await admin_view(page, done=action, account=name, password=answer.get("password"))
@@ -621,6 +656,31 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             return refused(page, exc)
         return render(page, "account.html.j2", changed=True)
 
+    @routes.post(f"{PREFIX}/account/totp/{{step}}", response_model=None)
+    async def second_factor(request: Request, step: str) -> Response:
+        """Set up a second factor (offer, then enable with a code made from the offered
+        secret, which rides in the form) or turn it off with a code."""
+        page = await signed_in(request)
+        try:
+            form = await checked_form(request, page)
+            if step == "offer":
+                offer = await api(page, "POST", "/totp/offer")
+                return render(page, "account.html.j2", offer=offer)
+            if step not in ("enable", "disable"):
+                raise DeskRefusal(404, "desk.input", f"there is no step {step[:16]!r}")
+            body = {"code": form.get("code", "").strip()[:16]}
+            if step == "enable":
+                body["secret"] = form.get("secret", "")[:64]
+            page.who = await api(page, "POST", f"/totp/{step}", body)
+        except ServiceError as exc:
+            if exc.status in (400, 403, 409):  # the page again, saying what was wrong
+                summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
+                return render(page, "account.html.j2", exc.status or 400, totp_error=summary)
+            return refused(page, exc)
+        except DeskRefusal as exc:
+            return refused(page, exc)
+        return render(page, "account.html.j2", totp_done=step)
+
     return routes
 
 
@@ -655,8 +715,10 @@ def _action_body(action: str, form: dict[str, str]) -> dict[str, Any]:
         return {"reason": form.get("reason", "")}
     if action == "approve":
         hours = form.get("valid_hours", "").strip()
-        if hours and not hours.isdigit():
+        if hours and not (hours.isascii() and hours.isdigit() and len(hours) <= 4):
             raise DeskRefusal(400, "desk.input", f"valid hours {hours[:16]!r} is no whole number")
+        if len(note) > NOTE_MAX:  # the service's bound, here before a statement is made of it
+            raise DeskRefusal(400, "desk.input", f"a note is at most {NOTE_MAX} characters")
         return {"note": note, **({"valid_hours": int(hours)} if hours else {})}
     if action == "assess":
         return {
@@ -675,6 +737,69 @@ def _action_body(action: str, form: dict[str, str]) -> dict[str, Any]:
             body["unverified"] = form["unverified"].strip()
         return body
     raise DeskRefusal(404, "desk.input", f"there is no step {action[:32]!r}")
+
+
+NOTE_MAX: Final = 2000
+FORM_MAX: Final = 64 * 1024  # any step's form, a signed approval's two files included
+FILE_MAX: Final = 16 * 1024  # a statement is about 1 KiB, an SSH signature some 300 bytes
+SIGNATURE_ARMOUR: Final = "-----BEGIN SSH SIGNATURE-----"
+
+
+def _bounded(request: Request) -> None:
+    """DeskRefusal 413 for a step's form larger than any step's, before its body is read
+    (the multipart parser would spool it to disk whole)."""
+    chunked = "transfer-encoding" in request.headers  # no stated length: refused too
+    length = request.headers.get("content-length", "" if chunked else "0")
+    if not length.isdigit() or int(length) > FORM_MAX:
+        raise DeskRefusal(413, "desk.too_large", f"a step's form is at most {FORM_MAX} bytes")
+
+
+async def _upload(posted: FormData, name: str) -> bytes:
+    """A posted file's bytes (or a pasted field's), at most FILE_MAX; empty: none sent."""
+    sent = posted.get(name)
+    if sent is None:
+        return b""
+    data = sent.encode() if isinstance(sent, str) else await sent.read(FILE_MAX + 1)
+    if len(data) > FILE_MAX:
+        raise DeskRefusal(413, "desk.too_large", f"the {name} is more than {FILE_MAX} bytes")
+    return data
+
+
+async def _signed(posted: FormData, body: dict[str, Any]) -> dict[str, Any]:
+    """The approval's body with the statement and the signature the approver sent (no files:
+    unsigned, as it was); DeskRefusal 400 on files that cannot be those.
+
+    The statement is the file the approver downloaded and signed, carried as it is: fetched
+    again, it would name the audit chain's head of now, which any step or login since has
+    moved, and the signature would cover other bytes. The service checks it whole either way:
+    every field against this approval, its chain head on the log, the signature against the
+    keys the chain says the approver holds."""
+    statement, signature = await _upload(posted, "statement"), await _upload(posted, "signature")
+    if not statement and not signature:
+        return body
+    if not statement or not signature:
+        raise DeskRefusal(400, "desk.signed_pair", "a signed approval sends the statement and its .sig")
+    try:
+        doc = json.loads(statement)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser
+        doc = None
+    # Only a canonical file is, byte for byte, what the service will check the signature over.
+    if not isinstance(doc, dict) or signing.canonical(doc) != statement:
+        raise DeskRefusal(
+            400, "desk.statement_file", "the statement is not the file the desk gave, unchanged"
+        )
+    text = signature.decode("ascii", errors="replace")
+    if not text.lstrip().startswith(SIGNATURE_ARMOUR):
+        raise DeskRefusal(400, "desk.signature_file", "the signature is not an SSH signature (ssh-keygen -Y)")
+    signed = {**body, "statement": doc, "signature": text}
+    # Approved as signed: the statement's validity and note, unless the form gives its own
+    # (which the service then refuses if they differ from the statement's).
+    hours = doc.get("valid_hours")
+    if "valid_hours" not in body and isinstance(hours, int) and not isinstance(hours, bool):
+        signed["valid_hours"] = hours
+    if not body["note"] and isinstance(doc.get("note"), str):
+        signed["note"] = doc["note"]
+    return signed
 
 
 def _set_cookie(

@@ -43,7 +43,7 @@ MAIL_STATUS: Final = {
 # The service's refusals, by message id: what the person reads first; the service's own
 # message follows it with the particulars.
 REFUSALS: Final = {
-    "auth.login": N_("Wrong account name or password, or the account is disabled."),
+    "auth.login": N_("Wrong account name, password or code, or the account is disabled."),
     "auth.login_throttled": N_("Too many wrong passwords for this account: wait, then try again."),
     "auth.role": N_("Your role does not allow this step."),
     "auth.scope": N_("Your role does not allow this step."),
@@ -72,7 +72,37 @@ REFUSALS: Final = {
     "account.unknown": N_("There is no such account."),
     "token.unknown": N_("There is no such token."),
     "policy.pair": N_("Each pair names two different roles."),
+    "account.totp_code": N_("The code is wrong: type the one your app shows now."),
+    "account.totp_secret": N_("Set up the second factor again: the key is not the one offered."),
+    "account.totp_on": N_("Your account has a second factor already."),
+    "account.totp_off": N_("The account has no second factor."),
+    "account.totp_own": N_("Turn your own second factor off on your account's page, with a code."),
     "repository.unreachable": N_("The backup repository cannot be read right now."),
+    "request.valid_hours": N_("An approval is valid for 1 to 720 hours."),
+    "request.signed": N_("Send both files: the statement and its signature (.sig)."),
+    # A signed approval's refusals, each under its own id (pulih.requests.Refused.message_id).
+    "approval.unsigned": N_(
+        "The office's policy wants this approval signed with your SSH key: download its statement, "
+        "sign it on your own computer and send both files with the approval."
+    ),
+    "approval.no_key": N_(
+        "You have no registered signing key: ask an administrator to register your SSH public key."
+    ),
+    "approval.statement": N_(
+        "The signed statement is not this approval's (another request, validity or note): "
+        "download the statement again, sign it and send that one."
+    ),
+    "approval.signature": N_(
+        "The signature does not verify: sign the statement you send, unchanged, with a key registered to you."
+    ),
+    "desk.signed_pair": N_("Send both files: the statement and its signature (.sig)."),
+    "desk.statement_file": N_(
+        "The statement file is not the one the desk gave, unchanged: download it again."
+    ),
+    "desk.signature_file": N_(
+        "The signature file is not an SSH signature (the .sig file ssh-keygen writes)."
+    ),
+    "desk.too_large": N_("The form is too large: a statement and its signature are a few kilobytes."),
 }
 REFUSED: Final = N_("The service refused this.")
 NO_ITEMS: Final = N_("Choose at least one data item.")

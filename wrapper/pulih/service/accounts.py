@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import pwd
 import re
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyotp
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -43,6 +45,9 @@ TOKEN_PREFIX = "pulih_"  # noqa: S105 - a prefix, no secret
 _NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 _SKPD = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _HASHER = PasswordHasher()
+_BASE32 = re.compile(r"^[A-Z2-7]{32}$")  # pyotp.random_base32(): 160 bits
+_CODE = re.compile(r"^[0-9]{6}$")
+TOTP_ISSUER = "pulih"  # how an authenticator app names the entry
 
 
 class FailureBudget:
@@ -134,6 +139,7 @@ class Account:
     unix_uid: int | None = None
     disabled: bool = False
     created_at: str = ""
+    totp: bool = False  # a password login needs a second-factor code too
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +150,7 @@ class Account:
             "unix_user": self.unix_user,
             "disabled": self.disabled,
             "created_at": self.created_at,
+            "totp": self.totp,
         }
 
 
@@ -167,6 +174,7 @@ def _account(row: Any) -> Account:
         unix_uid=row.unix_uid,
         disabled=bool(row.disabled),
         created_at=row.created_at,
+        totp=row.totp_secret is not None,
     )
 
 
@@ -192,6 +200,19 @@ def _checked_skpds(skpds: list[str]) -> list[str]:
         if not _SKPD.match(code):
             raise AccountError("input", "account.skpd", f"SKPD {code!r}: a lower-case code such as 'bkpsdm'")
     return sorted(set(skpds))
+
+
+def _matching_step(secret: str, code: str, *, after: int | None) -> int | None:
+    """The time step (RFC 6238, 30 s) within one of now whose code `code` is, if newer than
+    `after`."""
+    if not _CODE.match(code.strip()):
+        return None
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(now())
+    for step in (current - 1, current, current + 1):
+        if (after is None or step > after) and hmac.compare_digest(totp.generate_otp(step), code.strip()):
+            return step
+    return None
 
 
 def _checked_password(password: str) -> str:
@@ -464,6 +485,71 @@ class Accounts:
                 conn, actor=by, action=action, request_id=None, payload={"name": name, "tokens_ended": count}
             )
 
+    # ---------------------------------------------------------------- second factor
+
+    def totp_offer(self, name: str) -> dict[str, str]:
+        """A new TOTP secret for `name` to put in an authenticator app; nothing is stored until
+        a code made with it comes back (totp_enable), so a secret never seen again is no harm."""
+        account = self.get(name)
+        secret = pyotp.random_base32()
+        uri = pyotp.TOTP(secret).provisioning_uri(name=account.name, issuer_name=TOTP_ISSUER)
+        return {"secret": secret, "uri": uri}
+
+    def totp_enable(self, name: str, secret: str, code: str) -> Account:
+        if not _BASE32.match(secret):
+            raise AccountError("input", "account.totp_secret", "the secret is not one the service offered")
+        step = _matching_step(secret, code, after=None)
+        if step is None:
+            raise AccountError("refused", "account.totp_code", "the code does not match the secret")
+        with self.store.transaction() as conn:
+            if self.get(name, conn).totp:
+                raise AccountError("refused", "account.totp_on", f"{name} has a second factor already")
+            conn.execute(
+                sa.update(accounts_table)
+                .where(accounts_table.c.name == name)
+                .values(totp_secret=secret, totp_last_step=step)
+            )
+            self.store.append_audit(
+                conn, actor=name, action="totp_enabled", request_id=None, payload={"name": name}
+            )
+            return self.get(name, conn)
+
+    def totp_disable(self, by: str, name: str, code: str | None) -> Account:
+        """Off by its owner with a code (the phone still in hand), or by an admin's reset for
+        someone who lost it (`code` None; the API allows that to admins only)."""
+        if by == name and (code is None or not self._code_accepted(name, code)):
+            raise AccountError("refused", "account.totp_code", "the code is wrong")
+        with self.store.transaction() as conn:
+            if not self.get(name, conn).totp:
+                raise AccountError("input", "account.totp_off", f"{name} has no second factor")
+            conn.execute(
+                sa.update(accounts_table)
+                .where(accounts_table.c.name == name)
+                .values(totp_secret=None, totp_last_step=None)
+            )
+            action = "totp_disabled" if by == name else "totp_reset"
+            self.store.append_audit(conn, actor=by, action=action, request_id=None, payload={"name": name})
+            return self.get(name, conn)
+
+    def _code_accepted(self, name: str, code: str) -> bool:
+        """The code is the account's for now (one step of clock drift either way) and newer
+        than the last one accepted, which it then becomes: a code seen once is spent."""
+        with self.store.transaction() as conn:
+            row = conn.execute(
+                sa.select(accounts_table.c.totp_secret, accounts_table.c.totp_last_step).where(
+                    accounts_table.c.name == name
+                )
+            ).first()
+            if row is None or row.totp_secret is None:
+                return False
+            step = _matching_step(row.totp_secret, code, after=row.totp_last_step)
+            if step is None:
+                return False
+            conn.execute(
+                sa.update(accounts_table).where(accounts_table.c.name == name).values(totp_last_step=step)
+            )
+        return True
+
     def check_password(self, name: str, password: str) -> Account | None:
         with self.store.engine.connect() as conn:
             row = conn.execute(sa.select(accounts_table).where(accounts_table.c.name == name)).first()
@@ -477,7 +563,9 @@ class Accounts:
         account = _account(row)
         return None if account.disabled else account
 
-    def login(self, name: str, password: str, *, hours: int = 12) -> tuple[str, dict[str, Any]]:
+    def login(
+        self, name: str, password: str, *, hours: int = 12, totp: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """A password login: a token of the account's own scopes (from its roles), for `hours`.
         A wrong name and a wrong password are one answer; both go on the audit log."""
         until = self.throttle.blocked_until(name)
@@ -490,11 +578,17 @@ class Accounts:
                 f"until {iso(until)}",
             )
         account = self.check_password(name, password)
-        if account is None:
+        # A missing or wrong code is answered as a wrong password: the answer never says that
+        # the password was right.
+        if account is None or (account.totp and not self._code_accepted(account.name, totp or "")):
             self.throttle.failed(name)
-            self.log_refusal("login_failed", "-", {"name": name[:64]})
+            self.log_refusal(
+                "login_failed", "-", {"name": name[:64], "why": "code" if account else "password"}
+            )
             raise AccountError(
-                "refused", "auth.login", "wrong account name or password (or the account is disabled)"
+                "refused",
+                "auth.login",
+                "wrong account name, password or code (or the account is disabled)",
             )
         self.throttle.succeeded(name)
         scopes = sorted({scope for role in account.roles for scope in ROLE_SCOPES[role]})

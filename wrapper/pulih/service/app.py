@@ -144,6 +144,16 @@ class Login(BaseModel):
     name: str = Field(max_length=64)
     password: str = Field(max_length=1024)
     hours: int = Field(default=12, ge=1, le=24)
+    totp: str | None = Field(default=None, max_length=16)  # the code, for an account with one
+
+
+class TotpOn(BaseModel):
+    secret: str = Field(max_length=64)  # as POST /v1/totp/offer gave it
+    code: str = Field(max_length=16)
+
+
+class TotpOff(BaseModel):
+    code: str = Field(max_length=16)
 
 
 class PasswordChange(BaseModel):
@@ -312,7 +322,7 @@ def create_app(
     def login(body: Login) -> dict[str, Any]:
         """A password login (the desk's, or a script's without a token): a token of the
         account's own scopes, for at most a day; the token is shown once."""
-        secret, record = accounts.login(body.name, body.password, hours=body.hours)
+        secret, record = accounts.login(body.name, body.password, hours=body.hours, totp=body.totp)
         return {**record, "token": secret}
 
     @app.post(f"{API}/logout")
@@ -344,6 +354,21 @@ def create_app(
             )
         accounts.change_password(who.account.name, body.current, body.new, keep_token=who.token_id)
         return {"name": who.account.name, "status": "changed"}
+
+    @app.post(f"{API}/totp/offer")
+    def totp_offer(who: Authenticated) -> dict[str, str]:
+        """A new second-factor secret for the caller (and its otpauth:// URI for an app); it
+        counts only once a code made with it comes back to POST /v1/totp/enable."""
+        return accounts.totp_offer(who.account.name)
+
+    @app.post(f"{API}/totp/enable")
+    def totp_enable(body: TotpOn, who: Authenticated) -> dict[str, Any]:
+        return accounts.totp_enable(who.account.name, body.secret, body.code).as_dict()
+
+    @app.post(f"{API}/totp/disable")
+    def totp_disable(body: TotpOff, who: Authenticated) -> dict[str, Any]:
+        """The caller's own second factor off, with a code of it."""
+        return accounts.totp_disable(who.account.name, who.account.name, body.code).as_dict()
 
     @app.get(f"{API}/sop")
     def sop(who: Authenticated) -> dict[str, Any]:
@@ -398,6 +423,16 @@ def create_app(
         of the account ends."""
         require(who, role="admin", scope="admin")
         return {"name": name, "password": accounts.reset_password(who.account.name, name)}
+
+    @app.post(f"{API}/admin/users/{{name}}/totp/reset")
+    def totp_reset(name: str, who: Authenticated) -> dict[str, Any]:
+        """An account's second factor off, for someone who lost it (they set up a new one)."""
+        require(who, role="admin", scope="admin")
+        if name == who.account.name:
+            raise ApiError(
+                400, Exit.BAD_INPUT, "account.totp_own", "turn your own second factor off with a code of it"
+            )
+        return accounts.totp_disable(who.account.name, name, None).as_dict()
 
     @app.post(f"{API}/admin/users/{{name}}/disable")
     def disable(name: str, who: Authenticated) -> dict[str, Any]:

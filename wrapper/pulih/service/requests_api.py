@@ -106,7 +106,7 @@ def router(
         try:
             result: dict[str, Any] = call()
         except Refused as exc:
-            raise api_error(403, Exit.REFUSED, "record.refused", f"refused: {exc}") from None
+            raise api_error(403, Exit.REFUSED, exc.message_id, f"refused: {exc}") from None
         except BadRequestInput as exc:
             raise api_error(400, Exit.BAD_INPUT, "record.input", str(exc)) from None
         return result
