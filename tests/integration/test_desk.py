@@ -435,3 +435,36 @@ def test_a_second_factor_is_set_up_with_a_code_each_code_logs_in_once_and_an_adm
     assert not as_root(service, "/admin/users/tari")["totp"]
     login(service, "tari")
     assert "totp_enabled" in str(as_root(service, "/audit?limit=1000"))
+
+
+def test_an_admin_changes_an_account_s_roles_and_skpds_but_never_the_last_admin_s(service):
+    add_people(service, {"yuni": (["requester"], ["bkpsdm"])})
+    ana = login(service, "ana")
+    changed = ana.post(
+        "/desk/admin/roles",
+        data={
+            "csrf": csrf(ana, "/desk/admin"),
+            "name": "yuni",
+            "roles": ["requester", "auditor"],
+            "skpds": "dinkes",
+        },
+    )
+    assert changed.status_code == 200, changed.text
+    yuni = as_root(service, "/admin/users/yuni")
+    assert yuni["roles"] == ["requester", "auditor"] and yuni["skpds"] == ["dinkes"]
+    assert login(service, "yuni").get("/desk/audit").status_code == 200  # the next login: an auditor
+
+    # ana and root are the admins; ana may not take root's admin role and then her own.
+    root = next(u["name"] for u in as_root(service, "/admin/users")["users"] if u["unix_user"] == "root")
+    no_admin = {"csrf": csrf(ana, "/desk/admin"), "roles": ["auditor"], "skpds": ""}
+    assert ana.post("/desk/admin/roles", data={**no_admin, "name": root}).status_code == 200
+    try:
+        last = ana.post("/desk/admin/roles", data={**no_admin, "name": "ana"})
+        assert last.status_code == 403 and "administrator terakhir" in last.text
+        as_ana = Via(f"http://{service.listen}", ana.cookies.get("pulih_desk", path="/desk"))
+        assert call("GET", "/admin/users/ana", via=as_ana)["roles"] == ["admin"]
+    finally:  # root's admin role back, from ana (root, no admin now, cannot)
+        back = {"csrf": csrf(ana, "/desk/admin"), "name": root, "roles": ["admin"], "skpds": ""}
+        assert ana.post("/desk/admin/roles", data=back).status_code == 200
+    assert as_root(service, f"/admin/users/{root}")["roles"] == ["admin"]
+    assert "account_roles_set" in str(as_root(service, "/audit?limit=1000"))

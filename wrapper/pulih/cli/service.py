@@ -243,6 +243,20 @@ def user_enable(name: str, as_json: JsonOpt = False) -> None:
     _print(doc, as_json, f"account {name} enabled")
 
 
+@user_app.command("set-roles")
+def user_set_roles(
+    name: str,
+    role: Annotated[
+        list[str], typer.Option("--role", help="requester, receiver, approver, operator, auditor, admin")
+    ],
+    skpd: Annotated[list[str] | None, typer.Option("--skpd", help="SKPD code (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace an account's roles and SKPDs (its next login's token has the new scopes)."""
+    doc = _call("PUT", f"/admin/users/{name}/roles", {"roles": role, "skpds": skpd or []}, as_json)
+    _print(doc, as_json, f"account {name}: {', '.join(doc['roles'])}; SKPD {', '.join(doc['skpds']) or '-'}")
+
+
 @user_app.command("reset-totp")
 def user_reset_totp(name: str, as_json: JsonOpt = False) -> None:
     """Turn NAME's second factor off (a lost phone); they set up a new one on the desk."""

@@ -606,6 +606,21 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             return refused(page, exc)
         return await admin_view(page, done=action, account=name, password=answer.get("password"))
 
+    @routes.post(f"{PREFIX}/admin/roles", response_model=None)
+    async def set_roles(request: Request) -> Response:
+        page = await signed_in(request)
+        try:
+            form = await checked_form(request, page)
+            name = form.get("name", "")
+            if not _ACCOUNT.match(name):
+                raise DeskRefusal(404, "desk.input", f"there is no account {name[:64]!r}")
+            roles = [str(r) for r in (await request.form()).getlist("roles")]
+            skpds = [s for s in re.split(r"[\s,]+", form.get("skpds", "")) if s]
+            await api(page, "PUT", f"/admin/users/{name}/roles", {"roles": roles, "skpds": skpds})
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return await admin_view(page, done="roles", account=name)
+
     @routes.post(f"{PREFIX}/admin/tokens/{{token_id}}/revoke", response_model=None)
     async def revoke_token(request: Request, token_id: str) -> Response:
         page = await signed_in(request)

@@ -394,25 +394,54 @@ class Accounts:
             self.get(name)
         return [k.as_dict() for k in approvals.keys_on_chain(self.store, name)]
 
+    def _keep_an_admin(self, conn: Connection, account: Account) -> None:
+        """AccountError when `account` is the last enabled admin (about to stop being one)."""
+        if "admin" not in account.roles or account.disabled:
+            return
+        # Every account row locked while counting: two admins disabled at once would each
+        # count two, and the office would be left with none (SQLite's transactions are
+        # already one at a time).
+        query = sa.select(accounts_table)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        admins = [
+            a
+            for a in (_account(r) for r in conn.execute(query).all())
+            if "admin" in a.roles and not a.disabled
+        ]
+        if len(admins) <= 1:
+            raise AccountError(
+                "refused", "account.last_admin", f"{account.name} is the last admin: add another admin first"
+            )
+
+    def set_roles(self, by: str, name: str, roles: list[str], skpds: list[str]) -> Account:
+        """An account's roles and SKPDs, changed by an admin (never the last admin's admin role).
+        Its tokens keep the scopes they were made with; its next login gets the new ones."""
+        checked_roles, checked_skpds = _checked_roles(roles), _checked_skpds(skpds)
+        with self.store.transaction() as conn:
+            account = self.get(name, conn)
+            if "admin" not in checked_roles:
+                self._keep_an_admin(conn, account)
+            conn.execute(
+                sa.update(accounts_table)
+                .where(accounts_table.c.name == name)
+                .values(roles=json.dumps(checked_roles), skpds=json.dumps(checked_skpds))
+            )
+            changed = self.get(name, conn)
+            self.store.append_audit(
+                conn,
+                actor=by,
+                action="account_roles_set",
+                request_id=None,
+                payload={"name": name, "roles": list(changed.roles), "skpds": list(changed.skpds)},
+            )
+            return changed
+
     def set_disabled(self, by: str, name: str, disabled: bool) -> Account:
         with self.store.transaction() as conn:
             account = self.get(name, conn)
-            if disabled and "admin" in account.roles and not account.disabled:
-                # Every account row locked while counting: two admins disabled at once would each
-                # count two, and the office would be left with none (SQLite's transactions are
-                # already one at a time).
-                query = sa.select(accounts_table)
-                if conn.dialect.name == "postgresql":
-                    query = query.with_for_update()
-                admins = [
-                    a
-                    for a in (_account(r) for r in conn.execute(query).all())
-                    if "admin" in a.roles and not a.disabled
-                ]
-                if len(admins) <= 1:
-                    raise AccountError(
-                        "refused", "account.last_admin", f"{name} is the last admin: add another admin first"
-                    )
+            if disabled:
+                self._keep_an_admin(conn, account)
             conn.execute(
                 sa.update(accounts_table).where(accounts_table.c.name == name).values(disabled=disabled)
             )

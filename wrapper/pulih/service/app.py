@@ -90,6 +90,11 @@ class NewAccount(BaseModel):
     password: str | None = Field(default=None, max_length=1024)
 
 
+class AccountRoles(BaseModel):
+    roles: list[str] = Field(max_length=6)
+    skpds: list[str] = Field(default_factory=list, max_length=64)
+
+
 class Policy(BaseModel):
     # Pairs of roles that must be different people on one request (unset: as it was).
     distinct: list[list[str]] | None = Field(default=None, max_length=15)
@@ -433,6 +438,11 @@ def create_app(
                 400, Exit.BAD_INPUT, "account.totp_own", "turn your own second factor off with a code of it"
             )
         return accounts.totp_disable(who.account.name, name, None).as_dict()
+
+    @app.put(f"{API}/admin/users/{{name}}/roles")
+    def set_roles(name: str, body: AccountRoles, who: Authenticated) -> dict[str, Any]:
+        require(who, role="admin", scope="admin")
+        return accounts.set_roles(who.account.name, name, body.roles, body.skpds).as_dict()
 
     @app.post(f"{API}/admin/users/{{name}}/disable")
     def disable(name: str, who: Authenticated) -> dict[str, Any]:
