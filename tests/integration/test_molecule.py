@@ -18,6 +18,7 @@ pytestmark = pytest.mark.lab
 SCENARIOS = sorted(p.parent.name for p in (PROJECT / "molecule").glob("*/molecule.yml"))
 # Loopback addresses of molecule's own lab, apart from every xdist worker's (127.0.6x.).
 MOLECULE_ADDRESSES = "127.0.70."
+FAILURE_WORDS = ("FAILED!", "fatal:", '"error"', "failed:", "ERROR")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -43,4 +44,16 @@ def test_molecule_scenario(scenario):
         timeout=1800,
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
+    # The whole output kept (a failed item's reason is often far above the last lines), and
+    # the lines that say what failed shown first.
+    log = PROJECT / "reports" / "molecule" / f"{scenario}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
+    failed = [line for line in done.stdout.splitlines() if any(w in line for w in FAILURE_WORDS)]
+    assert done.returncode == 0, (
+        f"whole output: {log}\n"
+        + "\n".join(failed[-40:])
+        + "\n...\n"
+        + done.stdout[-4000:]
+        + done.stderr[-4000:]
+    )
