@@ -653,6 +653,14 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         page = await signed_in(request)
         return render(page, "account.html.j2")
 
+    def account_again(page: Page, exc: ServiceError, where: str) -> Response:
+        """The account page again with the refusal in the form's place (`where`) when it is
+        about what was typed; any other refusal, on its own page."""
+        if exc.status in (400, 403, 409, 429):
+            summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
+            return render(page, "account.html.j2", exc.status or 400, **{where: summary})
+        return refused(page, exc)
+
     @routes.post(f"{PREFIX}/account/password", response_model=None)
     async def change_password(request: Request) -> Response:
         page = await signed_in(request)
@@ -663,10 +671,7 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             body = {"current": form.get("current", "")[:1024], "new": form.get("new", "")[:1024]}
             await api(page, "POST", "/password", body)
         except ServiceError as exc:
-            if exc.status in (400, 403, 429):  # the form again, saying what was wrong
-                summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
-                return render(page, "account.html.j2", exc.status or 400, error=summary)
-            return refused(page, exc)
+            return account_again(page, exc, "error")
         except DeskRefusal as exc:
             return refused(page, exc)
         return render(page, "account.html.j2", changed=True)
@@ -688,10 +693,7 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
                 body["secret"] = form.get("secret", "")[:64]
             page.who = await api(page, "POST", f"/totp/{step}", body)
         except ServiceError as exc:
-            if exc.status in (400, 403, 409):  # the page again, saying what was wrong
-                summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
-                return render(page, "account.html.j2", exc.status or 400, totp_error=summary)
-            return refused(page, exc)
+            return account_again(page, exc, "totp_error")
         except DeskRefusal as exc:
             return refused(page, exc)
         return render(page, "account.html.j2", totp_done=step)
