@@ -2,14 +2,18 @@
 
 Procedure A (recovery, Form PPD/PD) and procedure B (backup/restore on request) share the
 steps: filed -> received -> approved | rejected -> assessed -> backups_checked -> planned
--> executed (again for every retry) -> confirmed -> closed. Each step is done by an actor in
-a role the configuration gives them, is refused out of order, and is recorded with who,
-when and what they wrote, in the request and in the audit log, in one transaction.
+-> executed (again for every retry) -> confirmed -> closed. A request of procedure B may ask
+for a backup instead (kind 'backup', e.g. before a migration): its disposition is followed by
+the plan, it has no assessment nor backup check, and its runs make the backups it asks for.
+Each step is done by an actor in a role the configuration gives them, is refused out of order,
+and is recorded with who, when and what they wrote, in the request and in the audit log, in
+one transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -20,16 +24,44 @@ from typing import Any, Final
 import sqlalchemy as sa
 import yaml
 
-from pulih import approvals
+from pulih import approvals, delegation
 from pulih.mail import MailSettings
 from pulih.mail import settings_from as mail_settings
 from pulih.office import Office, office_settings
-from pulih.store import Store, approvals_table, audit_table, iso, now, parse_iso, requests_table, steps_table
+from pulih.store import (
+    Store,
+    approvals_table,
+    audit_table,
+    iso,
+    letters_table,
+    now,
+    parse_iso,
+    requests_table,
+    steps_table,
+)
 
 PROCEDURES: Final = {"recovery": "A", "backup_restore": "B"}
 ROLES: Final = ("requester", "receiver", "approver", "operator")
 REASONS: Final = ("disaster", "error", "accidental_deletion", "other")
 DAMAGE: Final = ("none", "disaster", "error", "accidental_deletion", "other")
+KINDS: Final = ("restore", "backup")  # what a request asks for; a backup only in procedure B
+BACKUP_REASONS: Final = ("migration", "maintenance", "other")
+# A backup request's steps where they differ from a restore's: no assessment, no backup check,
+# and no 'not restored' answer (its runs are retried until the backups are made).
+BACKUP_NEXT: Final[dict[str, tuple[str, ...]]] = {
+    "approved": ("planned", "revoked"),
+    "executed": ("executed", "confirmed", "revoked"),
+    "revoked": ("approved", "rejected", "executed"),
+}
+RESTORE_ONLY: Final = ("assessed", "backups_checked", "not_restored")
+# The letter of a request (surat permohonan), a scan or a PDF: its type is read from its first
+# bytes, never from its name.
+LETTER_MAX_BYTES: Final = 10 * 1024 * 1024
+LETTER_TYPES: Final = (
+    (b"%PDF-", "application/pdf"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+)
 
 
 @dataclass(frozen=True)
@@ -286,7 +318,14 @@ def _load(conn: sa.Connection, request_id: str, *, lock: bool = False) -> dict[s
 
 
 def check_new(
-    *, procedure: str, skpd: str, contact: str, reason: str, reason_text: str, restore_point: str | None
+    *,
+    procedure: str,
+    skpd: str,
+    contact: str,
+    reason: str,
+    reason_text: str,
+    restore_point: str | None,
+    kind: str = "restore",
 ) -> None:
     """A new request's own fields, checked before anything else is asked of it."""
     checked_text(
@@ -301,8 +340,15 @@ def check_new(
     checked_text(restore_point or "", "--restore-point", limit=32)
     if procedure not in PROCEDURES:
         raise BadRequestInput(f"unknown procedure '{procedure}' (recovery or backup_restore)")
-    if reason not in REASONS:
-        raise BadRequestInput(f"unknown reason '{reason}' ({', '.join(REASONS)})")
+    if kind not in KINDS:
+        raise BadRequestInput(f"unknown kind '{kind}' (restore or backup)")
+    if kind == "backup" and procedure != "backup_restore":
+        raise BadRequestInput("a backup is asked for in procedure B: --procedure backup_restore")
+    if kind == "backup" and restore_point:
+        raise BadRequestInput("a backup request has no restore point: its backups are taken when it runs")
+    reasons = BACKUP_REASONS if kind == "backup" else REASONS
+    if reason not in reasons:
+        raise BadRequestInput(f"unknown reason '{reason}' for a {kind} request ({', '.join(reasons)})")
     if reason == "other" and not reason_text.strip():
         raise BadRequestInput("reason 'other' needs a text (--reason-text)")
     if restore_point:
@@ -312,6 +358,22 @@ def check_new(
             raise BadRequestInput(
                 f"restore point '{restore_point}' is not a date or time (ISO 8601)"
             ) from None
+
+
+def next_steps(kind: str, status: str) -> tuple[str, ...]:
+    """The steps a request of `kind` in `status` allows next."""
+    return BACKUP_NEXT.get(status, NEXT[status]) if kind == "backup" else NEXT[status]
+
+
+def letter_type(content: bytes) -> str:
+    """A letter's media type from its first bytes, or BadRequestInput."""
+    for magic, media_type in LETTER_TYPES:
+        if content.startswith(magic):
+            return media_type
+    raise BadRequestInput(
+        "a request letter is a PDF, PNG or JPEG file; this one is none of them (its first bytes: "
+        f"{content[:8].hex() or 'none'})"
+    )
 
 
 def last_step(conn: sa.Connection, request_id: str) -> dict[str, Any] | None:
@@ -354,9 +416,11 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
         step, payload = row["action"].removeprefix("request."), json.loads(row["payload"])
         if step == "filed":
             state = {"status": "filed", "requester": row["actor"], "approved_by": None}
+            state["kind"] = payload.get("kind", "restore")  # filings before backup requests: restores
             state.update({k: payload[k] for k in ("scope", "target") if k in payload})
             state["restore_point"], state["plan"] = payload.get("restore_point"), None
             state.update(approval_expires_at=None, targets=None, signed=None, approval_at=None)
+            state["acting_for"] = None
             continue
         if state is None or step not in STEP:
             continue
@@ -369,6 +433,7 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
         if step == "approved":
             state["targets"] = payload.get("targets")
             state["signed"], state["approval_at"] = payload.get("signed"), row["at"]
+            state["acting_for"] = payload.get("acting_for")
     return state
 
 
@@ -410,6 +475,10 @@ def describe_target(target: dict[str, Any]) -> str:
     return "restores in place" if target.get("kind") != "alternate" else "every restore"
 
 
+# The gate's audit actions, by what the request asks for.
+GATE_ACTIONS: Final = {"restore": "restore", "backup": "request_backup"}
+
+
 # What a recorded step sets going inside the step's own transaction (the service's mail
 # outbox), called with the connection and the request's id after its rows and audit entry: a
 # step on the record is never a mail lost, and a mail is never of a step that was not recorded.
@@ -441,15 +510,22 @@ class Requests:
 
     # ---------------------------------------------------------------- helpers
 
-    def _require_role(self, actor: str, step: str) -> str:
+    def _require_role(self, actor: str, step: str) -> tuple[str, delegation.Delegation | None]:
+        """The role `step` needs, held by `actor` on their account or, for an approver's step,
+        by a delegation in force now from an approver who still holds the role (Plt./Plh.)."""
         role = STEP_ROLE[step]
-        if role not in self.roles_of(actor):
-            held = ", ".join(sorted(self.roles_of(actor))) or "none"
-            raise Refused(
-                f"{actor} may not record '{step}': it needs the role '{role}' "
-                f"(theirs: {held}; roles come from {self.roles_from or 'the accounts'})"
-            )
-        return role
+        if role in self.roles_of(actor):
+            return role, None
+        if role in delegation.ROLES:
+            with self.store.engine.connect() as conn:
+                acting = delegation.active_for(conn, actor, role, self.clock())
+            if acting is not None and role in self.roles_of(acting.delegator):
+                return role, acting
+        held = ", ".join(sorted(self.roles_of(actor))) or "none"
+        raise Refused(
+            f"{actor} may not record '{step}': it needs the role '{role}' "
+            f"(theirs: {held}; roles come from {self.roles_from or 'the accounts'})"
+        )
 
     def _step(
         self,
@@ -458,18 +534,25 @@ class Requests:
         step: str,
         note: str,
         check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        rows: Callable[[sa.Connection], None] | None = None,
+        rows: Callable[[sa.Connection, delegation.Delegation | None], None] | None = None,
         audit: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One step in one transaction: the status checked and changed, the step, `rows` (more
         rows of the step, e.g. an approval) and the audit entry, or nothing at all."""
         checked_text(note, "note", limit=2000, lines=True)
-        role = self._require_role(actor, step)
+        role, acting = self._require_role(actor, step)
         at = self.clock()
         with self.store.transaction() as conn:
             request = _load(conn, request_id, lock=True)
             self._distinct(conn, actor, request_id, role)
-            allowed = NEXT[request["status"]]
+            if acting is not None and request["requester"] == acting.delegator:
+                raise Refused(
+                    f"{acting.delegator} filed request {request_id}: {actor}, acting for them, may not "
+                    "decide on it; another approver does"
+                )
+            if request["kind"] == "backup" and step in RESTORE_ONLY:
+                raise Refused(f"request {request_id} asks for a backup: '{step}' is a step of a restore")
+            allowed = next_steps(request["kind"], request["status"])
             if step not in allowed:
                 if request["status"] == "rejected":
                     raise Refused(
@@ -487,10 +570,16 @@ class Requests:
             )
             conn.execute(sa.update(requests_table).where(requests_table.c.id == request_id).values(**changes))
             if rows is not None:
-                rows(conn)
+                rows(conn, acting)
             conn.execute(
                 sa.insert(steps_table).values(
-                    request_id=request_id, step=step, actor=actor, role=role, at=iso(at), note=note
+                    request_id=request_id,
+                    step=step,
+                    actor=actor,
+                    role=role,
+                    at=iso(at),
+                    note=note,
+                    acting_for=acting.delegator if acting else None,
                 )
             )
             self.store.append_audit(
@@ -502,6 +591,7 @@ class Requests:
                     "role": role,
                     "note": note,
                     "changes": {k: v for k, v in changes.items() if k != "status"},
+                    **({"acting_for": acting.delegator, "delegation": acting.id} if acting else {}),
                     **(audit or {}),
                     **self.audit_context,
                 },
@@ -547,7 +637,10 @@ class Requests:
         reason_text: str = "",
         restore_point: str | None = None,
         target: dict[str, Any] | None = None,
+        kind: str = "restore",
     ) -> dict[str, Any]:
+        """File a request; `kind` 'backup' asks for a backup of `scope` (procedure B), which
+        has no restore point and no target."""
         check_new(
             procedure=procedure,
             skpd=skpd,
@@ -555,11 +648,14 @@ class Requests:
             reason=reason,
             reason_text=reason_text,
             restore_point=restore_point,
+            kind=kind,
         )
-        role = self._require_role(actor, "filed")
+        role, _ = self._require_role(actor, "filed")
         if not scope:
             raise BadRequestInput("a request names at least one data item (--item ASSET_ID:ITEM)")
-        target = target or {"kind": "in_place"}
+        if kind == "backup" and target:
+            raise BadRequestInput("a backup request has no target: its backups go to the repository")
+        target = {} if kind == "backup" else target or {"kind": "in_place"}
         at = self.clock()
         with self.store.transaction() as conn:
             if conn.dialect.name == "postgresql":  # one filer at a time picks the next number
@@ -580,6 +676,7 @@ class Requests:
                 sa.insert(requests_table).values(
                     id=request_id,
                     procedure=procedure,
+                    kind=kind,
                     status="filed",
                     requester=actor,
                     skpd=skpd,
@@ -604,6 +701,7 @@ class Requests:
                 request_id=request_id,
                 payload={
                     "procedure": procedure,
+                    "kind": kind,
                     "scope": scope,
                     "target": target,
                     "reason": reason,
@@ -731,7 +829,7 @@ class Requests:
                     actor, parsed, signed, hours=hours, note=note, targets=targets or []
                 )
                 audit["signed"] = signature
-            elif signature_required(self.store.policy(), parsed["target"]):
+            elif parsed["kind"] == "restore" and signature_required(self.store.policy(), parsed["target"]):
                 raise Refused(
                     f"the office's policy wants a signed approval for {describe_target(parsed['target'])}: "
                     f"approve request {request_id} with --sign (pulih admin policy show)",
@@ -745,11 +843,13 @@ class Requests:
 
         at = self.clock()
 
-        def approval(conn: sa.Connection) -> None:
+        def approval(conn: sa.Connection, acting: delegation.Delegation | None) -> None:
             conn.execute(
                 sa.insert(approvals_table).values(
                     request_id=request_id,
                     approver=actor,
+                    acting_for=acting.delegator if acting else None,
+                    delegation_id=acting.id if acting else None,
                     at=iso(at),
                     expires_at=iso(at + dt.timedelta(hours=hours)),
                     note=note,
@@ -820,6 +920,13 @@ class Requests:
         request's restore point."""
 
         def check(request: dict[str, Any]) -> dict[str, Any]:
+            if request["kind"] == "backup":
+                if backups:
+                    raise Refused(
+                        f"request {request_id} asks for a backup: its plan names no backups (its run "
+                        "makes them), only the window"
+                    )
+                return {"plan": json.dumps({"backups": {}, "window": window, "protected": False})}
             scope = {f"{s['asset_id']}:{s['item']}" for s in json.loads(request["scope"])}
             outside = sorted(set(backups) - scope)
             if outside:
@@ -834,8 +941,25 @@ class Requests:
 
         return self._step(actor, request_id, "planned", note, check)
 
-    def executed(self, actor: str, request_id: str, *, outcome: str, note: str = "") -> dict[str, Any]:
-        return self._step(actor, request_id, "executed", f"{outcome}: {note}".strip(": "))
+    def executed(
+        self,
+        actor: str,
+        request_id: str,
+        *,
+        outcome: str,
+        note: str = "",
+        backups: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """An attempt's end; `backups`: what a backup request's run made (ASSET:ITEM -> ID),
+        added to what its earlier runs made."""
+
+        def check(request: dict[str, Any]) -> dict[str, Any]:
+            if not backups:
+                return {}
+            made = {**json.loads(request["backups_made"] or "{}"), **backups}
+            return {"backups_made": json.dumps(made, sort_keys=True)}
+
+        return self._step(actor, request_id, "executed", f"{outcome}: {note}".strip(": "), check)
 
     def attempt_started(self, actor: str, request_id: str, *, attempt: int, of: int, run_id: str) -> None:
         """An attempt is on the record before it touches anything, so that one killed
@@ -875,6 +999,98 @@ class Requests:
     def close(self, actor: str, request_id: str, note: str = "") -> dict[str, Any]:
         return self._step(actor, request_id, "closed", note)
 
+    # ---------------------------------------------------------------- the letter
+
+    def attach_letter(self, actor: str, request_id: str, content: bytes, filename: str) -> dict[str, Any]:
+        """Attach the request's letter (surat permohonan): by its requester at filing, or by a
+        receiver or approver at the disposition (until it is decided). Its SHA-256 goes on the
+        audit chain; a later letter stands beside the earlier one, which stays on the record."""
+        if not content:
+            raise BadRequestInput("the letter is empty")
+        if len(content) > LETTER_MAX_BYTES:
+            raise BadRequestInput(
+                f"the letter is {len(content)} bytes; at most {LETTER_MAX_BYTES // (1024 * 1024)} MiB "
+                "(scan it at a lower resolution)"
+            )
+        media_type = letter_type(content)
+        name = checked_text(Path(filename.replace("\\", "/")).name or "letter", "the file name", limit=200)
+        digest = hashlib.sha256(content).hexdigest()
+        roles = self.roles_of(actor)
+        at = self.clock()
+        with self.store.transaction() as conn:
+            request = _load(conn, request_id, lock=True)
+            if request["status"] not in ("filed", "received"):
+                raise Refused(
+                    f"request {request_id} is '{request['status']}': a letter is attached at filing or "
+                    "at the disposition, before the request is decided"
+                )
+            if request["requester"] == actor and "requester" in roles:
+                role = "requester"
+            elif roles & {"receiver", "approver"}:
+                role = "receiver" if "receiver" in roles else "approver"
+            else:
+                raise Refused(
+                    f"{actor} may not attach the letter of request {request_id}: its requester, a "
+                    "receiver or an approver does"
+                )
+            conn.execute(
+                sa.insert(letters_table).values(
+                    request_id=request_id,
+                    sha256=digest,
+                    media_type=media_type,
+                    size=len(content),
+                    filename=name,
+                    attached_by=actor,
+                    attached_at=iso(at),
+                    content=content,
+                )
+            )
+            self.store.append_audit(
+                conn,
+                actor=actor,
+                action="request.letter",
+                request_id=request_id,
+                payload={
+                    "role": role,
+                    "sha256": digest,
+                    "size": len(content),
+                    "media_type": media_type,
+                    "filename": name,
+                    **self.audit_context,
+                },
+                at=at,
+            )
+        return self.get(request_id)
+
+    def letter(self, request_id: str, letter_id: int | None = None) -> tuple[dict[str, Any], bytes]:
+        """A letter of the request (the newest unless named) and its bytes, held to the SHA-256
+        its audit entry carries: a letter changed in the store is refused, not shown."""
+        with self.store.engine.connect() as conn:
+            _load(conn, request_id)
+            query = sa.select(letters_table).where(letters_table.c.request_id == request_id)
+            if letter_id is not None:
+                query = query.where(letters_table.c.id == letter_id)
+            row = conn.execute(query.order_by(letters_table.c.id.desc()).limit(1)).mappings().first()
+            if row is None:
+                raise Refused(f"request {request_id} has no letter attached", "letter.none")
+            on_chain = {
+                json.loads(payload).get("sha256")
+                for payload in conn.execute(
+                    sa.select(audit_table.c.payload).where(
+                        audit_table.c.request_id == request_id, audit_table.c.action == "request.letter"
+                    )
+                ).scalars()
+            }
+        content = bytes(row["content"])
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != row["sha256"] or digest not in on_chain:
+            raise Refused(
+                f"the letter of request {request_id} in the store is not the one its audit entry names "
+                "(it was changed outside pulih): an auditor looks (pulih audit verify)",
+                "letter.tampered",
+            )
+        return {k: v for k, v in row.items() if k != "content"}, content
+
     # ---------------------------------------------------------------- reading
 
     def get(self, request_id: str) -> dict[str, Any]:
@@ -898,7 +1114,17 @@ class Requests:
                 .mappings()
                 .all()
             )
-        for key in ("target", "scope", "plan", "assessment", "backups_found"):
+            letters = (
+                conn.execute(
+                    sa.select(*(c for c in letters_table.columns if c.name != "content"))
+                    .where(letters_table.c.request_id == request_id)
+                    .order_by(letters_table.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        request["letters"] = [dict(letter) for letter in letters]
+        for key in ("target", "scope", "plan", "assessment", "backups_found", "backups_made"):
             if request.get(key):
                 request[key] = json.loads(request[key])
         request["steps"] = [dict(s) for s in steps]
@@ -965,6 +1191,7 @@ class Requests:
                 f"request {request['id']} has no filing on the audit log: its row was not written by pulih"
             )
         row = {
+            "kind": request["kind"],
             "status": request["status"],
             "requester": request["requester"],
             "approved_by": request["approved_by"],
@@ -1031,6 +1258,29 @@ class Requests:
         except approvals.SignatureError as exc:
             raise Refused(f"the signed approval of request {request_id} does not hold: {exc}") from None
 
+    def _restore_holds(
+        self,
+        request_id: str,
+        chained: dict[str, Any],
+        approved_target: dict[str, Any],
+        target: dict[str, Any] | None,
+        run_targets: list[str] | None,
+    ) -> None:
+        """A restore keeps to the approved target and targets, is signed as the policy wants,
+        and its plan serves the approved restore point; else Refused."""
+        if target is not None and target != approved_target:
+            raise Refused(
+                f"target {json.dumps(target)} differs from the approved target {json.dumps(approved_target)}"
+            )
+        if run_targets is not None:
+            self._within_approved_targets(request_id, chained, run_targets)
+        self._signed_as_the_policy_wants(request_id, chained, approved_target)
+        late = after_restore_point(
+            chained.get("restore_point"), (chained.get("plan") or {}).get("backups") or {}
+        )
+        if late:
+            raise Refused(f"request {request_id}'s plan does not serve what was approved: {late}")
+
     def gate(
         self,
         actor: str,
@@ -1039,12 +1289,14 @@ class Requests:
         run_scope: list[dict[str, str]],
         target: dict[str, Any] | None = None,
         run_targets: list[str] | None = None,
+        kind: str = "restore",
     ) -> dict[str, Any]:
-        """Allow a restore run only as the record says; raise Refused with the reason otherwise.
-        `run_targets`: the live targets the run would change, resolved from the register now;
-        each must be one the approval resolved when it was given."""
+        """Allow a restore run (or, `kind` 'backup', a backup request's run) only as the record
+        says; raise Refused with the reason otherwise. `run_targets`: the live targets the run
+        would change, resolved from the register now; each must be one the approval resolved
+        when it was given."""
         if "operator" not in self.roles_of(actor):
-            raise Refused(f"{actor} may not run restores: it needs the role 'operator'")
+            raise Refused(f"{actor} may not run {kind}s of requests: it needs the role 'operator'")
         at = self.clock()
         decision: dict[str, Any] = {
             "request_id": request_id,
@@ -1058,6 +1310,11 @@ class Requests:
                 request = _load(conn, request_id)
                 self._distinct(conn, actor, request_id, "operator")
             chained = self._as_the_log_says(request)
+            if chained.get("kind", "restore") != kind:
+                raise Refused(
+                    f"request {request_id} asks for a {chained.get('kind', 'restore')}, not a {kind}: "
+                    f"nothing is {'restored' if kind == 'restore' else 'backed up'} under it"
+                )
             if request["status"] == "rejected":
                 raise Refused(f"request {request_id} was rejected ({request['rejected_reason']})")
             if request["status"] == "revoked":
@@ -1068,10 +1325,17 @@ class Requests:
                 )
             if request["status"] not in ("planned", "executed", "not_restored"):
                 raise Refused(
-                    f"request {request_id} is '{request['status']}': a restore runs only once it is "
-                    "approved, assessed, its backups checked and planned"
+                    f"request {request_id} is '{request['status']}': a {kind} runs only once it is "
+                    + (
+                        "approved and planned"
+                        if kind == "backup"
+                        else "approved, assessed, its backups checked and planned"
+                    )
                 )
-            if not request["approved_by"] or request["approved_by"] == request["requester"]:
+            if not request["approved_by"] or request["requester"] in (
+                request["approved_by"],
+                chained.get("acting_for"),
+            ):
                 raise Refused(f"request {request_id} has no approval by someone other than its requester")
             expires = parse_iso(request["approval_expires_at"])
             if at > expires:
@@ -1090,26 +1354,15 @@ class Requests:
                     f"({', '.join(sorted(f'{a}:{i}' for a, i in scope))})"
                 )
             approved_target = json.loads(request["target"])
-            if target is not None and target != approved_target:
-                raise Refused(
-                    f"target {json.dumps(target)} differs from the approved target "
-                    f"{json.dumps(approved_target)}"
-                )
-            if run_targets is not None:
-                self._within_approved_targets(request_id, chained, run_targets)
-            self._signed_as_the_policy_wants(request_id, chained, approved_target)
-            late = after_restore_point(
-                chained.get("restore_point"), (chained.get("plan") or {}).get("backups") or {}
-            )
-            if late:
-                raise Refused(f"request {request_id}'s plan does not serve what was approved: {late}")
+            if kind == "restore":  # a backup request's run changes nothing live
+                self._restore_holds(request_id, chained, approved_target, target, run_targets)
         except Refused as exc:
             decision["allowed"], decision["reason"] = False, str(exc)
             with self.store.transaction() as conn:
                 self.store.append_audit(
                     conn,
                     actor=actor,
-                    action="restore.refused",
+                    action=f"{GATE_ACTIONS[kind]}.refused",
                     request_id=request_id,
                     payload=decision,
                     at=at,
@@ -1119,6 +1372,11 @@ class Requests:
         decision["target"] = approved_target
         with self.store.transaction() as conn:
             self.store.append_audit(
-                conn, actor=actor, action="restore.allowed", request_id=request_id, payload=decision, at=at
+                conn,
+                actor=actor,
+                action=f"{GATE_ACTIONS[kind]}.allowed",
+                request_id=request_id,
+                payload=decision,
+                at=at,
             )
         return decision

@@ -34,7 +34,7 @@ from pulih.anchors import (
     rotation_text,
 )
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 GENESIS = "0" * 64
 
 metadata = sa.MetaData()
@@ -67,7 +67,12 @@ requests_table = sa.Table(
     sa.Column("plan", sa.Text),  # JSON
     sa.Column("assessment", sa.Text),  # JSON (Form PD)
     sa.Column("backups_found", sa.Text),  # JSON
+    # Added in schema version 10: what the request asks for (restore | backup, SOP B's two
+    # kinds), and a backup request's backups as its runs made them (JSON {ASSET:ITEM: ID}).
+    sa.Column("kind", sa.String(16), nullable=False, server_default="restore"),
+    sa.Column("backups_made", sa.Text),
 )
+_V10_REQUEST_COLUMNS = ("kind", "backups_made")
 steps_table = sa.Table(
     "pulih_steps",
     metadata,
@@ -78,6 +83,8 @@ steps_table = sa.Table(
     sa.Column("role", sa.String(32), nullable=False),
     sa.Column("at", sa.String(32), nullable=False),
     sa.Column("note", sa.Text, nullable=False),
+    # Added in schema version 10: whom the actor stood in for (Plt./Plh.), by delegation.
+    sa.Column("acting_for", sa.String(128)),
 )
 runs_table = sa.Table(
     "pulih_runs",
@@ -154,6 +161,9 @@ approvals_table = sa.Table(  # added in schema version 4: one row per approval (
     sa.Column("statement", sa.Text),
     sa.Column("signature", sa.Text),
     sa.Column("key_fingerprint", sa.String(128)),
+    # Added in schema version 10: the approver this one acted for (Plt./Plh.), by delegation.
+    sa.Column("acting_for", sa.String(128)),
+    sa.Column("delegation_id", sa.Integer),
 )
 
 
@@ -216,10 +226,50 @@ outbox_table = sa.Table(  # added in schema version 8: mail, written in the tran
 )
 
 
+letters_table = sa.Table(  # added in schema version 10: a request's letter (surat permohonan)
+    "pulih_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(32), sa.ForeignKey("pulih_requests.id"), nullable=False, index=True),
+    sa.Column("sha256", sa.String(64), nullable=False),  # as on the audit chain (request.letter)
+    sa.Column("media_type", sa.String(64), nullable=False),  # from its content, not its name
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("filename", sa.String(256), nullable=False),
+    sa.Column("attached_by", sa.String(128), nullable=False),
+    sa.Column("attached_at", sa.String(32), nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+)
+
+
+delegations_table = sa.Table(  # added in schema version 10: an acting approver (Plt./Plh.)
+    "pulih_delegations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delegator", sa.String(64), nullable=False),  # the approver who is away
+    sa.Column("delegate", sa.String(64), nullable=False, index=True),  # who acts in their place
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("starts_at", sa.String(32), nullable=False),
+    sa.Column("ends_at", sa.String(32), nullable=False),  # it ends by itself then
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("granted_by", sa.String(64), nullable=False),
+    sa.Column("granted_at", sa.String(32), nullable=False),
+    sa.Column("ended_at", sa.String(32)),  # ended early
+    sa.Column("ended_by", sa.String(64)),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Version 1: every table, runs without exit_code."""
-    tables = [meta_table, requests_table, steps_table, audit_table]
-    for table in tables:
+    v1 = sa.MetaData()
+    requests_v1 = sa.Table(  # as it was in version 1: without the columns of version 10
+        "pulih_requests",
+        v1,
+        *(c._copy() for c in requests_table.columns if c.name not in _V10_REQUEST_COLUMNS),
+    )
+    steps_v1 = sa.Table(
+        "pulih_steps", v1, *(c._copy() for c in steps_table.columns if c.name != "acting_for")
+    )
+    for table in (meta_table, requests_v1, steps_v1, audit_table):
         table.create(conn, checkfirst=True)
     runs_v1 = sa.Table(
         "pulih_runs",
@@ -257,7 +307,8 @@ def _v4(conn: Connection) -> None:
         *(
             c._copy()
             for c in approvals_table.columns
-            if c.name not in ("targets", "statement", "signature", "key_fingerprint")
+            if c.name
+            not in ("targets", "statement", "signature", "key_fingerprint", "acting_for", "delegation_id")
         ),
     )
     approvals_v4.create(conn, checkfirst=True)
@@ -309,7 +360,18 @@ def _v9(conn: Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE pulih_accounts ADD COLUMN {column}"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+def _v10(conn: Connection) -> None:
+    """Version 10: backup requests (SOP B), their letters, acting approvers."""
+    conn.execute(sa.text("ALTER TABLE pulih_requests ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'restore'"))
+    conn.execute(sa.text("ALTER TABLE pulih_requests ADD COLUMN backups_made TEXT"))
+    conn.execute(sa.text("ALTER TABLE pulih_steps ADD COLUMN acting_for VARCHAR(128)"))
+    conn.execute(sa.text("ALTER TABLE pulih_approvals ADD COLUMN acting_for VARCHAR(128)"))
+    conn.execute(sa.text("ALTER TABLE pulih_approvals ADD COLUMN delegation_id INTEGER"))
+    letters_table.create(conn, checkfirst=True)
+    delegations_table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 
 
 def now() -> dt.datetime:
