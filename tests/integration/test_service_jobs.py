@@ -29,7 +29,14 @@ pytestmark = [
 PULIH = str(Path(sys.executable).parent / "pulih")
 
 
-PEOPLE = {"budi": (["operator"], [], ["backup"]), "rita": (["auditor"], [], ["read"])}
+PEOPLE = {
+    "budi": (["operator"], [], ["backup"]),
+    "rita": (["auditor"], [], ["read"]),
+    # SOP B's people for a backup request: lab1 is dinkes's; tono stands in for sri (Plh.).
+    "ani": (["requester"], ["dinkes"], ["request", "read"]),
+    "sri": (["receiver", "approver"], [], ["approve", "read"]),
+    "tono": (["operator"], [], ["approve", "read"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def env(tmp_path_factory):
     try:
         service.init()
         env = {"state": service.state, "service": service, "server": service.server, "lab": lab_state}
-        env["tokens"] = {("budi", "backup"): service.tokens["budi"], ("rita", "read"): service.tokens["rita"]}
+        env["tokens"] = {(name, PEOPLE[name][2][0]): token for name, token in service.tokens.items()}
         env["tokens"][("budi", "read")] = service.admin(
             "admin", "token", "create", "budi", "--scope", "read"
         ).stdout.strip()
@@ -206,3 +213,101 @@ def test_the_audit_chain_is_anchored_on_the_repository_host_through_its_receiver
     assert any(f"anchor on the repository host {repo.address}" in p["message"] for p in down["problems"]), (
         down
     )
+
+
+# --------------------------------------------------------------------------- SOP B: a backup request
+
+
+def test_a_backup_request_with_its_letter_goes_through_every_step_with_an_acting_approver(env, tmp_path):
+    import datetime as dt
+    import hashlib
+
+    letter = tmp_path / "surat-permohonan.pdf"
+    letter.write_bytes(b"%PDF-1.4\n% Surat permohonan pencadangan sebelum migrasi\n%%EOF\n")
+    filed = run(
+        env,
+        ("ani", "request"),
+        *("request", "new", "--kind", "backup", "--procedure", "backup_restore", "--skpd", "dinkes"),
+        *("--contact", "ani@dinkes.go.id", "--reason", "migration", "--reason-text", "before the move"),
+        *("--item", "LAB-001:app-pg", "--item", "LAB-001:dokumen", "--letter", str(letter), "--json"),
+        check=0,
+    )
+    doc = json.loads(filed.stdout)
+    rid, (attached,) = doc["id"], doc["letters"]
+    digest = hashlib.sha256(letter.read_bytes()).hexdigest()
+    assert doc["kind"] == "backup" and attached["sha256"] == digest
+    run(env, ("sri", "approve"), "request", "receive", rid, check=0)
+
+    # An acting approver (Plh.) approves only inside the delegation's time.
+    now = dt.datetime.now(dt.UTC)
+    later = service_admin(
+        env,
+        *("delegation", "grant", "--for", "sri", "--to", "tono", "--reason", "SPT 800/42: sri away"),
+        *(
+            "--starts",
+            (now + dt.timedelta(hours=1)).isoformat(),
+            "--until",
+            (now + dt.timedelta(hours=2)).isoformat(),
+        ),
+    )
+    assert later.returncode == 0, later.stderr
+    early = run(env, ("tono", "approve"), "request", "approve", rid, check=3)
+    assert "needs the role 'approver'" in early.stderr
+    granted = service_admin(
+        env,
+        *("delegation", "grant", "--for", "sri", "--to", "tono", "--reason", "SPT 800/43: sri away today"),
+        *("--until", (now + dt.timedelta(hours=1)).isoformat()),
+    )
+    assert granted.returncode == 0, granted.stderr
+    approved = json.loads(run(env, ("tono", "approve"), "request", "approve", rid, "--json", check=0).stdout)
+    assert approved["approvals"][-1]["acting_for"] == "sri"
+
+    # Planned (a window, no backups: its run makes them), then carried out as a job.
+    budi_restore = service_admin(env, "admin", "token", "create", "budi", "--scope", "restore")
+    env["tokens"][("budi", "restore")] = budi_restore.stdout.strip()
+    run(env, ("budi", "restore"), "request", "plan", rid, "--window", "tonight 22:00 WIB", check=0)
+    result = run(env, ("budi", "backup"), "request", "backup", rid, "--json", check=0)
+    report = json.loads(result.stdout)
+    assert report["status"] == "succeeded" and report["request_id"] == rid
+    assert {i["item"] for i in report["items"]} == {"app-pg", "dokumen"}
+    assert all(i["ok"] and i["verification"]["ok"] for i in report["items"])
+    assert all(i["kind"] == "on_request" and i["request_id"] == rid for i in report["items"])
+    again = run(env, ("budi", "backup"), "request", "backup", rid, check=3)
+    assert "every item of request" in again.stderr  # nothing is missing: nothing more runs
+
+    shown = json.loads(run(env, ("ani", "request"), "request", "show", rid, "--json", check=0).stdout)
+    made = {i["asset_id"] + ":" + i["item"]: i["backup_id"] for i in report["items"]}
+    assert shown["backups_made"] == made
+    run(env, ("ani", "request"), "request", "confirm", rid, "--note", "the backup is there", check=0)
+    closed = json.loads(run(env, ("sri", "approve"), "request", "close", rid, "--json", check=0).stdout)
+    assert [s["step"] for s in closed["steps"]] == [
+        "filed",
+        "received",
+        "approved",
+        "planned",
+        "executed",
+        "confirmed",
+        "closed",
+    ]
+
+    # The letter comes back byte for byte, and its hash is on the audit chain, which holds.
+    saved = tmp_path / "back.pdf"
+    run(env, ("ani", "request"), "request", "letter", rid, "-o", str(saved), check=0)
+    assert saved.read_bytes() == letter.read_bytes()
+    store = Store(f"sqlite:///{env['state'] / 'pulih.db'}", upgrade=False)
+    try:
+        entries = [e for e in store.audit_entries() if e["request_id"] == rid]
+    finally:
+        store.engine.dispose()
+    (entry,) = [json.loads(e["payload"]) for e in entries if e["action"] == "request.letter"]
+    assert entry["sha256"] == digest
+    assert any(e["action"] == "request_backup.allowed" for e in entries)
+    verified = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=0).stdout)
+    assert verified["problems"] == [], verified
+    form = run(env, ("ani", "request"), "request", "form", rid, "--lang", "en", check=0).stdout
+    assert "Backup Request Form" in form and "Plh. tono for sri" in form and digest in form
+
+
+def service_admin(env, *args):
+    """A command as the service's admin (root, on the socket by its uid)."""
+    return env["service"].admin(*args)

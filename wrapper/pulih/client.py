@@ -80,14 +80,20 @@ def call(
     raw: bool = False,
     via: Via | None = None,
     binary: bool = False,
+    content: bytes | None = None,
 ) -> Any:
     """The service's JSON answer (its text with `raw`, its bytes with `raw` and `binary`: a
     PDF), or ServiceError with its code, id and message. `via`: whom to ask and as whom
-    (default: this process's environment)."""
+    (default: this process's environment); `content`: bytes to send as the body (a letter)
+    instead of `body`'s JSON."""
     via = via or Via.from_environ()
     try:
         with _client(timeout, via) as client:
-            response = client.request(method, f"/v1{path}", json=body)
+            if content is not None:
+                headers = {"Content-Type": "application/octet-stream"}
+                response = client.request(method, f"/v1{path}", content=content, headers=headers)
+            else:
+                response = client.request(method, f"/v1{path}", json=body)
     except (httpx.TransportError, OSError) as exc:
         raise ServiceError(
             Exit.UNAVAILABLE,

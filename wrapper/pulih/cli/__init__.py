@@ -24,6 +24,7 @@ from pulih import report as reports
 from pulih.cli import record as record_commands
 from pulih.cli import service as service_commands
 from pulih.cli.common import JsonOpt, err, fail, out
+from pulih.cli.delegation import delegation_app
 from pulih.exitcodes import Exit
 from pulih.register_import import import_csv
 from pulih.runner import ContentError
@@ -40,6 +41,7 @@ register_app = typer.Typer(
 app.add_typer(register_app, name="register")
 service_commands.register(app)  # serve, whoami, admin, jobs
 record_commands.register(app)  # request, restore, backups, runs, report, audit
+app.add_typer(delegation_app, name="delegation")
 
 
 InventoryOpt = Annotated[

@@ -73,10 +73,11 @@ def call_service(
     timeout: float = 60,
     raw: bool = False,
     binary: bool = False,
+    content: bytes | None = None,
 ) -> Any:
     """The service's answer (its text with `raw`, its bytes with `binary` too), or the command
-    stops with its refusal's message and exit code."""
+    stops with its refusal's message and exit code; `content`: bytes to send as the body."""
     try:
-        return call(method, path, body, timeout=timeout, raw=raw, binary=binary)
+        return call(method, path, body, timeout=timeout, raw=raw, binary=binary, content=content)
     except ServiceError as exc:
         fail(exc.message, exc.code, as_json=as_json)

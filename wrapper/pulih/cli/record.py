@@ -92,32 +92,110 @@ def _target(text: str, as_json: bool) -> dict[str, str]:
 
 @request_app.command("new")
 def request_new(
-    item: Annotated[list[str], typer.Option("--item", help="ASSET_ID:ITEM to restore (repeatable).")],
+    item: Annotated[
+        list[str], typer.Option("--item", help="ASSET_ID:ITEM to restore or back up (repeatable).")
+    ],
     skpd: Annotated[str, typer.Option(help="The requesting agency.")],
     contact: Annotated[str, typer.Option(help="How to reach the requester.")],
-    reason: Annotated[str, typer.Option(help="disaster, error, accidental_deletion or other.")],
+    reason: Annotated[
+        str,
+        typer.Option(
+            help="A restore's: disaster, error, accidental_deletion or other; a backup's: migration, "
+            "maintenance or other."
+        ),
+    ],
     procedure: Annotated[
         str, typer.Option(help="recovery (SOP A, Form PPD) or backup_restore (SOP B).")
     ] = "recovery",
+    kind: Annotated[
+        str, typer.Option(help="restore, or backup (SOP B: a one-off backup, e.g. before a migration).")
+    ] = "restore",
     reason_text: Annotated[str, typer.Option(help="In your own words (required with 'other').")] = "",
     restore_point: Annotated[str | None, typer.Option(help="Wanted restore point, ISO date or time.")] = None,
-    target: Annotated[str, typer.Option(help="in-place, or alternate:HOST[:NAME].")] = "in-place",
+    target: Annotated[
+        str | None, typer.Option(help="in-place (a restore's default), or alternate:HOST[:NAME].")
+    ] = None,
+    letter: Annotated[
+        Path | None, typer.Option(help="The request letter (surat permohonan): a PDF, PNG or JPEG.")
+    ] = None,
     inventory: NoInventory = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """File a request (step 1 of the SOPs): the data items, the reason, the target."""
+    """File a request (step 1 of the SOPs): the data items, the reason, the target, the letter."""
     refuse_inventory(inventory, as_json)
+    content = _letter_bytes(letter, as_json) if letter else None
     body = {
         "procedure": procedure,
+        "kind": kind,
         "skpd": skpd,
         "contact": contact,
         "scope": _scope(item, as_json),
         "reason": reason,
         "reason_text": reason_text,
         "restore_point": restore_point,
-        "target": _target(target, as_json),
+        "target": _target(target, as_json) if target else None,
     }
-    _step("/requests", body, as_json)
+    filed = call_service("POST", "/requests", body, as_json=as_json)
+    if letter is not None and content is not None:
+        filed = _attach(filed["id"], letter, content, as_json)
+    _shown_request(filed, as_json)
+
+
+def _letter_bytes(path: Path, as_json: bool) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read the letter {path}: {exc.strerror or exc}", Exit.BAD_INPUT, as_json=as_json)
+
+
+def _attach(request_id: str, path: Path, content: bytes, as_json: bool) -> dict[str, Any]:
+    query = urlencode({"filename": path.name})
+    attached: dict[str, Any] = call_service(
+        "POST", f"/requests/{request_id}/letter?{query}", as_json=as_json, content=content
+    )
+    return attached
+
+
+@request_app.command("attach-letter")
+def request_attach_letter(
+    request_id: RequestId,
+    letter: Annotated[Path, typer.Argument(help="The request letter: a PDF, PNG or JPEG, at most 10 MiB.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Attach the request's letter (surat permohonan), at filing or at the disposition; its
+    SHA-256 goes on the audit chain."""
+    _shown_request(_attach(request_id, letter, _letter_bytes(letter, as_json), as_json), as_json)
+
+
+@request_app.command("letter")
+def request_letter(
+    request_id: RequestId,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Write the letter here.")],
+    letter_id: Annotated[
+        int | None, typer.Option("--id", help="An earlier letter (default: the newest).")
+    ] = None,
+) -> None:
+    """Save the request's letter, as the service holds it to its hash on the audit chain."""
+    query = f"?letter={letter_id}" if letter_id is not None else ""
+    content = call_service(
+        "GET", f"/requests/{request_id}/letter{query}", as_json=False, raw=True, binary=True
+    )
+    _write(output, lambda: atomic_write_bytes(output, content))
+
+
+@request_app.command("backup")
+def request_backup(
+    request_id: RequestId,
+    check: Annotated[bool, typer.Option("--check", help="Only ask the gate; back up nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Carry out a backup request (SOP B): its items that have no backup of it yet are backed
+    up and verified, kept out of retention, and recorded as its 'executed' step.
+
+    Exit 0 every item backed up and verified, 1 an item failed (run it again: only what is
+    missing is backed up), 3 refused by the gate, 5 the service cannot be reached.
+    """
+    start_and_follow(f"/requests/{request_id}/backup", {"check": check}, as_json)
 
 
 @request_app.command("receive")
@@ -298,8 +376,11 @@ def request_check_backups(
 @request_app.command("plan")
 def request_plan(
     request_id: RequestId,
-    backup: Annotated[list[str], typer.Option("--backup", help="ASSET_ID:ITEM=BACKUP_ID (repeatable).")],
-    window: Annotated[str, typer.Option(help="When the restore will run.")] = "",
+    backup: Annotated[
+        list[str] | None,
+        typer.Option("--backup", help="ASSET_ID:ITEM=BACKUP_ID (repeatable; none for a backup request)."),
+    ] = None,
+    window: Annotated[str, typer.Option(help="When the restore (or the backup) will run.")] = "",
     unverified: Annotated[
         str | None,
         typer.Option(
@@ -320,14 +401,14 @@ def request_plan(
     note: NoteOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Plan the restore: which backup for which item, and when.
+    """Plan the restore: which backup for which item, and when (a backup request's: when).
 
     Each named backup must be in the repository and verified (exit 4 otherwise, unless
     --unverified REASON); it is then protected from retention until the request closes.
     """
     refuse_inventory(inventory, as_json)
     plan = {}
-    for text in backup:
+    for text in backup or []:
         key, _, value = text.partition("=")
         asset_id, _, item = key.partition(":")
         if not (value and asset_id and item):
@@ -377,17 +458,32 @@ def request_show(request_id: RequestId, as_json: JsonOpt = False) -> None:
         print(json.dumps(record, indent=2, ensure_ascii=False))
         return
     out.print(
-        f"[bold]{escape(record['id'])}[/] {record['procedure']} — {record['status']}; requested by "
-        f"{escape(record['requester'])} ({escape(record['skpd'])})"
+        f"[bold]{escape(record['id'])}[/] {record['procedure']} {record['kind']} — {record['status']}; "
+        f"requested by {escape(record['requester'])} ({escape(record['skpd'])})"
     )
     scope = ", ".join(f"{s['asset_id']}:{s['item']}" for s in record["scope"])
-    out.print(escape(f"scope: {scope}; target: {json.dumps(record['target'])}"))
+    where = f"; target: {json.dumps(record['target'])}" if record["kind"] == "restore" else ""
+    out.print(escape(f"scope: {scope}{where}"))
+    for letter in record.get("letters") or []:
+        out.print(
+            escape(
+                shown(
+                    f"letter {letter['id']}: {letter['filename']} ({letter['media_type']}, {letter['size']} "
+                    f"bytes, sha256 {letter['sha256']}), attached by {letter['attached_by']}"
+                )
+            )
+        )
+    for key, backup_id in (record.get("backups_made") or {}).items():
+        out.print(escape(f"backup made: {key} {backup_id}"))
+    newest = (record.get("approvals") or [{}])[-1]  # the approval in force
+    acting = newest.get("acting_for")
     if record["rejected_reason"]:
         out.print(f"[red]rejected:[/] {escape(record['rejected_reason'])}")
     elif record["approved_by"]:
         out.print(
-            f"approved by {escape(record['approved_by'])} at {record['approved_at']}, "
-            f"valid until {record['approval_expires_at']}"
+            f"approved by {escape(record['approved_by'])}"
+            + (f" (Plh., for {escape(acting)})" if acting else "")
+            + f" at {record['approved_at']}, valid until {record['approval_expires_at']}"
         )
     table = Table()
     for column in ("step", "who", "role", "when (UTC)", "standard min", "actual min", "note"):

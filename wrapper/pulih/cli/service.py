@@ -407,14 +407,22 @@ def policy_set(
             help="Which approvals must be signed (--sign): none, in_place (restores in place) or all.",
         ),
     ] = None,
+    approvers_delegate: Annotated[
+        bool | None,
+        typer.Option(
+            "--approvers-delegate/--only-admins-delegate",
+            help="Whether an approver may name their own acting approver (Plh.), or only an admin.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set the office's policy: --distinct replaces the pairs set before; --signed-approvals
-    says which approvals must carry the approver's SSH signature. What is not named stays."""
+    says which approvals must carry the approver's SSH signature; --approvers-delegate who
+    names a Plh. What is not named stays."""
     if signed_approvals is not None and signed_approvals not in ("none", "in_place", "all"):
         fail("--signed-approvals is none, in_place or all", Exit.BAD_INPUT, as_json=as_json)
-    body: dict[str, Any] = {"signed_approvals": signed_approvals}
-    if distinct is not None or signed_approvals is None:
+    body: dict[str, Any] = {"signed_approvals": signed_approvals, "approvers_delegate": approvers_delegate}
+    if distinct is not None or (signed_approvals is None and approvers_delegate is None):
         body["distinct"] = [[part.strip() for part in text.split(",")] for text in distinct or []]
     doc = _call("PUT", "/admin/policy", body, as_json)
     pairs_text = (

@@ -25,7 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Connection
 
-from pulih import approvals
+from pulih import approvals, delegation
 from pulih.mail import address_problem
 from pulih.store import Store, accounts_table, iso, now, parse_iso, tokens_table
 
@@ -620,7 +620,11 @@ class Accounts:
                 "wrong account name, password or code (or the account is disabled)",
             )
         self.throttle.succeeded(name)
-        scopes = sorted({scope for role in account.roles for scope in ROLE_SCOPES[role]})
+        roles = set(account.roles)
+        with self.store.engine.connect() as conn:  # a Plh. in force acts in the approver's role
+            if delegation.active_for(conn, account.name, "approver", now()) is not None:
+                roles.add("approver")
+        scopes = sorted({scope for role in roles for scope in ROLE_SCOPES[role]})
         secret, record = self.create_token(
             account.name, account.name, scopes=scopes, expires_in=dt.timedelta(hours=hours)
         )

@@ -22,13 +22,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from pulih import approvals
+from pulih import approvals, delegation
 from pulih import register as reg
 from pulih import report as reports
 from pulih.anchors import NAMESPACE
 from pulih.desk import app as desk
 from pulih.exitcodes import Exit
-from pulih.requests import PROCEDURES, STEPS, Config, Refused, Requests
+from pulih.requests import BACKUP_NEXT, PROCEDURES, STEPS, Config, Refused, Requests
 from pulih.service import repository
 from pulih.service.accounts import (
     ROLES,
@@ -39,6 +39,7 @@ from pulih.service.accounts import (
     FailureBudget,
     LoginThrottle,
 )
+from pulih.service.delegations_api import router as delegations_router
 from pulih.service.jobs import JobRefused, Jobs
 from pulih.service.outbox import STATUSES as OUTBOX_STATUSES
 from pulih.service.outbox import Outbox
@@ -100,6 +101,8 @@ class Policy(BaseModel):
     distinct: list[list[str]] | None = Field(default=None, max_length=15)
     # Which approvals must be signed by the approver's SSH key (unset: as it was).
     signed_approvals: Literal["none", "in_place", "all"] | None = None
+    # Whether an approver may name their own acting approver (Plh.); else only an admin does.
+    approvers_delegate: bool | None = None
 
 
 class NewKey(BaseModel):
@@ -134,6 +137,10 @@ class NewRestore(BaseModel):
     target: dict[str, Any] | None = None
     attempts: int | None = Field(default=None, ge=1, le=20)
     check: bool = False
+
+
+class RequestBackup(BaseModel):
+    check: bool = False  # ask the gate only; back up nothing
 
 
 class CancelJob(BaseModel):
@@ -340,12 +347,15 @@ def create_app(
 
     @app.get(f"{API}/whoami")
     def whoami(who: Authenticated) -> dict[str, Any]:
+        with store.engine.connect() as conn:  # a Plh. in force: the role they act in, for whom
+            acting = delegation.active_for(conn, who.account.name, "approver", clock())
         return {
             **who.account.as_dict(),
             "via": who.via,
             "scopes": list(who.scopes),
             "token": who.token_id,
             "demo": demo,
+            "acting": [acting.as_dict()] if acting else [],
         }
 
     @app.post(f"{API}/password")
@@ -394,6 +404,8 @@ def create_app(
                 }
                 for spec in STEPS
             ],
+            # A backup request's steps where they differ from a restore's (no assessment).
+            "backup_next": {status: list(steps) for status, steps in BACKUP_NEXT.items()},
         }
 
     # ---------------------------------------------------------------- admin
@@ -465,6 +477,8 @@ def create_app(
         policy = store.policy()
         if body.signed_approvals is not None:
             policy["signed_approvals"] = body.signed_approvals
+        if body.approvers_delegate is not None:
+            policy["approvers_delegate"] = body.approvers_delegate
         if body.distinct is None:
             store.set_policy(who.account.name, policy)
             return store.policy()
@@ -703,6 +717,15 @@ def create_app(
         )
         return job.as_dict()
 
+    @app.post(f"{API}/requests/{{request_id}}/backup", status_code=202)
+    def start_request_backup(request_id: str, body: RequestBackup, who: Authenticated) -> dict[str, Any]:
+        """A backup request's run (SOP B): its items backed up and verified, on its record."""
+        require(who, role="operator", scope="backup")
+        job = jobs.start_request_backup(
+            who.account.name, request_id, acting(requests, who), check=body.check, age_identity=age_identity
+        )
+        return job.as_dict()
+
     @app.post(f"{API}/internal/jobs/{{job_id}}/gate")
     def gate_before_swap(job_id: str, body: GateQuestion, request: Request) -> JSONResponse:
         """Asked by a restore job's playbook, right before it swaps an item in: only the
@@ -796,6 +819,7 @@ def create_app(
         return text
 
     app.include_router(requests_router(requests, Authenticated, register, ApiError, demo=demo))
+    app.include_router(delegations_router(requests, Authenticated, ApiError))
     if socket_path is not None:  # the desk calls the API back over the service's own socket
         desk.mount(app, socket_path)
     return app

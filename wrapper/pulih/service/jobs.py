@@ -29,7 +29,7 @@ from pulih import report as reports
 from pulih import restoring
 from pulih.exitcodes import Exit
 from pulih.requests import Refused, Requests
-from pulih.service import restores
+from pulih.service import request_backups, restores
 
 # adopt: an admin's verification of a backup the service never recorded, which then goes on
 # the record (backup.adopted) when it passes.
@@ -92,6 +92,19 @@ class Job:
 
     def emit(self, event: dict[str, Any]) -> None:
         self.events.append(event)  # one append: followers in the event loop read it whole
+
+
+def backup_keys(register: reg.Register, scope: list[dict[str, str]]) -> list[str]:
+    """The targets a backup of exactly these items touches."""
+    wanted = {(s["asset_id"], s["item"]) for s in scope}
+    return sorted(
+        {
+            restores.target_key(a.address, d)
+            for a in register.hosts()
+            for d in a.data
+            if (a.asset_id, d.name) in wanted
+        }
+    )
 
 
 def _selected(register: reg.Register, limit: str | None) -> list[str]:
@@ -271,6 +284,93 @@ class Jobs:
             cancel=job.cancel,
             age_identity=age_identity,
             locked=job.targets,
+        )
+        self._launch(job, report, run.run)
+        return job
+
+    def start_request_backup(
+        self,
+        account: str,
+        request_id: str,
+        requests: Requests,
+        *,
+        check: bool,
+        age_identity: str | None,
+    ) -> Job:
+        """A backup request's run: the items it still lacks a backup of, locked, then the gate
+        (in the job, whose report says why when it refuses), then the backup and verification."""
+        report = reports.RunReport(
+            kind="backup_check" if check else "backup",
+            command=["pulih", "request", "backup", request_id, *(["--check"] if check else [])],
+            check_mode=check,
+            request_id=request_id,
+            operator=account,
+            demo=self.demo,
+        )
+        try:
+            if self.inventory is None:
+                raise JobRefused(Exit.FAILED, "service.register", "the service's config names no register")
+            try:
+                register = reg.load_inventory(self.inventory)
+                record = requests.get(request_id)
+                scope = request_backups.pending_scope(record)
+                servers = request_backups.servers_of(register, scope)
+            except reg.RegisterError as exc:
+                raise JobRefused(
+                    Exit.FAILED,
+                    "service.register",
+                    "the service's config names an invalid register: " + str(exc.problems[0]),
+                ) from None
+            except Refused as exc:
+                raise JobRefused(Exit.REFUSED, "record.refused", f"refused: {exc}") from None
+            except KeyError as exc:
+                raise JobRefused(
+                    Exit.BAD_INPUT,
+                    "request.register",
+                    f"request {request_id} names a server the register no longer holds in operation: {exc}",
+                ) from None
+            if record.get("kind") != "backup":
+                raise JobRefused(
+                    Exit.REFUSED,
+                    "record.refused",
+                    f"refused: request {request_id} asks for a restore: pulih restore --request {request_id}",
+                )
+            if not scope:
+                raise JobRefused(
+                    Exit.REFUSED,
+                    "request.backups_made",
+                    f"refused: every item of request {request_id} has its verified backup; the requester "
+                    "confirms it (pulih request confirm)",
+                )
+            items = [f"{s['asset_id']}:{s['item']}" for s in scope]
+            job = Job(
+                id=f"job-{secrets.token_hex(4)}",
+                kind=report.kind,
+                account=account,
+                limit=None,
+                items=items,
+                servers=servers,
+                targets=[] if check else backup_keys(register, scope),
+                request_id=request_id,
+                created_at=reports.utcnow().isoformat().replace("+00:00", "Z"),
+            )
+            self._take(job)
+        except JobRefused as exc:  # refused before it began: still a report, on the record
+            report.errors.append(str(exc))
+            report.finish("refused" if exc.code == Exit.REFUSED else "error", int(exc.code))
+            report.write()
+            exc.run_id = report.run_id
+            raise
+        run = request_backups.RequestBackupRun(
+            requests=requests,
+            actor=account,
+            request_id=request_id,
+            scope=scope,
+            register_path=self.inventory,
+            progress=lambda what, text: job.emit({"type": what, "text": text}),
+            cancel=job.cancel,
+            check=check,
+            age_identity=age_identity,
         )
         self._launch(job, report, run.run)
         return job

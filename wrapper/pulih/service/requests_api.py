@@ -9,15 +9,17 @@ the SKPDs of their account, and only for registered items of that SKPD's servers
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from pulih import forms, restoring
 from pulih import register as reg
 from pulih.exitcodes import Exit
-from pulih.requests import BadRequestInput, Refused, Requests, check_new
+from pulih.requests import LETTER_MAX_BYTES, BadRequestInput, Refused, Requests, check_new
 from pulih.service import repository
 from pulih.service.accounts import Caller
 from pulih.service.restores import restore_keys
@@ -44,6 +46,7 @@ class ScopeItem(BaseModel):
 class NewRequest(BaseModel):
     # Generous bounds here; the record's own limits (pulih.requests.check_new) name the field.
     procedure: str = Field(default="recovery", max_length=256)
+    kind: str = Field(default="restore", max_length=32)  # restore | backup (procedure B)
     skpd: str = Field(max_length=4096)
     contact: str = Field(max_length=4096)
     scope: list[ScopeItem] = Field(min_length=1, max_length=200)
@@ -184,6 +187,7 @@ def router(
                 reason=body.reason,
                 reason_text=body.reason_text,
                 restore_point=body.restore_point,
+                kind=body.kind,
             )
         except BadRequestInput as exc:
             raise api_error(400, Exit.BAD_INPUT, "record.input", str(exc)) from None
@@ -196,8 +200,13 @@ def router(
                 f"refused: {actor} may not file a request: it needs the role 'requester' (theirs: {held})",
             )
         own_items(who, body.skpd, body.scope)
-        target = body.target or {"kind": "in_place"}
-        if target.get("kind") == "alternate":
+        target = body.target or ({} if body.kind == "backup" else {"kind": "in_place"})
+        if body.kind == "backup":
+            if target:
+                raise api_error(
+                    400, Exit.BAD_INPUT, "request.target", "a backup request has no target (--target)"
+                )
+        elif target.get("kind") == "alternate":
             hosts = {a.hostname for a in the_register().hosts()}
             if target.get("host") not in hosts:
                 raise api_error(
@@ -221,6 +230,7 @@ def router(
                 reason_text=body.reason_text,
                 restore_point=body.restore_point,
                 target=target,
+                kind=body.kind,
             )
         )
 
@@ -308,6 +318,54 @@ def router(
                 headers={"Content-Disposition": f'inline; filename="{doc["id"]}-{form}.pdf"'},
             )
         return HTMLResponse(forms.render(doc, form, lang, office=office, demo=demo))
+
+    @routes.post("/v1/requests/{request_id}/letter", status_code=201)
+    async def attach_letter(request_id: str, request: Request, who: authenticated, filename: str = "") -> Any:
+        """The request's letter (surat permohonan) as the body, a PDF, PNG or JPEG of at most
+        10 MiB, its type read from its bytes; `filename` is only what the forms show."""
+        actor = scoped(who, "approve" if set(who.account.roles) - {"requester"} else "request")
+        await run_in_threadpool(hidden, who, request_id)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > LETTER_MAX_BYTES:
+            raise api_error(
+                413,
+                Exit.BAD_INPUT,
+                "letter.size",
+                f"the letter is {declared} bytes; at most {LETTER_MAX_BYTES // (1024 * 1024)} MiB",
+            )
+        content = bytearray()
+        async for chunk in request.stream():  # never more than the limit in memory
+            content += chunk
+            if len(content) > LETTER_MAX_BYTES:
+                raise api_error(
+                    413, Exit.BAD_INPUT, "letter.size", f"the letter is over {LETTER_MAX_BYTES} bytes"
+                )
+        return await run_in_threadpool(
+            record,
+            lambda: acting(requests, who).attach_letter(actor, request_id, bytes(content), filename),
+        )
+
+    @routes.get("/v1/requests/{request_id}/letter", response_class=Response)
+    def show_letter(request_id: str, who: authenticated, letter: int | None = None) -> Response:
+        """The request's letter (the newest, or `letter` by its id), held to its hash on the chain."""
+        scoped(who, "read")
+        hidden(who, request_id)
+        try:
+            meta, content = requests.letter(request_id, letter)
+        except Refused as exc:
+            status = 409 if exc.message_id == "letter.tampered" else 404
+            raise api_error(status, Exit.REFUSED, exc.message_id, f"refused: {exc}") from None
+        return Response(
+            content,
+            media_type=meta["media_type"],
+            headers={
+                "Content-Disposition": f"inline; filename*=UTF-8''{quote(meta['filename'])}",
+                "X-Pulih-Sha256": meta["sha256"],
+                "X-Content-Type-Options": "nosniff",
+                # A scan is shown, never run: no script, no other origin, even if it were HTML.
+                "Content-Security-Policy": "default-src 'none'; img-src 'self'; object-src 'self'; sandbox",
+            },
+        )
 
     @routes.post("/v1/requests/{request_id}/receive")
     def receive(request_id: str, body: Note, who: authenticated) -> dict[str, Any]:
@@ -423,6 +481,12 @@ def router(
         """Each named backup must be in the repository and verified (exit 4 otherwise, unless
         `unverified` says why); it is then protected from retention until the request closes."""
         actor = scoped(who, "restore")
+        if record(lambda: requests.get(request_id))["kind"] == "backup":  # its run makes the backups
+            return record(
+                lambda: acting(requests, who).plan(
+                    actor, request_id, backups=body.backups, window=body.window, note=body.note
+                )
+            )
         if body.unverified is not None and not body.unverified.strip():
             raise api_error(
                 400,
