@@ -468,3 +468,66 @@ def test_an_admin_changes_an_account_s_roles_and_skpds_but_never_the_last_admin_
         assert ana.post("/desk/admin/roles", data=back).status_code == 200
     assert as_root(service, f"/admin/users/{root}")["roles"] == ["admin"]
     assert "account_roles_set" in str(as_root(service, "/audit?limit=1000"))
+
+
+def test_a_backup_request_is_filed_with_its_letter_and_approved_by_an_acting_approver(service):
+    import datetime as dt
+    import hashlib
+
+    dewi, sri = login(service, "dewi"), login(service, "sri")
+    letter = b"%PDF-1.4\n% Surat permohonan pencadangan SIMPEG\n%%EOF\n"
+    token = csrf(dewi, "/desk/requests/new")
+    done = dewi.post(
+        "/desk/requests",
+        data={
+            "csrf": token,
+            "kind": "backup",
+            "skpd": "bkpsdm",
+            "items": ["DC-SRV-2023-001:simpeg"],
+            "reason": "migration",
+            "reason_text": "sebelum pindah server",
+            "contact": "0812-0000-1111",
+        },
+        files={"letter": ("surat permohonan.pdf", letter, "application/pdf")},
+    )
+    assert done.status_code == 303, done.text
+    request_id = re.match(r"^/desk/requests/([A-Za-z0-9-]+)\?done=filed$", done.headers["location"]).group(1)
+    doc = as_root(service, f"/requests/{request_id}")
+    assert doc["kind"] == "backup" and doc["procedure"] == "backup_restore" and doc["target"] == {}
+    (attached,) = doc["letters"]
+    assert attached["sha256"] == hashlib.sha256(letter).hexdigest()
+    shown = dewi.get(f"/desk/requests/{request_id}")
+    assert 'data-kind="backup"' in shown.text and "Data yang dicadangkan" in shown.text
+    assert "Pulihkan ke" not in shown.text  # a backup has no target
+    served = dewi.get(f"/desk/requests/{request_id}/letter/{attached['id']}")
+    assert served.status_code == 200 and served.content == letter
+    assert (
+        served.headers["content-type"] == "application/pdf"
+        and "sandbox" in served.headers["content-security-policy"]
+    )
+    # Not a PDF nor an image: refused by its content, whatever its name says.
+    token = csrf(dewi, f"/desk/requests/{request_id}")
+    forged = dewi.post(
+        f"/desk/requests/{request_id}/letter",
+        data={"csrf": token},
+        files={"letter": ("surat.pdf", b"<html><script>alert(1)</script>", "application/pdf")},
+    )
+    assert forged.status_code == 400 and "PDF, PNG or JPEG" in forged.text
+    assert len(as_root(service, f"/requests/{request_id}")["letters"]) == 1
+
+    # Kabid is away: an admin names budi Plh. until tomorrow; budi approves on the desk.
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    granted = service.admin(
+        "delegation", "grant", "--for", "kabid", "--to", "budi", "--until", until, "--reason", "SPT 800/7"
+    )
+    assert granted.returncode == 0, granted.stderr
+    assert act(sri, request_id, "receive").status_code == 303
+    budi = login(service, "budi")
+    approved = act(budi, request_id, "approve", note="a.n. Kabid")
+    assert approved.status_code == 303, approved.text
+    page = dewi.get(f"/desk/requests/{request_id}")
+    assert "Plh. budi a.n. kabid" in page.text
+    ended = service.admin("delegation", "list", "--json")
+    (delegation,) = [d for d in json.loads(ended.stdout) if d["delegate"] == "budi"]
+    service.admin("delegation", "end", str(delegation["id"]))
+    assert act(login(service, "budi"), request_id, "revoke", reason="x").status_code == 403

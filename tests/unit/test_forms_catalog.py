@@ -44,7 +44,16 @@ def untranslated(messages: list[str]) -> list[str]:
 def test_every_string_the_forms_and_reports_print_has_its_indonesian_translation(tmp_path):
     messages = extracted(tmp_path)
     assert len(messages) > 100  # the templates' and the codes' names, not an empty extraction
-    named = [forms.TITLES, forms.ROLES, forms.REASONS, reports.STATUSES, reports.CHECKS, reports.PHASES]
+    titles = [names for names in forms.TITLES.values()]
+    named = [
+        *titles,
+        forms.KINDS,
+        forms.ROLES,
+        forms.REASONS,
+        reports.STATUSES,
+        reports.CHECKS,
+        reports.PHASES,
+    ]
     assert {name for names in named for name in names.values()} <= set(messages)
     assert "Standard time (min)" in messages and "Pre-restore backup (undo)" in messages
     assert untranslated(messages) == []

@@ -28,10 +28,18 @@ STEPS: Final[dict[str, dict[str, str]]] = {
 SIGNERS: Final[dict[str, tuple[str, ...]]] = {
     form: tuple(dict.fromkeys(spec.role for spec in SOP_STEPS if spec.form == form)) for form in FORMS
 }
+# By what the request asks for: SOP B's backup request is printed on the same two forms.
 TITLES: Final = {
-    "ppd": N_("Data Recovery Request Form (Form PPD)"),
-    "pd": N_("Data Recovery Work Form (Form PD)"),
+    "restore": {
+        "ppd": N_("Data Recovery Request Form (Form PPD)"),
+        "pd": N_("Data Recovery Work Form (Form PD)"),
+    },
+    "backup": {
+        "ppd": N_("Backup Request Form (Form PPD, procedure B)"),
+        "pd": N_("Backup Work Form (Form PD, procedure B)"),
+    },
 }
+KINDS: Final = {"restore": N_("restore"), "backup": N_("backup")}
 PROCEDURES: Final = {
     "recovery": N_("A — data recovery"),
     "backup_restore": N_("B — backup / restore on request"),
@@ -48,6 +56,8 @@ REASONS: Final = {
     "accidental_deletion": N_("accidental deletion"),
     "other": N_("other"),
     "none": N_("none"),
+    "migration": N_("migration"),
+    "maintenance": N_("maintenance"),
 }
 TARGETS: Final = {"in_place": N_("in place"), "alternate": N_("elsewhere")}
 
@@ -72,6 +82,7 @@ def signers(request: dict[str, Any], form: str) -> list[dict[str, Any]]:
             "step": step["step"],
             "at": step["at"],
             "key_fingerprint": None,
+            "acting_for": step.get("acting_for"),  # a Plh.'s block names whom they stood in for
         }
     for approval in request.get("approvals") or []:
         block = blocks.get(("approver", approval.get("approver") or ""))
@@ -98,7 +109,8 @@ def render(
             lang=lang,
             office=office,
             demo=demo,
-            title=TITLES[form],
+            title=TITLES[request.get("kind") or "restore"][form],
+            kinds=KINDS,
             steps=STEPS[lang],
             signers=signers(request, form),
             procedures=PROCEDURES,

@@ -83,7 +83,8 @@ ACTIONS: Final = {
     "assessed": "assess",
     "backups_checked": "check-backups",
     "planned": "plan",
-    "executed": "restore",  # the operator starts the restore job (POST /v1/restores)
+    "executed": "restore",  # the operator starts the restore job (POST /v1/restores); a backup
+    # request's the backup job (POST /v1/requests/ID/backup): see _actions
     "confirmed": "confirm",
     "not_restored": "not-restored",
     "closed": "close",
@@ -125,7 +126,9 @@ class Page:
 
     @property
     def roles(self) -> set[str]:
-        return set((self.who or {}).get("roles", []))
+        """The account's roles, and the one it acts in as a Plh. (the service decides each step)."""
+        who = self.who or {}
+        return set(who.get("roles", [])) | {d["role"] for d in who.get("acting") or []}
 
 
 def _environment(lang: str) -> Environment:
@@ -327,38 +330,49 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
     async def file_request(request: Request) -> Response:
         page = await signed_in(request)
         try:
+            _bounded(request, LETTER_FORM_MAX)
             form = await checked_form(request, page)
         except DeskRefusal as exc:
             return refused(page, exc)
-        picked = (await request.form()).getlist("items")
+        posted = await request.form()
+        picked = posted.getlist("items")
         scope = []
         for key in picked:
             asset_id, _, item = str(key).partition(":")
             scope.append({"asset_id": asset_id, "item": item})
-        target: dict[str, Any] = {"kind": "in_place"}
-        if form.get("target") == "alternate":
+        backup = form.get("kind") == "backup"
+        target: dict[str, Any] | None = None if backup else {"kind": "in_place"}
+        if not backup and form.get("target") == "alternate":
             target = {"kind": "alternate", "host": form.get("alternate_host", "")}
             if form.get("alternate_name", "").strip():
                 target["name"] = form["alternate_name"].strip()
         body = {
-            "procedure": form.get("procedure", "recovery"),
+            "procedure": "backup_restore" if backup else form.get("procedure", "recovery"),
+            "kind": "backup" if backup else "restore",
             "skpd": form.get("skpd", ""),
             "contact": form.get("contact", ""),
             "scope": scope,
             "reason": form.get("reason", ""),
             "reason_text": form.get("reason_text", ""),
-            "restore_point": form.get("restore_point", "").strip() or None,
+            "restore_point": None if backup else form.get("restore_point", "").strip() or None,
             "target": target,
         }
         if not scope:
             return await new_request_form(page, 400, page_text(page, words.NO_ITEMS), form)
         try:
+            letter = await _letter_of(posted)
             filed = await api(page, "POST", "/requests", body)
         except ServiceError as exc:
             summary = words.REFUSALS.get(exc.message_id, words.REFUSED)
             error = f"{page_text(page, summary)} {exc}"
             return await new_request_form(page, exc.status or 503, error, form)
-        return RedirectResponse(f"{PREFIX}/requests/{quote(filed['id'])}?done=filed", status_code=303)
+        where = f"{PREFIX}/requests/{quote(filed['id'])}"
+        if letter is not None:
+            try:
+                await send_letter(page, filed["id"], *letter)
+            except ServiceError as exc:  # filed all the same: its page says the letter was refused
+                return refused(page, exc)
+        return RedirectResponse(f"{where}?done=filed", status_code=303)
 
     @routes.get(f"{PREFIX}/requests/{{rid}}", response_model=None)
     async def request_page(request: Request, rid: str, done: str = "", backups: bool = False) -> Response:
@@ -369,11 +383,7 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         except (ServiceError, DeskRefusal) as exc:
             return refused(page, exc)
         steps = {s["name"]: s for s in sop["steps"]}
-        actions = [
-            (name, ACTIONS[name])
-            for name in steps[doc["status"]]["next"]
-            if name in ACTIONS and steps[name]["role"] in page.roles
-        ]
+        actions = _actions(doc, sop, page.roles)
         available, unavailable = None, ""
         if backups and page.roles & BACKUP_READERS:
             # On asking only: reading the repository takes a playbook run, seconds, not a page's.
@@ -389,11 +399,32 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             doc=doc,
             steps=steps,
             actions=actions,
-            done=done if done in steps else "",
+            done=done if done in steps or done == "letter" else "",
             available=available,
             unavailable=unavailable,
             may_see_backups=bool(page.roles & BACKUP_READERS),
         )
+
+    @routes.post(f"{PREFIX}/requests/{{rid}}/letter", response_model=None)
+    async def attach_letter(request: Request, rid: str) -> Response:
+        """The request's letter, uploaded: the service checks its type and size."""
+        page = await signed_in(request)
+        try:
+            rid = request_id(rid)
+            _bounded(request, LETTER_FORM_MAX)
+            await checked_form(request, page)
+            sent = await _letter_of(await request.form())
+            if sent is None:
+                raise DeskRefusal(400, "desk.letter", "choose the letter's file")
+            await send_letter(page, rid, *sent)
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return RedirectResponse(f"{PREFIX}/requests/{quote(rid)}?done=letter", status_code=303)
+
+    async def send_letter(page: Page, rid: str, name: str, content: bytes) -> None:
+        assert page.via is not None
+        path = f"/requests/{rid}/letter?{urlencode({'filename': name})}"
+        await run_in_threadpool(client.call, "POST", path, via=page.via, content=content)
 
     @routes.post(f"{PREFIX}/requests/{{rid}}/{{action}}", response_model=None)
     async def act(request: Request, rid: str, action: str) -> Response:
@@ -402,8 +433,13 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             _bounded(request)
             form = await checked_form(request, page)
             rid = request_id(rid)
-            if action == "restore":  # a job of the service, whose progress the job page shows
-                job = await api(page, "POST", "/restores", {"request": rid})
+            if action in ("restore", "backup"):  # a job of the service; the job page shows it
+                path, body = (
+                    ("/restores", {"request": rid})
+                    if action == "restore"
+                    else (f"/requests/{rid}/backup", {})
+                )
+                job = await api(page, "POST", path, body)
                 return RedirectResponse(f"{PREFIX}/jobs/{quote(job['id'])}", status_code=303)
             body = _action_body(action, form)
             if action == "approve":
@@ -415,6 +451,32 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
             return refused(page, exc)
         step = next(name for name, route in ACTIONS.items() if route == action)
         return RedirectResponse(f"{PREFIX}/requests/{quote(rid)}?done={step}", status_code=303)
+
+    @routes.get(f"{PREFIX}/requests/{{rid}}/letter/{{letter_id}}", response_model=None)
+    async def letter(request: Request, rid: str, letter_id: int) -> Response:
+        """A request's letter, as the service holds it to its hash on the audit chain: shown
+        inline in a sandbox (a PDF or an image; never run as a page of the desk)."""
+        page = await signed_in(request)
+        try:
+            rid = request_id(rid)
+            doc = await api(page, "GET", f"/requests/{rid}")
+            meta = next((m for m in doc.get("letters") or [] if m["id"] == letter_id), None)
+            if meta is None:
+                raise DeskRefusal(404, "desk.input", f"request {rid} has no letter {letter_id}")
+            assert page.via is not None
+            path = f"/requests/{rid}/letter?letter={letter_id}"
+            content = await run_in_threadpool(client.call, "GET", path, via=page.via, raw=True, binary=True)
+        except (ServiceError, DeskRefusal) as exc:
+            return refused(page, exc)
+        return Response(
+            content,
+            media_type=meta["media_type"],
+            headers={
+                **HEADERS,
+                "Content-Security-Policy": "default-src 'none'; img-src 'self'; object-src 'self'; sandbox",
+                "Content-Disposition": f"inline; filename*=UTF-8''{quote(meta['filename'])}",
+            },
+        )
 
     @routes.get(f"{PREFIX}/requests/{{rid}}/statement", response_model=None)
     async def statement(request: Request, rid: str, valid_hours: str = "", note: str = "") -> Response:
@@ -759,16 +821,41 @@ def _action_body(action: str, form: dict[str, str]) -> dict[str, Any]:
 NOTE_MAX: Final = 2000
 FORM_MAX: Final = 64 * 1024  # any step's form, a signed approval's two files included
 FILE_MAX: Final = 16 * 1024  # a statement is about 1 KiB, an SSH signature some 300 bytes
+LETTER_MAX: Final = 10 * 1024 * 1024  # the service's bound on a request letter (pulih.requests)
+LETTER_FORM_MAX: Final = LETTER_MAX + FORM_MAX  # a letter and the fields of its form
 SIGNATURE_ARMOUR: Final = "-----BEGIN SSH SIGNATURE-----"
 
 
-def _bounded(request: Request) -> None:
-    """DeskRefusal 413 for a step's form larger than any step's, before its body is read
-    (the multipart parser would spool it to disk whole)."""
+def _bounded(request: Request, limit: int = FORM_MAX) -> None:
+    """DeskRefusal 413 for a form larger than `limit` (any step's, or a letter's), before its
+    body is read (the multipart parser would spool it to disk whole)."""
     chunked = "transfer-encoding" in request.headers  # no stated length: refused too
     length = request.headers.get("content-length", "" if chunked else "0")
-    if not length.isdigit() or int(length) > FORM_MAX:
-        raise DeskRefusal(413, "desk.too_large", f"a step's form is at most {FORM_MAX} bytes")
+    if not length.isdigit() or int(length) > limit:
+        raise DeskRefusal(413, "desk.too_large", f"the form is at most {limit} bytes")
+
+
+def _actions(doc: dict[str, Any], sop: dict[str, Any], roles: set[str]) -> list[tuple[str, str]]:
+    """The steps the reader may take next on a request, each with the desk's action for it:
+    a backup request's next steps are its own, and its 'executed' is the backup job."""
+    steps = {s["name"]: s for s in sop["steps"]}
+    backup = doc.get("kind") == "backup"
+    following = (sop.get("backup_next") or {}).get(doc["status"]) if backup else None
+    return [
+        (name, "backup" if backup and name == "executed" else ACTIONS[name])
+        for name in following or steps[doc["status"]]["next"]
+        if name in ACTIONS and steps[name]["role"] in roles
+    ]
+
+
+async def _letter_of(posted: FormData) -> tuple[str, bytes] | None:
+    """The posted letter's file name and bytes (at most LETTER_MAX + 1: the service says how
+    large is too large), or None when no file was chosen."""
+    sent = posted.get("letter")
+    if sent is None or isinstance(sent, str):
+        return None
+    data = await sent.read(LETTER_MAX + 1)
+    return (sent.filename or "letter", data) if data else None
 
 
 async def _upload(posted: FormData, name: str) -> bytes:

@@ -25,6 +25,12 @@ REASONS: Final = {
     "other": N_("Other"),
 }
 DAMAGE: Final = {"none": N_("No damage"), **REASONS}
+BACKUP_REASONS: Final = {  # a backup request's (procedure B)
+    "migration": N_("Migration"),
+    "maintenance": N_("Maintenance"),
+    "other": N_("Other"),
+}
+KINDS: Final = {"restore": N_("Restore"), "backup": N_("Backup")}
 JOB_STATUS: Final = {
     "running": N_("running"),
     "succeeded": N_("succeeded"),
@@ -102,7 +108,14 @@ REFUSALS: Final = {
     "desk.signature_file": N_(
         "The signature file is not an SSH signature (the .sig file ssh-keygen writes)."
     ),
-    "desk.too_large": N_("The form is too large: a statement and its signature are a few kilobytes."),
+    "desk.too_large": N_("The form is too large: a letter is at most 10 MiB, a signature a few kilobytes."),
+    "desk.letter": N_("Choose the letter's file (PDF, PNG or JPEG)."),
+    "letter.size": N_("The letter is larger than 10 MiB: scan it at a lower resolution."),
+    "letter.none": N_("This request has no letter attached."),
+    "letter.tampered": N_("The letter in the store is not the one on the audit log: an auditor must look."),
+    "request.backups_made": N_("Every item of this request has its backup: the requester confirms it."),
+    "delegation.refused": N_("That delegation is not allowed."),
+    "delegation.input": N_("Part of the form is not valid."),
 }
 REFUSED: Final = N_("The service refused this.")
 NO_ITEMS: Final = N_("Choose at least one data item.")
