@@ -8,8 +8,9 @@
 #     tokens): a verified backup, damage, a recovery request filed, received, approved by a
 #     second person with her SSH signature (the office's policy wants one), assessed, planned,
 #     restored (verified, the damage saved as a pre-restore backup), confirmed and closed; spoof
-#     attempts refused; the audit log checked against its anchor and the signed approval
-#     checked offline with ssh-keygen alone.
+#     attempts refused; then a backup request of procedure B with the agency's letter, carried
+#     out as a verified backup; the audit log checked against its anchor and the signed
+#     approval checked offline with ssh-keygen alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -157,7 +158,24 @@ as budi request form "$rid" --form pd --lang id -o "$reports/form-pd-$rid.html"
 restore_run=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$reports/restore.json")
 as budi report show "$restore_run" --format html --lang id > "$reports/restore-$rid.html"
 
-step "14. Who acts is the kernel's word, or a token's, never the environment's"
+step "14. SOP B: Ani asks for a one-off backup before a migration, with the agency's letter"
+# The letter as an agency sends it: a PDF (here a one-page stand-in written on the spot).
+printf '%%PDF-1.4\n%% Surat permohonan: pencadangan SIMPEG sebelum migrasi\n%%%%EOF\n' > "$reports/surat-permohonan.pdf"
+bid=$(as ani request new --kind backup --procedure backup_restore --item LAB-001:app-pg \
+      --skpd dinkes --contact ani@dinkes.go.id --reason migration \
+      --reason-text "pindah ke server baru" --letter "$reports/surat-permohonan.pdf" --json \
+      | python -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "filed $bid beside $rid"
+as sri request receive "$bid"
+as sri request approve "$bid" --note "disposisi ke Seksi Infrastruktur"
+as budi request plan "$bid" --window "malam ini"
+as budi request backup "$bid"
+as ani request confirm "$bid" --note "cadangan sudah ada"
+as sri request close "$bid"
+as budi request show "$bid"
+as budi request form "$bid" --form ppd --lang id -o "$reports/form-ppd-$bid.html"
+
+step "15. Who acts is the kernel's word, or a token's, never the environment's"
 echo "USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami, on the socket, without a token:"
 USER=sri LOGNAME=sri PULIH_ACTOR=sri pulih whoami
 echo "Ani's token, used to list the accounts (an admin's step):"
@@ -167,7 +185,7 @@ echo "A restore that names its own register (-i):"
 rc=0; as budi restore --request "$rid" -i "$lab_inventory" || rc=$?
 [[ $rc -eq 2 ]] || { echo "demo: expected bad input (exit 2), got $rc" >&2; exit 1; }
 
-step "15. The record checked against its anchor, and Sri's signed approval checked offline with ssh-keygen alone"
+step "16. The record checked against its anchor, and Sri's signed approval checked offline with ssh-keygen alone"
 as budi audit verify
 pulih request export-approval "$rid" --dir "$reports/approval"
 pulih audit export-signers --output "$reports/allowed_signers"
@@ -192,5 +210,6 @@ PY
 echo
 echo "Reports: $reports/register_check.json, $reports/register_audit.json, run reports in $reports/service/runs/,"
 echo "         the restore report $reports/restore-$rid.html and the forms $reports/form-ppd-$rid.html"
+echo "         and $reports/form-ppd-$bid.html (the backup request, with its letter's SHA-256)"
 echo "         and $reports/form-pd-$rid.html (Indonesian)"
 echo "The lab is stopped on exit, every process by its PID."
