@@ -350,3 +350,97 @@ def test_the_forms_show_a_backup_request_its_letter_and_the_acting_approver(requ
     assert "20261201T090000Z-ab12" in pd and "Sabtu 22:00 WIB" in pd
     assert "Assessment" not in pd
     assert "Approved by Plh. rina for dewi" in forms.render(record, "ppd", "en")
+
+
+# --------------------------------------------------------------------------- maintenance windows
+
+
+def test_an_in_place_restore_outside_its_window_needs_an_approval_that_allows_it(requests, store):
+    def planned(outside_window: bool) -> str:
+        rid = requests.new(
+            "ani",
+            procedure="recovery",
+            skpd="bkpsdm",
+            contact="x",
+            scope=[{"asset_id": "DC-1", "item": "simpeg"}],
+            reason="error",
+        )["id"]
+        requests.receive("citra", rid)
+        requests.approve("dewi", rid, outside_window=outside_window)
+        requests.assess("eko", rid, data_exists=True, damage="error")
+        requests.check_backups("eko", rid, [])
+        requests.plan("eko", rid, backups={"DC-1:simpeg": "20261120T020000Z-0000"})
+        return rid
+
+    scope, closed = (
+        [{"asset_id": "DC-1", "item": "simpeg"}],
+        ["simpeg01 (window sat 22:00-04:00 (Asia/Jakarta))"],
+    )
+    strict = planned(outside_window=False)
+    with pytest.raises(
+        Refused, match=r"simpeg01 \(window sat.*outside its maintenance window now"
+    ) as refused:
+        requests.gate("eko", strict, run_scope=scope, closed_windows=closed)
+    assert refused.value.message_id == "restore.window"
+    assert requests.gate("eko", strict, run_scope=scope, closed_windows=[])["allowed"]  # in the window
+    lenient = planned(outside_window=True)
+    assert requests.gate("eko", lenient, run_scope=scope, closed_windows=closed)["allowed"]
+    assert chain(store, "request.approved")[-1]["outside_window"] is True
+    assert requests.get(lenient)["approvals"][-1]["outside_window"] is True
+
+
+def test_a_window_in_the_register_is_read_in_the_offices_time_zone_and_checked():
+    from pulih import register as reg
+
+    def parsed(window):
+        doc = {
+            "plugin": "pulih.core.asset_register",
+            "version": 1,
+            "assets": [
+                {
+                    "asset_id": "A-1",
+                    "hostname": "app01",
+                    "address": "10.0.0.1",
+                    "ssh_user": "pulih",
+                    "skpd": "bkpsdm",
+                    "environment": "production",
+                    "status": "in_operation",
+                    "os": "Debian 12",
+                    "registered_by": "x",
+                    "registered_on": "2026-01-01",
+                    "last_reviewed": "2026-06-01",
+                    "maintenance_window": window,
+                }
+            ],
+        }
+        return reg.parse_register(doc, "r.asset_register.yml", dt.date(2026, 12, 1))
+
+    good, problems = parsed(
+        {"timezone": "Asia/Jakarta", "slots": [{"days": ["sat"], "start": "22:00", "end": "04:00"}]}
+    )
+    assert problems == []
+    window = good.assets[0].maintenance_window
+    assert str(window) == "sat 22:00-04:00 (Asia/Jakarta)"
+    saturday_night = dt.datetime(2026, 12, 5, 16, 0, tzinfo=dt.UTC)  # 23:00 WIB
+    assert window.contains(saturday_night) and window.contains(
+        saturday_night + dt.timedelta(hours=4, minutes=59)
+    )
+    assert not window.contains(saturday_night + dt.timedelta(hours=5))  # Sunday 04:00 WIB
+    assert not window.contains(saturday_night - dt.timedelta(hours=2))  # Saturday 21:00 WIB
+    for bad, says in (
+        (
+            {"timezone": "WIB", "slots": [{"days": ["sat"], "start": "22:00", "end": "04:00"}]},
+            "not a time zone",
+        ),
+        (
+            {"timezone": "Asia/Jakarta", "slots": [{"days": ["sabtu"], "start": "22:00", "end": "04:00"}]},
+            "days",
+        ),
+        (
+            {"timezone": "Asia/Jakarta", "slots": [{"days": ["sat"], "start": "25:00", "end": "04:00"}]},
+            "HH:MM",
+        ),
+        ({"timezone": "Asia/Jakarta", "slots": []}, "list of 'slots'"),
+    ):
+        _, found = parsed(bad)
+        assert len(found) == 1 and found[0].field == "maintenance_window" and says in found[0].message, found

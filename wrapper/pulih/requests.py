@@ -420,7 +420,7 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
             state.update({k: payload[k] for k in ("scope", "target") if k in payload})
             state["restore_point"], state["plan"] = payload.get("restore_point"), None
             state.update(approval_expires_at=None, targets=None, signed=None, approval_at=None)
-            state["acting_for"] = None
+            state["acting_for"], state["outside_window"] = None, False
             continue
         if state is None or step not in STEP:
             continue
@@ -434,6 +434,7 @@ def chained_request(store: Store, request_id: str) -> dict[str, Any] | None:
             state["targets"] = payload.get("targets")
             state["signed"], state["approval_at"] = payload.get("signed"), row["at"]
             state["acting_for"] = payload.get("acting_for")
+            state["outside_window"] = bool(payload.get("outside_window"))
     return state
 
 
@@ -727,6 +728,7 @@ class Requests:
         valid_hours: int | None = None,
         note: str = "",
         targets: list[str] | None = None,
+        outside_window: bool = False,
     ) -> dict[str, Any]:
         """What `actor` signs to approve `request_id` so (pulih.approvals), at today's chain head."""
         hours = valid_hours or self.config.approval_validity_hours
@@ -737,6 +739,7 @@ class Requests:
             valid_hours=hours,
             note=note,
             head=self.store.head(),
+            outside_window=outside_window,
         )
 
     def _checked_signature(
@@ -748,6 +751,7 @@ class Requests:
         hours: int,
         note: str,
         targets: list[str],
+        outside_window: bool,
     ) -> dict[str, Any]:
         """The signed approval as it goes on the record, or Refused naming what is wrong: a
         statement that is not this approval's, a chain head not on this log, a signature no key
@@ -756,7 +760,13 @@ class Requests:
         if not isinstance(given, dict) or not isinstance(signature, str) or len(signature) > 16384:
             raise BadRequestInput("a signed approval carries its statement (a JSON object) and its signature")
         expected = approvals.statement(
-            request, approver=actor, targets=targets, valid_hours=hours, note=note, head=None
+            request,
+            approver=actor,
+            targets=targets,
+            valid_hours=hours,
+            note=note,
+            head=None,
+            outside_window=outside_window,
         )
         for key in sorted((set(expected) | set(given)) - {"chain_head"}):
             if given.get(key) != expected.get(key):
@@ -802,15 +812,19 @@ class Requests:
         note: str = "",
         targets: list[str] | None = None,
         signed: dict[str, Any] | None = None,
+        outside_window: bool = False,
     ) -> dict[str, Any]:
         """Approve for `valid_hours`; `targets`: the live targets (engine://address:port/name)
         the request resolves to in the register now, which every restore under it must keep to;
-        `signed`: the approval's statement and the approver's SSH signature of it."""
+        `signed`: the approval's statement and the approver's SSH signature of it;
+        `outside_window`: the restore may run outside its servers' maintenance windows."""
         hours = valid_hours or self.config.approval_validity_hours
         if hours <= 0:
             raise BadRequestInput("an approval is valid for a positive number of hours")
         signature: dict[str, Any] | None = None
         audit: dict[str, Any] = {} if targets is None else {"targets": targets}
+        if outside_window:
+            audit["outside_window"] = True
 
         def check(request: dict[str, Any]) -> dict[str, Any]:
             nonlocal signature
@@ -826,7 +840,13 @@ class Requests:
             }
             if signed is not None:
                 signature = self._checked_signature(
-                    actor, parsed, signed, hours=hours, note=note, targets=targets or []
+                    actor,
+                    parsed,
+                    signed,
+                    hours=hours,
+                    note=note,
+                    targets=targets or [],
+                    outside_window=outside_window,
                 )
                 audit["signed"] = signature
             elif parsed["kind"] == "restore" and signature_required(self.store.policy(), parsed["target"]):
@@ -850,6 +870,7 @@ class Requests:
                     approver=actor,
                     acting_for=acting.delegator if acting else None,
                     delegation_id=acting.id if acting else None,
+                    outside_window=outside_window,
                     at=iso(at),
                     expires_at=iso(at + dt.timedelta(hours=hours)),
                     note=note,
@@ -1290,11 +1311,13 @@ class Requests:
         target: dict[str, Any] | None = None,
         run_targets: list[str] | None = None,
         kind: str = "restore",
+        closed_windows: list[str] | None = None,
     ) -> dict[str, Any]:
         """Allow a restore run (or, `kind` 'backup', a backup request's run) only as the record
         says; raise Refused with the reason otherwise. `run_targets`: the live targets the run
         would change, resolved from the register now; each must be one the approval resolved
-        when it was given."""
+        when it was given. `closed_windows`: the servers an in-place run would change whose
+        maintenance window is closed now, each with its window (from the register)."""
         if "operator" not in self.roles_of(actor):
             raise Refused(f"{actor} may not run {kind}s of requests: it needs the role 'operator'")
         at = self.clock()
@@ -1356,6 +1379,15 @@ class Requests:
             approved_target = json.loads(request["target"])
             if kind == "restore":  # a backup request's run changes nothing live
                 self._restore_holds(request_id, chained, approved_target, target, run_targets)
+                in_place = approved_target.get("kind") != "alternate"
+                if in_place and closed_windows and not chained.get("outside_window"):
+                    raise Refused(
+                        f"{'; '.join(closed_windows)}: outside its maintenance window now, and the "
+                        f"approval of request {request_id} does not allow a restore in place outside "
+                        "it; restore in the window, or ask the approver to approve again with "
+                        "--outside-window",
+                        "restore.window",
+                    )
         except Refused as exc:
             decision["allowed"], decision["reason"] = False, str(exc)
             with self.store.transaction() as conn:

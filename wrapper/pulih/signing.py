@@ -40,9 +40,12 @@ def statement(
     valid_hours: int,
     note: str,
     head: dict[str, Any] | None,
+    outside_window: bool = False,
 ) -> dict[str, Any]:
-    """What an approver of `request` signs."""
+    """What an approver of `request` signs; `outside_window`, only when given: the restore may
+    run outside its servers' maintenance windows."""
     return {
+        **({"outside_window": True} if outside_window else {}),
         "format": FORMAT,
         "request_id": request["id"],
         "approver": approver,

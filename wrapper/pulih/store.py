@@ -164,6 +164,8 @@ approvals_table = sa.Table(  # added in schema version 4: one row per approval (
     # Added in schema version 10: the approver this one acted for (Plt./Plh.), by delegation.
     sa.Column("acting_for", sa.String(128)),
     sa.Column("delegation_id", sa.Integer),
+    # Added in schema version 10 too: the restore may run outside its servers' maintenance windows.
+    sa.Column("outside_window", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 
@@ -308,7 +310,15 @@ def _v4(conn: Connection) -> None:
             c._copy()
             for c in approvals_table.columns
             if c.name
-            not in ("targets", "statement", "signature", "key_fingerprint", "acting_for", "delegation_id")
+            not in (
+                "targets",
+                "statement",
+                "signature",
+                "key_fingerprint",
+                "acting_for",
+                "delegation_id",
+                "outside_window",
+            )
         ),
     )
     approvals_v4.create(conn, checkfirst=True)
@@ -367,6 +377,9 @@ def _v10(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE pulih_steps ADD COLUMN acting_for VARCHAR(128)"))
     conn.execute(sa.text("ALTER TABLE pulih_approvals ADD COLUMN acting_for VARCHAR(128)"))
     conn.execute(sa.text("ALTER TABLE pulih_approvals ADD COLUMN delegation_id INTEGER"))
+    conn.execute(
+        sa.text("ALTER TABLE pulih_approvals ADD COLUMN outside_window BOOLEAN NOT NULL DEFAULT FALSE")
+    )
     letters_table.create(conn, checkfirst=True)
     delegations_table.create(conn, checkfirst=True)
 

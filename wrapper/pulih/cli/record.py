@@ -234,6 +234,13 @@ def request_approve(
     signature: Annotated[
         Path | None, typer.Option("--signature", help="Its ssh-keygen -Y sign -n pulih-approval signature.")
     ] = None,
+    outside_window: Annotated[
+        bool,
+        typer.Option(
+            "--outside-window",
+            help="Let the restore run in place outside its servers' maintenance windows (the register's).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Approve a received request, for a limited time; never by its requester.
@@ -242,7 +249,7 @@ def request_approve(
     carries your SSH signature of its statement, which anyone can check offline (README,
     "Signed approvals"); the office's policy may require it.
     """
-    body: dict[str, Any] = {"valid_hours": valid_hours, "note": note}
+    body: dict[str, Any] = {"valid_hours": valid_hours, "note": note, "outside_window": outside_window}
     if (statement is None) != (signature is None) or (sign and statement is not None):
         fail(
             "a signed approval is --sign, or --statement FILE with --signature FILE",
@@ -250,7 +257,7 @@ def request_approve(
             as_json=as_json,
         )
     if sign:
-        doc = _statement(request_id, valid_hours, note, as_json)
+        doc = _statement(request_id, valid_hours, note, as_json, outside_window=outside_window)
         chosen = key or Path.home() / ".ssh" / "id_ed25519.pub"
         try:
             body.update(statement=doc, signature=signing.sign(signing.canonical(doc), chosen))
@@ -264,8 +271,15 @@ def request_approve(
     _step(f"/requests/{request_id}/approve", body, as_json)
 
 
-def _statement(request_id: str, valid_hours: int | None, note: str, as_json: bool) -> dict[str, Any]:
-    query = urlencode({k: v for k, v in (("valid_hours", valid_hours), ("note", note)) if v})
+def _statement(
+    request_id: str, valid_hours: int | None, note: str, as_json: bool, *, outside_window: bool = False
+) -> dict[str, Any]:
+    asked = (
+        ("valid_hours", valid_hours),
+        ("note", note),
+        ("outside_window", "true" if outside_window else ""),
+    )
+    query = urlencode({k: v for k, v in asked if v})
     found: dict[str, Any] = call_service(
         "GET", f"/requests/{request_id}/statement" + (f"?{query}" if query else ""), as_json=as_json
     )
@@ -280,13 +294,22 @@ def request_statement(
     output: Annotated[
         Path | None, typer.Option("--output", help="Write it here (default: standard output).")
     ] = None,
+    outside_window: Annotated[
+        bool,
+        typer.Option(
+            "--outside-window",
+            help="Let the restore run in place outside its servers' maintenance windows (the register's).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The statement you sign to approve a request so, as the exact bytes to sign:
 
     ssh-keygen -Y sign -n pulih-approval -f ~/.ssh/id_ed25519 statement.json
     """
-    text = signing.canonical(_statement(request_id, valid_hours, note, as_json))
+    text = signing.canonical(
+        _statement(request_id, valid_hours, note, as_json, outside_window=outside_window)
+    )
     if output is None:
         sys.stdout.buffer.write(text)
         return

@@ -479,14 +479,18 @@ def _router(socket_path: Path, envs: dict[str, Environment]) -> APIRouter:
         )
 
     @routes.get(f"{PREFIX}/requests/{{rid}}/statement", response_model=None)
-    async def statement(request: Request, rid: str, valid_hours: str = "", note: str = "") -> Response:
+    async def statement(
+        request: Request, rid: str, valid_hours: str = "", note: str = "", outside_window: str = ""
+    ) -> Response:
         """The statement an approval so signs, as the exact bytes to sign, for the approver to
         sign on their own machine (ssh-keygen -Y sign): their private key never comes here."""
         page = await signed_in(request)
         try:
             rid = request_id(rid)
-            asked = _action_body("approve", {"valid_hours": valid_hours, "note": note})
-            query = urlencode({k: v for k, v in asked.items() if v != ""})
+            asked = _action_body(
+                "approve", {"valid_hours": valid_hours, "note": note, "outside_window": outside_window}
+            )
+            query = urlencode({k: "true" if v is True else v for k, v in asked.items() if v != ""})
             doc = await api(page, "GET", f"/requests/{rid}/statement?{query}")
         except (ServiceError, DeskRefusal) as exc:
             return refused(page, exc)
@@ -798,7 +802,8 @@ def _action_body(action: str, form: dict[str, str]) -> dict[str, Any]:
             raise DeskRefusal(400, "desk.input", f"valid hours {hours[:16]!r} is no whole number")
         if len(note) > NOTE_MAX:  # the service's bound, here before a statement is made of it
             raise DeskRefusal(400, "desk.input", f"a note is at most {NOTE_MAX} characters")
-        return {"note": note, **({"valid_hours": int(hours)} if hours else {})}
+        outside = {"outside_window": True} if form.get("outside_window") == "yes" else {}
+        return {"note": note, **({"valid_hours": int(hours)} if hours else {}), **outside}
     if action == "assess":
         return {
             "note": note,
@@ -903,6 +908,8 @@ async def _signed(posted: FormData, body: dict[str, Any]) -> dict[str, Any]:
         signed["valid_hours"] = hours
     if not body["note"] and isinstance(doc.get("note"), str):
         signed["note"] = doc["note"]
+    if doc.get("outside_window") is True:  # signed as allowing it: approved so
+        signed["outside_window"] = True
     return signed
 
 

@@ -115,6 +115,7 @@ REFUSALS: Final = {
     "letter.tampered": N_("The letter in the store is not the one on the audit log: an auditor must look."),
     "request.backups_made": N_("Every item of this request has its backup: the requester confirms it."),
     "delegation.refused": N_("That delegation is not allowed."),
+    "restore.window": N_("The server is outside its maintenance window, which this approval does not allow."),
     "delegation.input": N_("Part of the form is not valid."),
 }
 REFUSED: Final = N_("The service refused this.")

@@ -47,7 +47,7 @@ from pulih.service.outbox import listing as outbox_rows
 from pulih.service.peer import EXTENSION, Peer
 from pulih.service.requests_api import acting
 from pulih.service.requests_api import router as requests_router
-from pulih.service.restores import RestoreOrder
+from pulih.service.restores import RestoreOrder, closed_windows
 from pulih.store import Store, now
 
 API = "/v1"
@@ -739,8 +739,21 @@ def create_app(
         order: RestoreOrder = job.order
         scope = [dict(zip(("asset_id", "item"), i.split(":", 1), strict=True)) for i in job.items]
         try:
+            approved = order.target or requests.get(order.request_id)["target"]
+            closed = (
+                closed_windows(reg.load_inventory(register), scope, approved, clock()) if register else []
+            )
             requests.gate(
-                job.account, order.request_id, run_scope=scope, target=order.target, run_targets=job.targets
+                job.account,
+                order.request_id,
+                run_scope=scope,
+                target=order.target,
+                run_targets=job.targets,
+                closed_windows=closed,
+            )
+        except reg.RegisterError as exc:
+            return JSONResponse(
+                {"allowed": False, "reason": f"the register is invalid: {exc.problems[0]}"}, 403
             )
         except Refused as exc:
             return JSONResponse({"allowed": False, "reason": str(exc)}, 403)

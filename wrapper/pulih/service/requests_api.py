@@ -66,6 +66,7 @@ class Approval(Note):
     # approver's `ssh-keygen -Y sign -n pulih-approval` signature of its canonical bytes.
     statement: dict[str, Any] | None = None
     signature: str | None = Field(default=None, max_length=16384)
+    outside_window: bool = False  # the restore may run in place outside the maintenance windows
 
 
 class Rejection(BaseModel):
@@ -387,7 +388,11 @@ def router(
 
     @routes.get("/v1/requests/{request_id}/statement")
     def statement(
-        request_id: str, who: authenticated, valid_hours: int | None = None, note: str = ""
+        request_id: str,
+        who: authenticated,
+        valid_hours: int | None = None,
+        note: str = "",
+        outside_window: bool = False,
     ) -> dict[str, Any]:
         """The statement the caller signs to approve the request so (pulih.approvals)."""
         actor = scoped(who, "approve")
@@ -396,7 +401,12 @@ def router(
         targets = approved_targets(request_id)
         return record(
             lambda: requests.approval_statement(
-                actor, request_id, valid_hours=valid_hours, note=note, targets=targets
+                actor,
+                request_id,
+                valid_hours=valid_hours,
+                note=note,
+                targets=targets,
+                outside_window=outside_window,
             )
         )
 
@@ -422,6 +432,7 @@ def router(
                 note=body.note,
                 targets=targets,
                 signed=signed,
+                outside_window=body.outside_window,
             )
         )
 

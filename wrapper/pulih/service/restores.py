@@ -8,6 +8,7 @@ what runs, on which servers, with which register and keys, is the service's."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,22 @@ def restore_keys(register: reg.Register, scope: list[dict[str, str]], target: di
     return sorted(set(keys))
 
 
+def closed_windows(
+    register: reg.Register, scope: list[dict[str, str]], target: dict[str, Any], at: dt.datetime
+) -> list[str]:
+    """The servers an in-place restore of `scope` would change whose maintenance window (the
+    register's) is closed at `at`, each named with its window; none for a restore elsewhere."""
+    if target.get("kind") == "alternate":
+        return []
+    by_id = {a.asset_id: a for a in register.hosts()}
+    closed = []
+    for asset_id in sorted({s["asset_id"] for s in scope}):
+        window = by_id[asset_id].maintenance_window if asset_id in by_id else None
+        if window is not None and not window.contains(at):
+            closed.append(f"{by_id[asset_id].hostname} (window {window})")
+    return closed
+
+
 @dataclass
 class RestoreRun:
     """One restore job's work, after its targets are locked."""
@@ -126,7 +143,14 @@ class RestoreRun:
             scope = scope_of(order.items, register) if order.items else record["scope"]
             targets = restore_keys(register, scope, order.target or record["target"])
             decision = self.requests.gate(
-                self.actor, order.request_id, run_scope=scope, target=order.target, run_targets=targets
+                self.actor,
+                order.request_id,
+                run_scope=scope,
+                target=order.target,
+                run_targets=targets,
+                closed_windows=closed_windows(
+                    register, scope, order.target or record["target"], self.requests.clock()
+                ),
             )
             report.gate = decision
         except reg.RegisterError as exc:
@@ -193,6 +217,9 @@ class RestoreRun:
                         run_scope=pending,
                         target=order.target,
                         run_targets=targets,
+                        closed_windows=closed_windows(
+                            register, pending, decision["target"], self.requests.clock()
+                        ),
                     )
                 except Refused as exc:
                     report.items = [restoring.report_item(i) for i in run_items]

@@ -127,6 +127,63 @@ class DataItem:
         return out
 
 
+DAYS: Final[tuple[str, ...]] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK: Final = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One recurring slot of a maintenance window: from `start` on each of `days` until `end`
+    (the next day's, when `end` is not after `start`)."""
+
+    days: tuple[int, ...]  # 0 Monday .. 6 Sunday
+    start: dt.time
+    end: dt.time
+
+    def contains(self, local: dt.datetime) -> bool:
+        wrapped = self.end <= self.start
+        for offset in (0, 1) if wrapped else (0,):
+            day = (local - dt.timedelta(days=offset)).date()
+            if day.weekday() not in self.days:
+                continue
+            begin = dt.datetime.combine(day, self.start)
+            until = dt.datetime.combine(day + dt.timedelta(days=1 if wrapped else 0), self.end)
+            if begin <= local.replace(tzinfo=None) < until:
+                return True
+        return False
+
+    def __str__(self) -> str:
+        return f"{','.join(DAYS[d] for d in self.days)} {self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    """When a server's applications may be disturbed (an in-place restore replaces their
+    data), in the office's time zone (Asia/Jakarta is WIB, Asia/Makassar WITA, Asia/Jayapura
+    WIT)."""
+
+    timezone: str
+    slots: tuple[Slot, ...]
+
+    def contains(self, moment: dt.datetime) -> bool:
+        from zoneinfo import ZoneInfo  # the controller's tzdata
+
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        return any(slot.contains(local) for slot in self.slots)
+
+    def __str__(self) -> str:
+        return "; ".join(str(slot) for slot in self.slots) + f" ({self.timezone})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "timezone": self.timezone,
+            "slots": [
+                {"days": [DAYS[d] for d in s.days], "start": f"{s.start:%H:%M}", "end": f"{s.end:%H:%M}"}
+                for s in self.slots
+            ],
+        }
+
+
 @dataclass(frozen=True)
 class Asset:
     """One server of the register."""
@@ -148,6 +205,7 @@ class Asset:
     reviewed_by: str | None = None
     backup_repository: str | None = None
     notes: str | None = None
+    maintenance_window: MaintenanceWindow | None = None
     source: str = ""
     line: int | None = None
 
@@ -190,6 +248,7 @@ class Asset:
             "reviewed_by": self.reviewed_by,
             "backup_repository": {"path": self.backup_repository} if self.backup_repository else None,
             "notes": self.notes,
+            "maintenance_window": self.maintenance_window.as_dict() if self.maintenance_window else None,
         }
         out.update({k: v for k, v in optional.items() if v is not None})
         return out
@@ -385,6 +444,7 @@ _ASSET_FIELDS: Final = {
     "last_reviewed": True,
     "reviewed_by": False,
     "notes": False,
+    "maintenance_window": False,
 }
 _DB_FIELDS: Final = (
     "name",
@@ -680,6 +740,55 @@ def _parse_item(chk: _Checker, raw: Any, entry: str, index: int) -> DataItem | N
     )
 
 
+def _parse_window(chk: _Checker, raw: Mapping[str, Any], entry: str) -> MaintenanceWindow | None:
+    """`maintenance_window: {timezone: Asia/Jakarta, slots: [{days: [sat, sun], start: "22:00",
+    end: "04:00"}]}`, or None when the entry has none (no window: any time)."""
+    window = raw.get("maintenance_window")
+    if window is None:
+        return None
+    line = chk._line(raw, "maintenance_window")
+
+    def bad(message: str) -> None:
+        chk.add(message, line=line, entry=entry, field="maintenance_window")
+
+    if not isinstance(window, Mapping) or not isinstance(window.get("slots"), list) or not window["slots"]:
+        bad("must be a mapping with a 'timezone' and a list of 'slots' ({days, start, end})")
+        return None
+    zone = window.get("timezone")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(str(zone))
+    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        bad(f"timezone {shown(zone)!r} is not a time zone name (Asia/Jakarta, Asia/Makassar, Asia/Jayapura)")
+        return None
+    slots = []
+    for slot in window["slots"]:
+        days = slot.get("days") if isinstance(slot, Mapping) else None
+        start, end = (str(slot.get(k, "")) if isinstance(slot, Mapping) else "" for k in ("start", "end"))
+        if not isinstance(days, list) or not days or not all(d in DAYS for d in days):
+            bad(f"a slot's days are a list of {', '.join(DAYS)}")
+            return None
+        if not _CLOCK.match(start) or not _CLOCK.match(end) or start == end:
+            bad(
+                f"a slot's start and end are two different times HH:MM, "
+                f"not {shown(start)!r} and {shown(end)!r}"
+            )
+            return None
+        slots.append(
+            Slot(
+                tuple(sorted({DAYS.index(d) for d in days})),
+                dt.time.fromisoformat(start),
+                dt.time.fromisoformat(end),
+            )
+        )
+    unknown = sorted(set(window) - {"timezone", "slots"})
+    if unknown:
+        bad(f"unknown field {unknown[0]!r} (known: timezone, slots)")
+        return None
+    return MaintenanceWindow(str(zone), tuple(slots))
+
+
 def _parse_asset(chk: _Checker, raw: Any, index: int) -> Asset | None:
     if not isinstance(raw, Mapping):
         chk.add(f"must be a mapping of fields, not {_kind(raw)}", line=None, entry=f"#{index + 1}")
@@ -750,6 +859,8 @@ def _parse_asset(chk: _Checker, raw: Any, index: int) -> Asset | None:
             )
         else:
             values["backup_repository"] = repo_path
+
+    values["maintenance_window"] = _parse_window(chk, raw, entry)
 
     items_raw = raw.get("data")
     items: list[DataItem] = []
