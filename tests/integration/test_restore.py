@@ -446,3 +446,34 @@ def test_no_task_of_a_restore_runs_on_the_repository_host_and_secrets_go_only_to
     no_task_on_the_repository_host(
         env, {"list", "checksums", "grant", "revoke-grant", "protect", "unprotect"}
     )
+
+
+def test_no_row_and_no_file_content_of_the_data_is_in_what_pulih_writes_beside_the_backups(env):
+    """Personal data stays in the data and its backups: this module's reports, ansible-runner
+    artifacts, record and command outputs (restores in place, elsewhere and refused) hold
+    counts, sizes and hashes, never a row of the databases nor a line of the documents."""
+    state, lab1 = env["state"], host(env, "lab1")
+    rows = state.psql(lab1, "SELECT nip || ' ' || nama FROM pegawai ORDER BY id LIMIT 3", "app_lab1")
+    visits = state.mariadb(lab1, "SELECT CONCAT(pasien, ' ', tanggal) FROM app_lab1.kunjungan LIMIT 3")
+    documents = [
+        line
+        for path in sorted(files_root(env, "lab1").rglob("*"))
+        if path.is_file() and not path.is_symlink()
+        for line in path.read_text(errors="replace").splitlines()[:1]
+        if len(line) >= 12
+    ]
+    markers = [
+        m.strip() for m in [*rows.splitlines(), *visits.splitlines(), *documents] if len(m.strip()) >= 12
+    ]
+    assert len(markers) >= 6, markers  # rows of both engines and lines of documents to look for
+    written = Path(env["environ"]["PULIH_STATE_DIR"])
+    files = [p for p in written.rglob("*") if p.is_file()]
+    assert any(p.name == "report.json" for p in files) and any("job_events" in str(p) for p in files)
+    found = {
+        (str(p.relative_to(written)), marker)
+        for p in files
+        for marker in markers
+        if marker.encode() in p.read_bytes()
+    }
+    found |= {("command output", m) for text in env["outputs"] for m in markers if m in text}
+    assert found == set()
