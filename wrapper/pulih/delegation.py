@@ -77,6 +77,12 @@ def active_for(conn: sa.Connection, delegate: str, role: str, moment: dt.datetim
     return next((d for d in map(_of, rows) if d.active_at(moment)), None)
 
 
+def delegates(conn: sa.Connection, role: str, moment: dt.datetime) -> set[str]:
+    """The accounts acting in `role` at `moment` by a delegation (whom a step's mail reaches too)."""
+    rows = conn.execute(sa.select(delegations_table).where(delegations_table.c.role == role)).mappings()
+    return {d.delegate for d in map(_of, rows) if d.active_at(moment)}
+
+
 def grant(
     store: Store,
     *,

@@ -29,9 +29,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from pulih import delegation
 from pulih import mail as mails
 from pulih.mail import MailSettings
-from pulih.requests import NEXT, STEP, last_step
+from pulih.requests import STEP, last_step, next_steps
 from pulih.service.accounts import Account, Accounts
 from pulih.store import Store, iso, now, outbox_table, parse_iso, requests_table, steps_table
 
@@ -123,10 +124,11 @@ class Outbox:
             if not names:
                 return [(NOBODY, None, "mail.escalation names no account")]
             return [_recipient(name, known.get(name)) for name in names]
+        acting = delegation.delegates(conn, to, now())  # a Plh. in force hears as the approver
         chosen = [
             a
             for a in self.accounts.all(conn)
-            if to in a.roles
+            if (to in a.roles or a.name in acting)
             and not a.disabled
             and a.name != actor
             and (not a.skpds or request["skpd"] in a.skpds)
@@ -231,7 +233,8 @@ class Outbox:
         """(the last step, the standard minutes, the steps awaited) when the request's last step
         has waited longer than the SOP's standard time of what comes next, else None."""
         standard = self.standard_minutes.get(request["procedure"], {})
-        awaited = [n for n in NEXT.get(request["status"], ()) if standard.get(n) is not None]
+        following = next_steps(request.get("kind") or "restore", request["status"])  # a backup's own
+        awaited = [n for n in following if standard.get(n) is not None]
         if not awaited:
             return None
         minutes = min(int(standard[n] or 0) for n in awaited)
