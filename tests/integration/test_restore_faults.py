@@ -6,8 +6,10 @@ come last."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests import agentkit
 from tests import lab as lab_mod
@@ -682,3 +685,60 @@ def test_the_database_password_never_leaks(env):
 def test_no_task_of_a_restore_runs_on_the_repository_host_and_secrets_go_only_to_the_servers(env):
     """This module's restores (alternate hosts, retries, a service killed, a server down)."""
     no_task_on_the_repository_host(env, {"list", "checksums", "grant", "revoke-grant", "protect"})
+
+
+# --------------------------------------------------------------------------- pulih's own recovery
+
+
+def age_key(path: Path) -> str:
+    subprocess.run(["age-keygen", "-o", str(path)], capture_output=True, check=True)
+    return subprocess.run(
+        ["age-keygen", "-y", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_the_service_comes_back_from_its_export_on_a_fresh_state_folder(env):
+    """Last: it moves the module's service. README "Disaster recovery of pulih", step by step:
+    two officers' keys and an anchor outside the state folder in the config; the state exported
+    while the service runs; the service stopped and its folder destroyed; the export opened with
+    both identities onto a fresh folder, which checks clean; the service started there; the audit
+    chain verifies against the anchor; and a gated restore runs, filed to restored."""
+    service, base, lab1 = env["service"], env["base"], host(env, "lab1")
+    anchor = base / "anchor-host" / "audit.jsonl"  # another disk or host in an office
+    anchor.parent.mkdir()
+    officers = [{"name": name, "recipient": age_key(base / f"{name}.key")} for name in ("sri", "budi")]
+    service.stop()
+    with (service.state / "config.yml").open("a") as config:
+        config.write(yaml.safe_dump({"anchors": [{"file": str(anchor)}], "recovery_officers": officers}))
+    service.start()
+    pending = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])  # its steps anchored
+    export = base / "offsite" / "pulih-state.age"
+    export.parent.mkdir()
+    pulih(env, "serve", "--state", str(service.state), "--export-state", str(export), actor="root", check=0)
+    ssh_key = (service.state / "ssh" / "id_ed25519").read_bytes()
+
+    service.stop()
+    shutil.rmtree(service.state)  # the control node is gone
+    fresh = base / "new-control-node" / "state"
+    identities = [f"--identity={base / name}.key" for name in ("budi", "sri")]
+    imported = pulih(env, "serve", "--state", str(fresh), "--import-state", str(export), "--user", "root",
+                     *identities, "--json", actor="root", check=0)  # fmt: skip
+    assert json.loads(imported.stdout)["problems"] == []
+    pulih(env, "serve", "--state", str(fresh), "--check", actor="root", check=0)
+    assert (fresh / "ssh" / "id_ed25519").read_bytes() == ssh_key, "the key the servers accept came back"
+    service.state = fresh
+    env["environ"].update(service.environ())  # the clients reach the new socket
+    service.start()
+
+    verified = json.loads(pulih(env, "audit", "verify", "--json", actor="root", check=0).stdout)
+    assert verified["status"] == "intact" and any(str(anchor) in a for a in verified["anchors"]), verified
+    assert record(env, pending)["status"] == "planned", "the record came back with its requests"
+    # Damage to undo (and the large table a test above left, which would only slow the pre-restore backup).
+    env["state"].psql(lab1, "DROP TABLE IF EXISTS besar; DELETE FROM pegawai WHERE id > 50", "app_lab1")
+    rid = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])
+    assert restore(env, rid, check=0)["status"] == "succeeded"
+    assert pg_print(env, "lab1", "app_lab1") == env["backed_up"]["pg"]
+    assert (
+        json.loads(pulih(env, "audit", "verify", "--json", actor="root", check=0).stdout)["status"]
+        == "intact"
+    )

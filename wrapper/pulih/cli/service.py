@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,13 +53,23 @@ def serve(
     ] = None,
     content: Annotated[
         Path | None,
-        typer.Option(help="With --init: the project folder (playbooks/, roles/); default $PULIH_HOME."),
+        typer.Option(
+            help="With --init or --import-state: the project folder (playbooks/, roles/); "
+            "default $PULIH_HOME."
+        ),
     ] = None,
     store: Annotated[
-        str | None, typer.Option(help="With --init: a PostgreSQL URL instead of DIR/pulih.db.")
+        str | None,
+        typer.Option(
+            help="With --init: a PostgreSQL URL instead of DIR/pulih.db; with --import-state: the empty "
+            "PostgreSQL database a PostgreSQL store is restored into."
+        ),
     ] = None,
     user: Annotated[
-        str, typer.Option(help="With --init: the OS account the service runs as (a test lab's is root).")
+        str,
+        typer.Option(
+            help="With --init or --import-state: the OS account the service runs as (a test lab's is root)."
+        ),
     ] = "pulih",
     demo_actors: Annotated[
         bool,
@@ -78,6 +89,39 @@ def serve(
             "the old key.",
         ),
     ] = False,
+    export_state: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-state",
+            metavar="FILE",
+            help="Write the store, keys and config to FILE, sealed so that only the two officers together "
+            "open it (age, nested: the first officer's layer inside the second's).",
+        ),
+    ] = None,
+    officer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--officer",
+            metavar="NAME=AGE_RECIPIENT",
+            help="With --export-state, twice: an officer and their age public key, the inner layer's "
+            "first (default: the config's recovery_officers).",
+        ),
+    ] = None,
+    import_state: Annotated[
+        Path | None,
+        typer.Option(
+            "--import-state",
+            metavar="FILE",
+            help="Restore an export onto a fresh state folder --state DIR (as root), with both officers' "
+            "--identity.",
+        ),
+    ] = None,
+    identity: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--identity", metavar="FILE", help="With --import-state, twice: each officer's age identity file."
+        ),
+    ] = None,
     listen: Annotated[
         str | None, typer.Option(help="unix:PATH (default DIR/pulih.sock) or HOST:PORT (tokens only).")
     ] = None,
@@ -86,8 +130,28 @@ def serve(
     """The service that alone owns the record and runs the playbooks."""
     from pulih.runner import project_dir
     from pulih.service import state as states
+    from pulih.service import state_export as exports
 
+    chosen = [init, check, rotate_audit_key, export_state is not None, import_state is not None]
+    if sum(chosen) > 1:
+        fail(
+            "choose one of --init, --check, --rotate-audit-key, --export-state, --import-state",
+            Exit.BAD_INPUT,
+            as_json=as_json,
+        )
     try:
+        if import_state is not None:
+            doc = exports.import_state(
+                import_state,
+                state,
+                identity or [],
+                user=user,
+                content=content,
+                fallback_content=project_dir(),
+                store_url=store,
+            )
+            _imported(doc, as_json)
+            return
         if init:
             if not admin:
                 fail("--init needs --admin OSUSER (the first admin)", Exit.BAD_INPUT)
@@ -107,6 +171,10 @@ def serve(
             )
             return
         loaded = states.load(state)
+        if export_state is not None:
+            doc = exports.export_state(loaded, export_state, exports.officers(officer or [], loaded.config))
+            _exported(doc, as_json)
+            return
         if rotate_audit_key:
             was, now = states.rotate_audit_key(loaded)
             _print(
@@ -136,6 +204,68 @@ def serve(
         run_server(loaded, listen, demo_actors=demo_actors)
     except states.StateError as exc:
         fail(str(exc), Exit.BAD_INPUT, as_json=as_json)
+    except exports.ExportError as exc:
+        fail(str(exc), exc.code, as_json=as_json)
+
+
+def _notes(lines: list[str]) -> None:
+    for line in lines:
+        err.print(f"[yellow]note:[/] {escape(shown(line))}", markup=True, soft_wrap=True)
+
+
+def _exported(doc: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"status": "ok", **doc}, indent=2, ensure_ascii=False))
+        return
+    _notes(doc["warnings"])
+    inner, outer = doc["officers"]
+    seq = (doc["audit_head"] or {"seq": 0})["seq"]
+    line = (
+        f"{doc['source']} sealed into {doc['file']} ({doc['files']} files, {doc['bytes']} bytes, the "
+        f"audit chain up to entry {seq}): it opens only with {inner['name']}'s and {outer['name']}'s "
+        "identities together; keep it away from this machine"
+    )
+    err.print(escape(shown(line)), soft_wrap=True)
+
+
+def _checked(state: str) -> list[str]:
+    """`pulih serve --check` of a folder, as the service's account sees it: the command a
+    person runs next, run for them."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pulih", "serve", "--state", state, "--check", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        return list(json.loads(done.stdout).get("problems") or [])
+    except ValueError:
+        return [" ".join(done.stderr.split()) or "pulih serve --check did not answer"]
+
+
+def _imported(doc: dict[str, Any], as_json: bool) -> None:
+    problems = _checked(doc["state"])
+    if as_json:
+        print(json.dumps({"status": "error" if problems else "ok", **doc, "problems": problems}, indent=2))
+    else:
+        _notes(
+            doc["warnings"] + [f"config.yml: {c['field']}: {c['from']} -> {c['to']}" for c in doc["changed"]]
+        )
+        for problem in problems:
+            err.print(f"[red]problem:[/] {escape(shown(problem))}", markup=True, soft_wrap=True)
+        seq = (doc["audit_head"] or {"seq": 0})["seq"]
+        then = (
+            "pulih serve --check finds the problems above"
+            if problems
+            else "pulih serve --check passes: start the service, then run pulih audit verify"
+        )
+        line = (
+            f"{doc['state']} restored from {doc['from']} (made on {doc['host']} at {doc['created_at']} from "
+            f"{doc['source']}, the audit chain up to entry {seq}); {then}"
+        )
+        err.print(escape(shown(line)), soft_wrap=True)
+    if problems:
+        raise typer.Exit(int(Exit.FAILED))
 
 
 def login(

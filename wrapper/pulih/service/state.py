@@ -5,7 +5,9 @@
     DIR/config.yml       register, content, store URL (0600: the URL may hold a password)
     DIR/pulih.db         the record (SQLite, 0600), unless the config names a PostgreSQL URL
     DIR/ssh/id_ed25519   the service's SSH key, the one the servers' pulih accounts accept (0600)
+    DIR/ssh/audit_ed25519  the key that signs the audit chain's anchors (0600)
     DIR/runs/            run reports
+    DIR/restored/        files config.yml named outside the folder, back from --import-state
     DIR/pulih.sock       the socket (0660, group pulih), while the service runs
 
 Only the service's account can read the store, the key and the reports' secrets; staff reach
