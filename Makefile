@@ -5,7 +5,7 @@ VENV := .venv
 # molecule and ansible-runner look for ansible-playbook on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup agent collection messages lint unit integration molecule test demo desk lab-up lab-down bench bench-backup bench-restore bench-files clean
+.PHONY: setup agent collection bundle messages lint unit integration molecule test demo desk lab-up lab-down bench bench-backup bench-restore bench-files clean
 
 setup:  ## Debian packages and .venv (only what is missing)
 	bash scripts/setup.sh
@@ -15,6 +15,9 @@ agent: setup  ## the agent's zipapp (roles/pulih_common/files/pulih_agent.pyz) a
 
 collection: agent  ## build/pulih-core-VERSION.tar.gz: the collection with the roles, playbooks and agent (README)
 	python scripts/build_collection.py
+
+bundle: agent  ## build/pulih-bundle-VERSION.tar.gz: wheels, collection, install.sh, for a machine with no network (README)
+	python scripts/build_bundle.py
 
 messages: setup  ## the desk's strings into its catalogs (then translate the new ones in desk.po)
 	pybabel --quiet extract -F wrapper/pulih/desk/babel.cfg -k N_ --no-location -o build/desk.pot wrapper/pulih/desk

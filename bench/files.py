@@ -15,14 +15,17 @@ Prints seconds and the ratios agent/plain and agent/listed. Run: make bench-file
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.agentkit import request_line  # the request as this checkout's controller sends it
 
 AGENT = Path(__file__).resolve().parent.parent / "roles" / "pulih_common" / "files" / "pulih_agent.pyz"
 
@@ -62,13 +65,13 @@ def main() -> None:
         size = make_tree(root)
         plain = "set -o pipefail; tar --format=posix --sparse --xattrs --acls -cf - . | zstd -q -T0 -3 -c"
         item = {"engine": "files", "path": str(root), "zstd_level": 3}
-        request = json.dumps({"schema_version": 1, "mode": "dump", "items": [item]}) + "\n"
+        request = request_line({"mode": "dump", "items": [item]})
         listed = plain + " > /dev/null && find . -type f -print0 | xargs -0 sha256sum"
         results: dict[str, list[float]] = {"plain": [], "listed": [], "agent": []}
         for _ in range(args.runs):
             results["plain"].append(timed(["bash", "-c", plain], cwd=root))
             results["listed"].append(timed(["bash", "-c", listed], cwd=root))
-            results["agent"].append(timed(["python3", str(AGENT)], stdin=request.encode()))
+            results["agent"].append(timed(["python3", str(AGENT)], stdin=request))
         medians = {k: statistics.median(v) for k, v in results.items()}
         print(f"tree: {size / (1 << 20):.0f} MiB apparent, {sum(1 for _ in root.rglob('*'))} entries")
         print(f"{'plain tar | zstd -T0':<34} {medians['plain']:7.2f} s")

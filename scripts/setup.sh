@@ -5,20 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(
-  openssh-server openssh-client      # the lab's hosts and ansible's transport
-  postgresql                          # pg_dump/pg_restore/initdb for the lab and the roles
-  mariadb-server mariadb-client mariadb-backup
-  zstd age rsync
-  tar acl                             # GNU tar carries file trees (sparse, ACLs, xattrs); setfacl for the tests
-  python3-venv
-  curl                                # the service tests speak HTTP over its socket as other OS users
-  sudo                                # become (pulih_common_agent_become), tested in test_real_servers.py
-  python3-psycopg2 python3-pymysql    # what community.postgresql/mysql need on a managed host
-  chromium fonts-dejavu-core          # the desk's browser test (Playwright drives Debian's chromium)
-  libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0  # WeasyPrint renders Forms PPD/PD as PDF
-  poppler-utils                       # pdftoppm/pdftotext: the tests read the PDFs back
-)
+# Every line of scripts/debian-packages.txt: the controller's, the servers' and the lab's
+# packages (the bundle's install.sh reads the controller's from the same file).
+debian_packages=()
+while IFS= read -r line; do
+  line=${line%%#*}
+  [[ $line == *:* ]] || continue
+  read -ra words <<<"${line#*:}"
+  debian_packages+=("${words[@]}")
+done <scripts/debian-packages.txt
 
 missing=()
 for pkg in "${debian_packages[@]}"; do

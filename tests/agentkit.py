@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,9 +17,13 @@ AGENT = PROJECT / "roles" / "pulih_common" / "files" / "pulih_agent.pyz"
 SOURCES = [
     PROJECT / "schemas" / "agent_request.schema.json",
     PROJECT / "scripts" / "build_agent.py",
+    PROJECT / "pyproject.toml",  # the version the zipapp carries
     *sorted((PROJECT / "agent" / "pulih_agent").glob("*.py")),
 ]
 STREAMING = ("dump", "verify", "stage")
+# What the controller of this checkout sends in every request (the sources the agent is built from).
+PULIH_VERSION: str = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["version"]
+SCHEMA_VERSION: int = json.loads(SOURCES[0].read_text())["properties"]["schema_version"]["const"]
 
 
 def ensure_built() -> Path:
@@ -31,11 +36,13 @@ def ensure_built() -> Path:
 
 def wire(request: dict[str, Any]) -> dict[str, Any]:
     """A one-item request in the agent's wire format: {"mode": "dump", "engine": ...} becomes
-    {"schema_version": 1, "mode": "dump", "items": [{"engine": ...}]}."""
+    {"schema_version": 2, "pulih_version": "0.1.0", "mode": "dump", "items": [{"engine": ...}]};
+    a request with its items, or its schema version, gets the versions it does not name."""
+    versions = {"schema_version": SCHEMA_VERSION, "pulih_version": PULIH_VERSION}
     if "items" in request or "schema_version" in request:
-        return request
+        return {**versions, **request}
     item = dict(request)
-    out: dict[str, Any] = {"schema_version": 1, "mode": item.pop("mode")}
+    out: dict[str, Any] = {**versions, "mode": item.pop("mode")}
     if "tool_path" in item:
         out["tool_path"] = item.pop("tool_path")
     out["items"] = [item]

@@ -7,9 +7,9 @@ import os
 import sys
 import time
 
-from . import files, mariadb, postgresql
+from . import files, hooks, mariadb, postgresql
 from .preflight import pg_restore_problem, require_tools, room_problem, tools_problem
-from .protocol import STREAMING, AgentError, BadRequest, emit, read_request, set_current_item
+from .protocol import STREAMING, AgentError, BadRequest, emit, read_request, say_hello, set_current_item
 
 
 def probe(request):
@@ -63,6 +63,7 @@ for _mode in ("dump", "verify", "stage", "swap", "discard"):
         HANDLERS[(_mode, _engine)] = getattr(mariadb, "%s_mariadb" % _mode)
 for _engine in ("postgresql", "mariadb", "mysql", "files"):
     HANDLERS[("probe", _engine)] = probe
+    HANDLERS[("hook", _engine)] = hooks.run_hooks  # the register's commands around a swap
 
 
 def run_item(mode, item):
@@ -85,6 +86,7 @@ def main():
     says what to do), 4 on anything else, 5 when the request itself is wrong."""
     started = time.time()
     code = 0
+    say_hello()  # before the request is read: a refused one is answered by a known release too
     try:
         request = read_request()
         tool_path = request.get("tool_path") or []

@@ -1,18 +1,23 @@
 """The agent's protocol: its request (the first line of standard input, validated against
 schemas/agent_request.schema.json by the generated request_schema), the "@@pulih <json>"
-events on standard error, and its errors."""
+events on standard error, and its errors.
+
+Versions. The request carries the controller's pulih version and the agent's first event
+("hello") its own; each side refuses the other's release unless both are of the same pulih
+major.minor (request_schema.version_mismatch, one rule for both sides), and says which side
+to upgrade: the older one."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
-from .request_schema import request_problem
+from .request_schema import PULIH_VERSION, SCHEMA_VERSION, UPGRADE, request_problem, version_mismatch
 
 CHUNK = 1 << 20
-SCHEMA_VERSION = 1
 # Streaming modes carry one item: their standard input or output is that item's artifact.
 STREAMING = ("dump", "verify", "stage")
 MAX_REQUEST_BYTES = 16 << 20
@@ -68,6 +73,32 @@ def read_line(fd=0, limit=MAX_REQUEST_BYTES):
     return line
 
 
+def say_hello():
+    """The first event: which pulih this agent is, for the controller to check."""
+    emit("hello", pulih_version=PULIH_VERSION, schema_version=SCHEMA_VERSION)
+
+
+def controller_problem(request):
+    """Why this agent takes no request from the controller that sent `request`: another pulih
+    release, or a schema version of another release (a controller older than the version
+    check sends none). None when it takes it; the schema's check comes after this one."""
+    theirs = request.get("pulih_version")
+    if isinstance(theirs, str):
+        mismatch = version_mismatch(PULIH_VERSION, theirs, socket.gethostname())
+        if mismatch:
+            return mismatch
+    schema = request.get("schema_version")
+    if schema == SCHEMA_VERSION:
+        return None
+    newer = isinstance(schema, int) and schema > SCHEMA_VERSION
+    return "the request is of schema version %r and this agent (pulih %s) speaks %d: %s" % (
+        schema,
+        PULIH_VERSION,
+        SCHEMA_VERSION,
+        UPGRADE["agent" if newer else "controller"],
+    )
+
+
 def parse_request(line):
     """The request in `line`, checked against the schema; BadRequest says what is wrong."""
     if not line.strip():
@@ -76,12 +107,9 @@ def parse_request(line):
         request = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest("the request is not JSON: %s" % exc) from None
-    if isinstance(request, dict) and request.get("schema_version") not in (None, SCHEMA_VERSION):
-        raise BadRequest(
-            "the request is of schema version %r and this agent speaks %d: install the agent that "
-            "comes with the controller's pulih (the roles copy it to the server)"
-            % (request.get("schema_version"), SCHEMA_VERSION)
-        )
+    problem = controller_problem(request) if isinstance(request, dict) else None
+    if problem:
+        raise BadRequest(problem)
     problem = request_problem(request)
     if problem:
         raise BadRequest(problem)

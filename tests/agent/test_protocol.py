@@ -50,7 +50,7 @@ VALID = [
     },
 ]
 INVALID = [
-    ({"schema_version": 1, "mode": "dump"}, "must contain ['items'] properties"),
+    ({"schema_version": agentkit.SCHEMA_VERSION, "mode": "dump"}, "must contain ['items'] properties"),
     ({"mode": "backup", "engine": "files", "path": "/x"}, "data.mode must be one of"),
     ({"mode": "dump", "engine": "oracle", "conn": {"database": "x"}}, "data.items[0].engine must be one of"),
     ({"mode": "dump", "engine": "files", "path": "relative"}, "data.items[0].path must match pattern"),
@@ -144,7 +144,8 @@ def test_the_module_refuses_a_request_the_agent_would_refuse_before_it_starts_it
         "secret": {"password": SECRET},
     }
     assert agent_io.agent_request(params) == {
-        "schema_version": 1,
+        "schema_version": agentkit.SCHEMA_VERSION,
+        "pulih_version": agentkit.PULIH_VERSION,
         "mode": "dump",
         "tool_path": ["/opt/pg16/bin"],
         "items": [{"engine": "postgresql", "conn": {"database": "simpeg", "password": SECRET}}],
@@ -164,8 +165,9 @@ def test_the_module_refuses_a_request_the_agent_would_refuse_before_it_starts_it
         (b"{not json\n", "the request is not JSON"),
         (b"\xff\xfe\n", "the request is not JSON"),
         (
-            b'{"schema_version": 2, "mode": "dump", "items": []}\n',
-            "of schema version 2 and this agent speaks 1",
+            b'{"schema_version": 99, "mode": "dump", "items": []}\n',
+            f"of schema version 99 and this agent (pulih {agentkit.PULIH_VERSION}) speaks "
+            f"{agentkit.SCHEMA_VERSION}: upgrade the agent",
         ),
         (b"[1, 2]\n", "data must be object"),
     ],
@@ -185,7 +187,7 @@ def test_a_bad_request_exits_5_and_writes_nothing(tmp_path):
 
 def test_streaming_modes_take_one_item(tmp_path):
     item = {"engine": "files", "path": str(tmp_path)}
-    run = agentkit.run({"schema_version": 1, "mode": "dump", "items": [item, item]})
+    run = agentkit.run({"mode": "dump", "items": [item, item]})
     assert run.code == 5
     assert "data.items must contain less than or equal to 1 items" in run.message
 
@@ -206,7 +208,7 @@ def test_each_item_of_a_request_is_reported_alone(tmp_path):
         },
         {"name": "arsip", "engine": "files", "live": str(tmp_path / "absent"), **ids},
     ]
-    run = agentkit.run({"schema_version": 1, "mode": "probe", "items": items})
+    run = agentkit.run({"mode": "probe", "items": items})
     assert run.code == 3
     results = {event["item"]: event for event in run.of("result")}
     assert results["dokumen"]["exists"] is True and results["dokumen"]["index"] == 0

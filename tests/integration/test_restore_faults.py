@@ -259,6 +259,119 @@ def test_a_token_that_may_only_back_up_cannot_restore(env):
     assert result.returncode == 3 and "'restore' needs a token with that scope" in result.stderr
 
 
+def window_around(now, open_now: bool) -> dict:
+    """A maintenance window of every day: open from an hour before `now` to an hour after, or
+    (closed now) from three hours after it to four."""
+    start, end = (
+        (now - dt.timedelta(hours=1), now + dt.timedelta(hours=1))
+        if open_now
+        else (
+            now + dt.timedelta(hours=3),
+            now + dt.timedelta(hours=4),
+        )
+    )
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    return {
+        "timezone": "Asia/Jakarta",
+        "slots": [{"days": days, "start": f"{start:%H:%M}", "end": f"{end:%H:%M}"}],
+    }
+
+
+def test_an_in_place_restore_outside_the_window_is_refused_unless_the_approval_allows_it(env):
+    from zoneinfo import ZoneInfo
+
+    now = dt.datetime.now(ZoneInfo("Asia/Jakarta"))
+    path = env["inventory"] / lab_mod.REGISTER_FILE
+    original = path.read_text()
+    doc = yaml.safe_load(original)
+    lab1 = next(a for a in doc["assets"] if a["asset_id"] == "LAB-001")
+    try:
+        lab1["maintenance_window"] = window_around(now, open_now=False)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+        rid = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])
+        refused = restore(env, rid, "--check", check=3)
+        assert (
+            refused["status"] == "refused" and "outside its maintenance window now" in refused["errors"][-1]
+        )
+        assert "lab1 (window mon,tue,wed,thu,fri,sat,sun" in refused["errors"][-1]  # as the register says
+        # Approved to run outside it: the gate lets it through, and the forms say so.
+        skpd = skpd_of(env, "LAB-001:app-pg")
+        args = [
+            "request",
+            "new",
+            "--skpd",
+            skpd,
+            "--contact",
+            "x",
+            "--reason",
+            "error",
+            "--item",
+            "LAB-001:app-pg",
+        ]
+        allowed = json.loads(pulih(env, *args, "--json", actor="ani", check=0).stdout)["id"]
+        pulih(env, "request", "receive", allowed, actor="sri", check=0)
+        pulih(env, "request", "approve", allowed, "--outside-window", actor="sri", check=0)
+        pulih(env, "request", "assess", allowed, "--damage", "error", check=0)
+        pulih(env, "request", "check-backups", allowed, check=0)
+        pulih(
+            env,
+            "request",
+            "plan",
+            allowed,
+            f"--backup=LAB-001:app-pg={env['backups']['LAB-001:app-pg']}",
+            check=0,
+        )
+        assert restore(env, allowed, "--check", check=0)["gate"]["allowed"]
+        form = pulih(env, "request", "form", allowed, "--lang", "en", check=0).stdout
+        assert "The restore may run outside the servers' maintenance windows" in form
+        # In the window, the first request's restore may run.
+        lab1["maintenance_window"] = window_around(now, open_now=True)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+        assert restore(env, rid, "--check", check=0)["gate"]["allowed"]
+    finally:
+        path.write_text(original)
+
+
+def test_a_failing_pre_restore_hook_leaves_the_target_untouched_and_a_failing_post_hook_is_reported(env):
+    marker = env["base"] / "aplikasi-kembali"
+    back_online = {"argv": ["/usr/bin/touch", str(marker)], "timeout": 30}
+    failing = {"argv": ["/bin/sh", "-c", "echo aplikasi tidak mau berhenti >&2; exit 3"], "timeout": 30}
+    state, lab1 = env["state"], host(env, "lab1")
+    try:
+        set_item(env, "LAB-001", "app-pg", restore_hooks={"pre": [failing], "post": [back_online]})
+        state.psql(lab1, "UPDATE pegawai SET nama = 'diubah oleh aplikasi' WHERE id = 2", "app_lab1")
+        before = pg_print(env, "lab1", "app_lab1")
+        rid = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])
+        doc = restore(env, rid, "--attempts", "1", check=1)
+        (item,) = doc["items"]
+        assert not item["ok"] and item["restore"]["phase"] == "pre_hook"
+        assert "pre-restore hook /bin/sh -c" in item["error"] and "exit 3" in item["error"]
+        assert "aplikasi tidak mau berhenti" in item["error"] and "was not replaced" in item["error"]
+        assert pg_print(env, "lab1", "app_lab1") == before, "a failed pre-restore hook changed the data"
+        hooks = item["restore"]["hooks"]
+        assert [h["rc"] for h in hooks["pre"]] == [3] and hooks["post"][0]["ok"] and marker.exists()
+        assert item["restore"]["pre_restore_backup_id"] is None  # stopped before the live data was saved
+        assert leftovers(env, "lab1") == [], "the stage was left behind"
+
+        # The pre-restore hook passes, the post-restore one fails: restored, and the failure said.
+        marker.unlink()
+        set_item(env, "LAB-001", "app-pg", restore_hooks={"pre": [back_online], "post": [failing]})
+        rid = planned_request(env, ["LAB-001:app-pg"], backups=env["backups"])
+        doc = restore(env, rid, "--attempts", "1", check=0)
+        (item,) = doc["items"]
+        assert item["ok"] and item["restore"]["hooks"]["post_failed"] and marker.exists()
+        assert pg_print(env, "lab1", "app_lab1") == env["backed_up"]["pg"]
+        assert any("post-restore hook /bin/sh -c" in e and "run it by hand" in e for e in doc["errors"]), doc[
+            "errors"
+        ]
+    finally:
+        path = env["inventory"] / lab_mod.REGISTER_FILE
+        doc = yaml.safe_load(path.read_text())
+        entry = next(a for a in doc["assets"] if a["asset_id"] == "LAB-001")
+        next(i for i in entry["data"] if i["name"] == "app-pg").pop("restore_hooks", None)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
 def test_a_planned_backup_survives_retention_by_plain_ansible_until_its_request_closes(env):
     # An item of its own: retention keeping one backup must not prune the other tests' backups.
     lab2 = host(env, "lab2")

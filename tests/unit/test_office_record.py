@@ -355,6 +355,28 @@ def test_the_forms_show_a_backup_request_its_letter_and_the_acting_approver(requ
 # --------------------------------------------------------------------------- maintenance windows
 
 
+def one_server(fields: dict):
+    """A register of one server in operation, with `fields` added to its entry: parsed."""
+    from pulih import register as reg
+
+    entry = {
+        "asset_id": "A-1",
+        "hostname": "app01",
+        "address": "10.0.0.1",
+        "ssh_user": "pulih",
+        "skpd": "bkpsdm",
+        "environment": "production",
+        "status": "in_operation",
+        "os": "Debian 12",
+        "registered_by": "x",
+        "registered_on": "2026-01-01",
+        "last_reviewed": "2026-06-01",
+        **fields,
+    }
+    doc = {"plugin": "pulih.core.asset_register", "version": 1, "assets": [entry]}
+    return reg.parse_register(doc, "r.asset_register.yml", dt.date(2026, 12, 1))
+
+
 def test_an_in_place_restore_outside_its_window_needs_an_approval_that_allows_it(requests, store):
     def planned(outside_window: bool) -> str:
         rid = requests.new(
@@ -390,30 +412,9 @@ def test_an_in_place_restore_outside_its_window_needs_an_approval_that_allows_it
 
 
 def test_a_window_in_the_register_is_read_in_the_offices_time_zone_and_checked():
-    from pulih import register as reg
 
     def parsed(window):
-        doc = {
-            "plugin": "pulih.core.asset_register",
-            "version": 1,
-            "assets": [
-                {
-                    "asset_id": "A-1",
-                    "hostname": "app01",
-                    "address": "10.0.0.1",
-                    "ssh_user": "pulih",
-                    "skpd": "bkpsdm",
-                    "environment": "production",
-                    "status": "in_operation",
-                    "os": "Debian 12",
-                    "registered_by": "x",
-                    "registered_on": "2026-01-01",
-                    "last_reviewed": "2026-06-01",
-                    "maintenance_window": window,
-                }
-            ],
-        }
-        return reg.parse_register(doc, "r.asset_register.yml", dt.date(2026, 12, 1))
+        return one_server({"maintenance_window": window})
 
     good, problems = parsed(
         {"timezone": "Asia/Jakarta", "slots": [{"days": ["sat"], "start": "22:00", "end": "04:00"}]}
@@ -444,3 +445,35 @@ def test_a_window_in_the_register_is_read_in_the_offices_time_zone_and_checked()
     ):
         _, found = parsed(bad)
         assert len(found) == 1 and found[0].field == "maintenance_window" and says in found[0].message, found
+
+
+def test_restore_hooks_in_the_register_are_argument_lists_with_a_timeout():
+
+    def parsed(hooks):
+        return one_server(
+            {
+                "data": [
+                    {"name": "simpeg", "engine": "postgresql", "database": "simpeg", "restore_hooks": hooks}
+                ]
+            }
+        )
+
+    stop = {"argv": ["/usr/bin/systemctl", "stop", "simpeg"], "timeout": 120}
+    good, problems = parsed({"pre": [stop], "post": [{"argv": ["/usr/bin/systemctl", "start", "simpeg"]}]})
+    assert problems == []
+    shown = good.assets[0].data[0].as_dict()["restore_hooks"]
+    assert shown == {
+        "pre": [stop],
+        "post": [{"argv": ["/usr/bin/systemctl", "start", "simpeg"], "timeout": 60}],
+    }
+    for bad, says in (
+        ({"pre": [{"argv": "systemctl stop simpeg"}]}, "no shell string"),
+        ({"pre": [{"argv": ["systemctl", "stop"]}]}, "absolute path"),
+        ({"pre": [{"argv": ["/bin/true"], "timeout": 0}]}, "timeout is 1 to 3600"),
+        ({"during": []}, "mapping of 'pre' and 'post'"),
+        ({"pre": [{"argv": ["/bin/true"], "shell": True}]}, "not 'shell'"),
+    ):
+        _, found = parsed(bad)
+        assert len(found) == 1 and found[0].field.endswith("restore_hooks") and says in found[0].message, (
+            found
+        )

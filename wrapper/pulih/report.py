@@ -252,6 +252,7 @@ PHASES: Final = {
     "checks": N_("checks"),
     "target": N_("target"),
     "stage": N_("stage"),
+    "pre_hook": N_("pre-restore hook"),
     "pre_restore_backup": N_("pre-restore backup"),
     "gate": N_("approval gate"),
     "swap": N_("swap"),

@@ -182,6 +182,8 @@ def report_item(item: RestoreItem) -> dict[str, Any]:
             "timings": result.get("timings"),
             "backup_started_at": result.get("backup_started_at"),
             "phase": result.get("phase"),
+            # The register's hooks around the swap: each one's exit, time and end of output.
+            "hooks": result.get("hooks"),
             "tries": item.tries,
             "history": item.history,
         },

@@ -107,6 +107,18 @@ def closed_windows(
     return closed
 
 
+def post_hook_failure(item: restoring.RestoreItem) -> str:
+    """A failed post-restore hook, in words: the data may be back, its application may not."""
+    hooks = (item.result or {}).get("hooks") or {}
+    failed = next((h for h in hooks.get("post") or [] if not h.get("ok")), None)
+    if failed is None:
+        why = hooks.get("post_error") or "they did not run"
+        return f"{item.key}: the post-restore hooks failed ({why}); run them by hand"
+    how = "timed out" if failed.get("timed_out") else f"exit {failed.get('rc')}"
+    said = " ".join(str(failed.get("output") or "").split())[-300:]
+    return f"{item.key}: post-restore hook {' '.join(failed['argv'])} failed ({how}: {said}); run it by hand"
+
+
 @dataclass
 class RestoreRun:
     """One restore job's work, after its targets are locked."""
@@ -318,6 +330,11 @@ class RestoreRun:
     def _ending(report: reports.RunReport, run_items: list[restoring.RestoreItem]) -> job_runs.Ending:
         report.items = [restoring.report_item(i) for i in run_items]
         report.errors += [f"{i.key}: {i.result['error']}" for i in run_items if i.result and not i.done]
+        report.errors += [
+            post_hook_failure(i)
+            for i in run_items
+            if ((i.result or {}).get("hooks") or {}).get("post_failed")
+        ]
         if all(i.done for i in run_items):
             return job_runs.Ending("succeeded", Exit.OK, None)
         if any(i.gate_refused for i in run_items) and not any(i.pending for i in run_items):

@@ -1,8 +1,8 @@
 # Copyright: pulih maintainers
 # Apache License 2.0
 """What the modules that run the pulih agent share: its event stream on standard error, the
-stream's hash, the watch on the controller, ssh's argument vector, and the comparisons of a
-verification (row counts, a file list)."""
+stream's hash, the watch on the controller, ssh's argument vector, the check of the agent's
+release, and the comparisons of a verification (row counts, a file list)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ import threading
 
 import contextlib
 
-from ansible_collections.pulih.core.plugins.module_utils.agent_request_schema import request_problem
+from ansible_collections.pulih.core.plugins.module_utils.agent_request_schema import (
+    PULIH_VERSION,
+    SCHEMA_VERSION,
+    UPGRADE,
+    request_problem,
+    version_mismatch,
+)
 
 CHUNK = 1 << 20
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
@@ -97,6 +103,7 @@ class AgentStderr(threading.Thread):
         self.events_handle = events_handle
         self.events_digest = hashlib.sha256()
         self.events_size = 0
+        self.hello = None  # the agent's first event: its pulih version
         self.result = None
         self.files = {}
         self.messages = []
@@ -113,7 +120,9 @@ class AgentStderr(threading.Thread):
             except ValueError:
                 continue
             kind = event.pop("event", None)
-            if kind == "result":
+            if kind == "hello":
+                self.hello = event
+            elif kind == "result":
                 self.result = event
             elif kind == "file":
                 self.files[event["path"]] = event
@@ -273,9 +282,6 @@ def agent_params_problem(p):
     return None
 
 
-AGENT_SCHEMA_VERSION = 1
-
-
 def agent_request(p):
     """The agent's request (schemas/agent_request.schema.json) for the task's one item, with
     its tool path and its secrets (kept out of the task's arguments). Raises Failed, before
@@ -286,7 +292,12 @@ def agent_request(p):
         item.setdefault("conn", {})["password"] = p["secret"]["password"]
     if p["secret"].get("identity"):
         item["identity"] = p["secret"]["identity"]
-    request = {"schema_version": AGENT_SCHEMA_VERSION, "mode": mode, "items": [item]}
+    request = {
+        "schema_version": SCHEMA_VERSION,
+        "pulih_version": PULIH_VERSION,
+        "mode": mode,
+        "items": [item],
+    }
     if p["tool_path"]:
         request["tool_path"] = p["tool_path"]
     problem = request_problem(request)
@@ -328,6 +339,21 @@ def kill_agent(agent):
     if agent is not None:
         with contextlib.suppress(OSError):
             os.killpg(agent.pid, signal.SIGKILL)
+
+
+def reply_problem(p, code, reader):
+    """Why the agent's reply is not taken: an agent of another pulih release (the message names
+    the older side, to upgrade), or one older than the version check, which says no release.
+    None when it is of this release, or failed before it could say (agent_failure says why)."""
+    if reader.hello is None:
+        if code not in (0, 5):  # not installed, no Python, killed: not a question of versions
+            return None
+        return "the agent on %s says no pulih version: it is older than the controller (pulih %s); %s" % (
+            p["server"],
+            PULIH_VERSION,
+            UPGRADE["agent"],
+        )
+    return version_mismatch(reader.hello.get("pulih_version"), PULIH_VERSION, p["server"])
 
 
 def agent_failure(p, code, reader):

@@ -101,6 +101,23 @@ class RegisterError(Exception):
 # --------------------------------------------------------------------------- model
 
 
+HOOK_PHASES: Final = ("pre", "post")
+HOOK_TIMEOUT_MAX: Final = 3600
+_ABSOLUTE_PROGRAM: Final = re.compile(r"^/[^\x00]*$")
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A command the agent runs on the data server around an in-place restore of its item:
+    an argument list (its program by absolute path; no shell), stopped after `timeout` s."""
+
+    argv: tuple[str, ...]
+    timeout: int = 60
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"argv": list(self.argv), "timeout": self.timeout}
+
+
 @dataclass(frozen=True)
 class DataItem:
     """A database or a file tree that a server holds and pulih backs up."""
@@ -116,6 +133,10 @@ class DataItem:
     path: str | None = None
     exclude: tuple[str, ...] = ()
     description: str | None = None
+    # Before an in-place restore replaces the data (e.g. the application into maintenance), and
+    # after it (back out of it): `restore_hooks: {pre: [{argv, timeout}], post: [...]}`.
+    pre_restore: tuple[Hook, ...] = ()
+    post_restore: tuple[Hook, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         keys = ("name", "engine", "database", "host", "port", "user", "socket", "password_var", "path")
@@ -124,6 +145,11 @@ class DataItem:
             out["exclude"] = list(self.exclude)
         if self.description:
             out["description"] = self.description
+        if self.pre_restore or self.post_restore:
+            out["restore_hooks"] = {
+                "pre": [h.as_dict() for h in self.pre_restore],
+                "post": [h.as_dict() for h in self.post_restore],
+            }
         return out
 
 
@@ -456,8 +482,9 @@ _DB_FIELDS: Final = (
     "socket",
     "password_var",
     "description",
+    "restore_hooks",
 )
-_FILES_FIELDS: Final = ("name", "engine", "path", "exclude", "description")
+_FILES_FIELDS: Final = ("name", "engine", "path", "exclude", "description", "restore_hooks")
 _TOP_FIELDS: Final = ("plugin", "version", "office", "assets")
 _SECRET_FIELDS: Final = ("password", "passwd", "secret", "login_password")
 
@@ -689,7 +716,8 @@ def _parse_item(chk: _Checker, raw: Any, entry: str, index: int) -> DataItem | N
                 field=sub("exclude"),
             )
             return None
-        if path is None:
+        hooks = _parse_hooks(chk, raw, entry)
+        if path is None or hooks is None:
             return None
         return DataItem(
             name=name,
@@ -697,6 +725,8 @@ def _parse_item(chk: _Checker, raw: Any, entry: str, index: int) -> DataItem | N
             path=path,
             exclude=tuple(exclude),
             description=chk.text(raw, "description", entry, required=False),
+            pre_restore=hooks[0],
+            post_restore=hooks[1],
         )
 
     chk.unknown_keys(raw, _DB_FIELDS, entry)
@@ -718,9 +748,12 @@ def _parse_item(chk: _Checker, raw: Any, entry: str, index: int) -> DataItem | N
             field=sub("socket"),
         )
     port = chk.port(raw, "port", entry, None)
-    if database is None:
+    hooks = _parse_hooks(chk, raw, entry)
+    if database is None or hooks is None:
         return None
     return DataItem(
+        pre_restore=hooks[0],
+        post_restore=hooks[1],
         name=name,
         engine=engine,  # type: ignore[arg-type]  # checked against ENGINES above
         database=database,
@@ -738,6 +771,53 @@ def _parse_item(chk: _Checker, raw: Any, entry: str, index: int) -> DataItem | N
         password_var=password_var,
         description=chk.text(raw, "description", entry, required=False),
     )
+
+
+def _parse_hooks(
+    chk: _Checker, raw: Mapping[str, Any], entry: str
+) -> tuple[tuple[Hook, ...], tuple[Hook, ...]] | None:
+    """An item's `restore_hooks` (pre and post lists of {argv, timeout}); None when invalid."""
+    hooks = raw.get("restore_hooks")
+    if hooks is None:
+        return (), ()
+    line = chk._line(raw, "restore_hooks")
+
+    def bad(message: str) -> None:
+        chk.add(message, line=line, entry=entry, field="restore_hooks")
+
+    if not isinstance(hooks, Mapping) or not set(hooks) <= set(HOOK_PHASES):
+        bad("must be a mapping of 'pre' and 'post', each a list of {argv: [/PROGRAM, ARG...], timeout: S}")
+        return None
+    parsed: dict[str, list[Hook]] = {"pre": [], "post": []}
+    for phase in HOOK_PHASES:
+        listed = hooks.get(phase) or []
+        if not isinstance(listed, list):
+            bad(f"{phase} must be a list of hooks")
+            return None
+        for hook in listed:
+            argv = hook.get("argv") if isinstance(hook, Mapping) else None
+            timeout = hook.get("timeout", 60) if isinstance(hook, Mapping) else None
+            if isinstance(hook, Mapping) and not set(hook) <= {"argv", "timeout"}:
+                bad(f"a hook has 'argv' and 'timeout', not {sorted(set(hook) - {'argv', 'timeout'})[0]!r}")
+                return None
+            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+                bad(
+                    f"a {phase} hook's argv is a list of words (no shell string), "
+                    "like [/usr/bin/systemctl, stop, app]"
+                )
+                return None
+            if not _ABSOLUTE_PROGRAM.match(argv[0]) or any("\x00" in a for a in argv):
+                bad(f"a {phase} hook names its program by absolute path, not {shown(argv[0])!r}")
+                return None
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, int)
+                or not 1 <= timeout <= HOOK_TIMEOUT_MAX
+            ):
+                bad(f"a {phase} hook's timeout is 1 to {HOOK_TIMEOUT_MAX} seconds, not {shown(timeout)!r}")
+                return None
+            parsed[phase].append(Hook(tuple(argv), timeout))
+    return tuple(parsed["pre"]), tuple(parsed["post"])
 
 
 def _parse_window(chk: _Checker, raw: Mapping[str, Any], entry: str) -> MaintenanceWindow | None:

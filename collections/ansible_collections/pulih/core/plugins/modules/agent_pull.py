@@ -110,6 +110,7 @@ from ansible_collections.pulih.core.plugins.module_utils.agent_io import (
     kill_agent,
     receiver_argv,
     refusal,
+    reply_problem,
     start_agent,
 )
 
@@ -283,6 +284,9 @@ def main():
             checksums[data[0]["name"]] = hexdigest
             if (hexdigest, size) != (data[0].get("sha256"), data[0].get("size")):
                 raise Failed(_mismatch(data[0], hexdigest, size))
+        mismatch = reply_problem(p, code, reader)
+        if mismatch:  # an agent of another release: its result is not taken, whatever it did
+            raise Failed(mismatch)
         if code != 0 or reader.result is None:
             raise Failed(agent_failure(p, code, reader))
         diffs = []

@@ -107,6 +107,7 @@ from ansible_collections.pulih.core.plugins.module_utils.agent_io import (
     kill_agent,
     receiver_answer,
     receiver_argv,
+    reply_problem,
     start_agent,
 )
 
@@ -212,6 +213,9 @@ def main():
         timer.cancel()
         if not watch.stop():
             raise Failed("the controller that started this backup is gone")
+        mismatch = reply_problem(p, code, reader)
+        if mismatch:  # an agent of another release: its result is not taken, whatever it did
+            raise Failed(mismatch)
         if code != 0 or reader.result is None:
             raise Failed(agent_failure(p, code, reader))
         if not sent_all:
