@@ -121,6 +121,14 @@ def _selected(register: reg.Register, limit: str | None) -> list[str]:
     return sorted(chosen)
 
 
+def _refused_before_it_began(report: reports.RunReport, exc: JobRefused) -> None:
+    """A job refused before it began still leaves its report, on the record."""
+    report.errors.append(str(exc))
+    report.finish("refused" if exc.code == Exit.REFUSED else "error", int(exc.code))
+    report.write()
+    exc.run_id = report.run_id
+
+
 class Jobs:
     def __init__(
         self, inventory: Path | None, *, demo: bool = False, recorded: Recorded | None = None
@@ -144,14 +152,7 @@ class Jobs:
     ) -> Job:
         if kind not in KINDS:
             raise JobRefused(Exit.BAD_INPUT, "job.kind", f"unknown job kind {kind!r} ({', '.join(KINDS)})")
-        if self.inventory is None:
-            raise JobRefused(Exit.FAILED, "service.register", "the service's config names no register")
-        try:
-            register = reg.load_inventory(self.inventory)
-        except reg.RegisterError as exc:
-            raise JobRefused(
-                Exit.FAILED, "service.register", "the service's register is invalid: " + str(exc.problems[0])
-            ) from None
+        register = self._register()
         servers = _selected(register, limit)
         if not servers:
             raise JobRefused(
@@ -228,19 +229,11 @@ class Jobs:
             demo=self.demo,
         )
         try:
-            if self.inventory is None:
-                raise JobRefused(Exit.FAILED, "service.register", "the service's config names no register")
+            register = self._register()
             try:
-                register = reg.load_inventory(self.inventory)
                 record = requests.get(order.request_id)
                 scope = restores.scope_of(order.items, register) if order.items else record["scope"]
                 targets = restores.restore_keys(register, scope, order.target or record["target"])
-            except reg.RegisterError as exc:
-                raise JobRefused(
-                    Exit.FAILED,
-                    "service.register",
-                    "the service's register is invalid: " + str(exc.problems[0]),
-                ) from None
             except Refused as exc:
                 raise JobRefused(Exit.REFUSED, "record.refused", f"refused: {exc}") from None
             except (restoring.RestoreInputError, KeyError, StopIteration) as exc:
@@ -265,12 +258,10 @@ class Jobs:
                 created_at=reports.utcnow().isoformat().replace("+00:00", "Z"),
             )
             self._take(job)
-        except JobRefused as exc:  # refused before it began: still a report, on the record
-            report.errors.append(str(exc))
-            report.finish("refused" if exc.code == Exit.REFUSED else "error", int(exc.code))
-            report.write()
-            exc.run_id = report.run_id
+        except JobRefused as exc:
+            _refused_before_it_began(report, exc)
             raise
+        assert self.inventory is not None  # _register() refused a service without one
         run = restores.RestoreRun(
             requests=requests,
             actor=account,
@@ -308,19 +299,11 @@ class Jobs:
             demo=self.demo,
         )
         try:
-            if self.inventory is None:
-                raise JobRefused(Exit.FAILED, "service.register", "the service's config names no register")
+            register = self._register()
             try:
-                register = reg.load_inventory(self.inventory)
                 record = requests.get(request_id)
                 scope = request_backups.pending_scope(record)
                 servers = request_backups.servers_of(register, scope)
-            except reg.RegisterError as exc:
-                raise JobRefused(
-                    Exit.FAILED,
-                    "service.register",
-                    "the service's config names an invalid register: " + str(exc.problems[0]),
-                ) from None
             except Refused as exc:
                 raise JobRefused(Exit.REFUSED, "record.refused", f"refused: {exc}") from None
             except KeyError as exc:
@@ -355,12 +338,10 @@ class Jobs:
                 created_at=reports.utcnow().isoformat().replace("+00:00", "Z"),
             )
             self._take(job)
-        except JobRefused as exc:  # refused before it began: still a report, on the record
-            report.errors.append(str(exc))
-            report.finish("refused" if exc.code == Exit.REFUSED else "error", int(exc.code))
-            report.write()
-            exc.run_id = report.run_id
+        except JobRefused as exc:
+            _refused_before_it_began(report, exc)
             raise
+        assert self.inventory is not None  # _register() refused a service without one
         run = request_backups.RequestBackupRun(
             requests=requests,
             actor=account,
@@ -374,6 +355,17 @@ class Jobs:
         )
         self._launch(job, report, run.run)
         return job
+
+    def _register(self) -> reg.Register:
+        """The service's register, or JobRefused saying what is wrong with it."""
+        if self.inventory is None:
+            raise JobRefused(Exit.FAILED, "service.register", "the service's config names no register")
+        try:
+            return reg.load_inventory(self.inventory)
+        except reg.RegisterError as exc:
+            raise JobRefused(
+                Exit.FAILED, "service.register", "the service's register is invalid: " + str(exc.problems[0])
+            ) from None
 
     def _take(self, job: Job) -> None:
         """Lock the job's targets, or refuse it naming the job that holds one."""
