@@ -169,7 +169,7 @@ def test_the_desk_speaks_english_on_the_switch_and_never_redirects_off_the_desk(
     switched = page.get("/desk/lang/en", params={"back": "/desk/requests/new"})
     assert switched.status_code == 303 and switched.headers["location"] == "/desk/requests/new"
     shown = page.get("/desk/requests/new")
-    assert "Data recovery request (Form PPD)" in shown.text and '<html lang="en">' in shown.text
+    assert "Request (Form PPD)" in shown.text and '<html lang="en">' in shown.text
     for elsewhere in ("https://example.org/", "//example.org/desk/", "/v1/whoami"):
         assert page.get("/desk/lang/id", params={"back": elsewhere}).headers["location"] == "/desk/"
     assert '<html lang="id">' in page.get("/desk/requests").text

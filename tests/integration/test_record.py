@@ -579,6 +579,8 @@ def test_an_older_store_is_upgraded_in_place(make_store):
     # Rebuild it at version 1, with a run recorded the old way.
     with store.transaction() as conn:
         for table in (
+            "pulih_letters",
+            "pulih_delegations",
             "pulih_backup_events",
             "pulih_backups",
             "pulih_approvals",

@@ -168,53 +168,6 @@ def test_a_service_killed_mid_job_leaves_the_run_interrupted_at_restart(env):
     run(env, ("budi", "backup"), "jobs", "start", "backup", "--limit", "lab1", "--item", "app-pg", check=0)
 
 
-def test_the_audit_chain_is_anchored_on_the_repository_host_through_its_receiver(env):
-    """Every head goes to the repository host's anchor log, signed, through the receiver; the
-    log takes appends only (chattr +a: not even root rewrites it) and the receiver refuses a
-    head that is not after the last; a truncated chain is named against it, and an anchor that
-    cannot be reached fails the check naming it. Last: it tampers with the store and stops
-    the repository host."""
-    repo = env["lab"].repository_host
-    log = Path(repo.repository_path) / lab_mod.ANCHOR_FILE
-    checked = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=0).stdout)
-    assert checked["status"] == "intact" and checked["anchors"] == [
-        f"anchor on the repository host {repo.address}:{repo.ssh_port}"
-    ]
-    heads = [json.loads(line) for line in log.read_text().splitlines()]
-    assert heads and all(h["signature"].startswith("-----BEGIN SSH SIGNATURE") for h in heads)
-    assert (
-        "a"
-        in subprocess.run(["lsattr", str(log)], capture_output=True, text=True, check=True).stdout.split()[0]
-    )
-    with pytest.raises(PermissionError):
-        log.open("w")  # root too: the filesystem takes appends only
-    older = json.dumps({**heads[0], "seq": 1})
-    controller = ["ssh", "-i", str(env["lab"].private_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                  "-o", f"UserKnownHostsFile={env['lab'].known_hosts}", "-p", str(repo.ssh_port),
-                  f"{lab_mod.RECEIVER_ACCOUNT}@{repo.address}"]  # fmt: skip
-    refused = subprocess.run(
-        [*controller, "anchor-append"], input=older, capture_output=True, text=True, check=False
-    )
-    assert refused.returncode == 3 and "the anchor only grows" in refused.stderr
-    # The chain's tail cut off in the store: the anchor still holds its head.
-    store = Store(f"sqlite:///{env['state'] / 'pulih.db'}", upgrade=False)
-    try:
-        with store.engine.begin() as conn:
-            last = conn.execute(sa.text("SELECT max(seq) FROM pulih_audit")).scalar()
-            conn.execute(sa.text("DELETE FROM pulih_audit WHERE seq = :s"), {"s": last})
-    finally:
-        store.engine.dispose()
-    cut = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=1).stdout)
-    assert any(p["seq"] == last and "truncated" in p["message"] for p in cut["problems"]), cut
-    # The repository host down: the check fails naming the anchor, never falls back to the chain.
-    sshd = next(p for p in env["lab"].procs if p.name == f"{repo.name}/sshd")
-    assert lab_mod.stop_pid(sshd.pid, "sshd")
-    down = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=1).stdout)
-    assert any(f"anchor on the repository host {repo.address}" in p["message"] for p in down["problems"]), (
-        down
-    )
-
-
 # --------------------------------------------------------------------------- SOP B: a backup request
 
 
@@ -306,6 +259,53 @@ def test_a_backup_request_with_its_letter_goes_through_every_step_with_an_acting
     assert verified["problems"] == [], verified
     form = run(env, ("ani", "request"), "request", "form", rid, "--lang", "en", check=0).stdout
     assert "Backup Request Form" in form and "Plh. tono for sri" in form and digest in form
+
+
+def test_the_audit_chain_is_anchored_on_the_repository_host_through_its_receiver(env):
+    """Every head goes to the repository host's anchor log, signed, through the receiver; the
+    log takes appends only (chattr +a: not even root rewrites it) and the receiver refuses a
+    head that is not after the last; a truncated chain is named against it, and an anchor that
+    cannot be reached fails the check naming it. Last: it tampers with the store and stops
+    the repository host."""
+    repo = env["lab"].repository_host
+    log = Path(repo.repository_path) / lab_mod.ANCHOR_FILE
+    checked = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=0).stdout)
+    assert checked["status"] == "intact" and checked["anchors"] == [
+        f"anchor on the repository host {repo.address}:{repo.ssh_port}"
+    ]
+    heads = [json.loads(line) for line in log.read_text().splitlines()]
+    assert heads and all(h["signature"].startswith("-----BEGIN SSH SIGNATURE") for h in heads)
+    assert (
+        "a"
+        in subprocess.run(["lsattr", str(log)], capture_output=True, text=True, check=True).stdout.split()[0]
+    )
+    with pytest.raises(PermissionError):
+        log.open("w")  # root too: the filesystem takes appends only
+    older = json.dumps({**heads[0], "seq": 1})
+    controller = ["ssh", "-i", str(env["lab"].private_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                  "-o", f"UserKnownHostsFile={env['lab'].known_hosts}", "-p", str(repo.ssh_port),
+                  f"{lab_mod.RECEIVER_ACCOUNT}@{repo.address}"]  # fmt: skip
+    refused = subprocess.run(
+        [*controller, "anchor-append"], input=older, capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 3 and "the anchor only grows" in refused.stderr
+    # The chain's tail cut off in the store: the anchor still holds its head.
+    store = Store(f"sqlite:///{env['state'] / 'pulih.db'}", upgrade=False)
+    try:
+        with store.engine.begin() as conn:
+            last = conn.execute(sa.text("SELECT max(seq) FROM pulih_audit")).scalar()
+            conn.execute(sa.text("DELETE FROM pulih_audit WHERE seq = :s"), {"s": last})
+    finally:
+        store.engine.dispose()
+    cut = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=1).stdout)
+    assert any(p["seq"] == last and "truncated" in p["message"] for p in cut["problems"]), cut
+    # The repository host down: the check fails naming the anchor, never falls back to the chain.
+    sshd = next(p for p in env["lab"].procs if p.name == f"{repo.name}/sshd")
+    assert lab_mod.stop_pid(sshd.pid, "sshd")
+    down = json.loads(run(env, ("rita", "read"), "audit", "verify", "--json", check=1).stdout)
+    assert any(f"anchor on the repository host {repo.address}" in p["message"] for p in down["problems"]), (
+        down
+    )
 
 
 def service_admin(env, *args):
